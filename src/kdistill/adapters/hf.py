@@ -1,0 +1,219 @@
+"""The Hugging Face adapter: reads ``ModelOutput`` and asks only for what the matches need.
+
+Attention weights are the trap: with transformers' default SDPA attention,
+``output_attentions=True`` silently returns an empty tuple. Two ways to get them:
+
+- ``attention="hooks"``: hook the query/key projections of the matched blocks and compute
+  ``softmax(q·kᵀ/√d + mask)`` ourselves; the model keeps its fast SDPA kernel. Exact for
+  encoders with absolute position embeddings (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT).
+- ``attention="eager"``: switch the model to eager attention and read ``outputs.attentions``
+  (slower: every block materialises its attention matrix).
+
+``"auto"`` (default) picks hooks where they are exact, else eager. An empty attentions tuple is
+always an error, never read as "no loss".
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.adapters.base import NON_INPUT_KEYS, HookSet, batch_mask, get_submodule
+from kdistill.errors import ConfigError, FeatureError, RefError
+from kdistill.features import Features
+from kdistill.refs import ATTENTION_KINDS, QKV_KINDS, Ref
+
+# Encoders whose attention is exactly softmax(q·kᵀ/√d + mask) on the projections below.
+HOOKABLE_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"})
+PROJECTION_NAMES = {
+    "query": ("query", "q_lin", "q_proj"),
+    "key": ("key", "k_lin", "k_proj"),
+    "value": ("value", "v_lin", "v_proj"),
+}
+ATTENTION_MODES = ("auto", "hooks", "eager")
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def hf_num_layers(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def hf_num_heads(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("num_attention_heads", "n_head", "n_heads"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def hooks_are_exact(model: nn.Module) -> bool:
+    config = model.config
+    return (
+        getattr(config, "model_type", None) in HOOKABLE_MODEL_TYPES
+        and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+    )
+
+
+def find_projection(block: nn.Module, kind: str) -> nn.Module | None:
+    for name, module in block.named_modules():
+        if name.rsplit(".", 1)[-1] in PROJECTION_NAMES[kind] and isinstance(module, nn.Linear):
+            return module
+    return None
+
+
+def attention_from_qk(query: Tensor, key: Tensor, num_heads: int, mask: Tensor | None) -> Tensor:
+    """Pre-softmax scores (B, H, T, T) from projections (B, T, D); padded keys get the dtype's min."""
+    batch, length, width = query.shape
+    head_dim = width // num_heads
+    q = query.view(batch, length, num_heads, head_dim).transpose(1, 2)
+    k = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    if mask is not None:
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
+    return scores
+
+
+class HFAdapter:
+    """Features of a ``transformers`` model. Refs are resolved against the model's layer count now."""
+
+    def __init__(self, model: nn.Module, refs: Iterable[Ref], *, attention: str = "auto", where: str = "model"):
+        if attention not in ATTENTION_MODES:
+            raise ConfigError(f"{where}.attention: '{attention}' is not one of {', '.join(ATTENTION_MODES)}.")
+        self.model = model
+        self.where = where
+        self.num_layers = hf_num_layers(model)
+        self.num_heads = hf_num_heads(model)
+        self.refs = [ref.resolved(self.num_layers, where=where) for ref in refs]
+        self.hooks = HookSet()
+        self.want_hidden = any(r.kind == "hidden" for r in self.refs)
+        attention_layers = sorted({r.index for r in self.refs if r.kind in ATTENTION_KINDS})
+        wants_scores = any(r.kind == "attn_scores" for r in self.refs)
+        self.attention_mode = self._pick_attention_mode(attention, attention_layers, wants_scores)
+        self.input_names = self._forward_parameters()
+
+        qkv_wanted = {(r.kind, r.index) for r in self.refs if r.kind in QKV_KINDS}
+        if self.attention_mode == "hooks":
+            qkv_wanted |= {(kind, layer) for layer in attention_layers for kind in ("query", "key")}
+        self.attention_layers = attention_layers
+        self._hook_projections(qkv_wanted)
+        for ref in self.refs:
+            if ref.kind == "module":
+                self.hooks.add(get_submodule(model, ref.path, where=where), f"module:{ref.path}")
+
+    def _pick_attention_mode(self, requested: str, layers: list[int], wants_scores: bool) -> str | None:
+        if not layers:
+            return None
+        exact = hooks_are_exact(self.model)
+        if requested == "hooks" or (requested == "auto" and exact) or wants_scores:
+            if not exact and (requested == "hooks" or wants_scores):
+                kind = getattr(self.model.config, "model_type", type(self.model).__name__)
+                raise RefError(
+                    f"{self.where}: attention from hooked queries/keys is only exact for "
+                    f"{', '.join(sorted(HOOKABLE_MODEL_TYPES))} with absolute positions, not '{kind}'. "
+                    "Use 'attn.N' (probabilities) with attention: eager."
+                )
+            return "hooks"
+        if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
+            # SDPA/flash kernels return no attention weights; eager does.
+            self.model.set_attn_implementation("eager")
+        return "eager"
+
+    def _forward_parameters(self) -> set[str] | None:
+        params = inspect.signature(self.model.forward).parameters
+        return {name for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+    def _hook_projections(self, wanted: set[tuple[str, int]]) -> None:
+        if not wanted:
+            return
+        from kdistill.models import find_layer_list
+
+        _, blocks = find_layer_list(self.model)
+        for kind, layer in sorted(wanted):
+            module = find_projection(blocks[layer], kind)
+            if module is None:
+                raise RefError(
+                    f"{self.where}: cannot find the {kind} projection in block {layer} "
+                    f"(looked for a Linear named {' / '.join(PROJECTION_NAMES[kind])})."
+                )
+            self.hooks.add(module, f"{kind}.{layer}")
+
+    def describe(self) -> str:
+        """One line for the plan: what this adapter asks the model for."""
+        parts = []
+        if self.want_hidden:
+            parts.append("hidden states")
+        if self.attention_layers:
+            parts.append(f"attention of blocks {self.attention_layers} via {self.attention_mode}")
+        hooked = sorted(self.hooks.outputs) or None
+        return ", ".join(parts) or ("logits only" if not hooked else "")
+
+    def __call__(self, batch: dict) -> Features:
+        inputs = {
+            key: value
+            for key, value in batch.items()
+            if key not in NON_INPUT_KEYS and (self.input_names is None or key in self.input_names)
+        }
+        want_eager_attentions = self.attention_mode == "eager"
+        output = self.model(
+            **inputs,
+            output_hidden_states=self.want_hidden,
+            output_attentions=want_eager_attentions,
+            return_dict=True,
+        )
+        hooked = self.hooks.take()
+        mask = batch_mask(batch)
+        features = Features(
+            logits=output.get("logits"),
+            pooled=output.get("pooler_output"),
+            attention_mask=mask,
+        )
+        if self.want_hidden:
+            hidden = output.get("hidden_states")
+            if not hidden:
+                raise FeatureError(f"{self.where}: the model returned no hidden states although they were requested.")
+            features.hidden = tuple(hidden)
+        for key, tensor in hooked.items():
+            kind, _, rest = key.partition(".") if not key.startswith("module:") else ("module", "", key[7:])
+            if kind == "module":
+                features.modules[rest] = tensor
+            else:
+                {"query": features.queries, "key": features.keys, "value": features.values}[kind][int(rest)] = tensor
+        if self.attention_layers:
+            self._fill_attention(features, output, mask)
+        return features
+
+    def _fill_attention(self, features: Features, output, mask: Tensor | None) -> None:
+        wants = {(r.kind, r.index) for r in self.refs if r.kind in ATTENTION_KINDS}
+        if self.attention_mode == "eager":
+            attentions = output.get("attentions")
+            if not attentions:
+                raise FeatureError(
+                    f"{self.where}: the model returned no attention weights (an empty tuple) although "
+                    "eager attention was requested; this model's attention implementation drops them."
+                )
+            for kind, layer in wants:
+                features.attentions[layer] = attentions[layer]
+            return
+        for kind, layer in wants:
+            scores = attention_from_qk(features.queries[layer], features.keys[layer], self.num_heads, mask)
+            if kind == "attn_scores":
+                features.attention_scores[layer] = scores
+            else:
+                features.attentions[layer] = scores.softmax(dim=-1)

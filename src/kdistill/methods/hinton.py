@@ -1,0 +1,41 @@
+"""Hinton et al. (2015), "Distilling the Knowledge in a Neural Network".
+
+``L = α·T²·KL(p_t^T ‖ p_s^T) + (1−α)·CE(y, z_s)``. T and α may be schedules. The T² factor is
+applied once, inside the ``kl`` loss (``t2_scale=True``), so soft and hard gradients stay on one
+scale as T changes. KL and soft cross-entropy differ by the teacher's entropy, a constant in the
+student's parameters: their gradients are identical; KL is reported because it is 0 at a perfect
+student.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from kdistill.matches import Match
+from kdistill.methods import Recipe, Stage, register_method
+from kdistill.schedules import Scalar
+
+
+@register_method("hinton")
+def hinton(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
+           temperature: Scalar = 4.0, alpha: Scalar = 0.5, loss: str = "kl") -> Recipe:
+    """Soft targets at temperature T (weight α, T² inside the loss) plus hard labels (weight 1−α)."""
+    soft_weight = alpha
+    hard_weight = (1.0 - alpha) if isinstance(alpha, (int, float)) else _one_minus(alpha)
+    match = Match("logits", "logits", loss, soft_weight, args={"temperature": temperature, "t2_scale": True},
+                  name="soft")
+    return Recipe("hinton", [Stage("distil", [match], hard_label_weight=hard_weight)])
+
+
+class _OneMinus:
+    """1 − schedule(step), itself a schedule (for a scheduled α)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
+        return 1.0 - self.inner(step, total_steps)
+
+
+def _one_minus(schedule):
+    return _OneMinus(schedule)

@@ -1,0 +1,196 @@
+"""Checkpoints: atomic, checksummed, safe to load, enough for an exact continuation.
+
+Layout of ``<output>/checkpoints/step-0000100/``:
+
+- ``model.safetensors``   student + projection weights (safetensors; never pickle)
+- ``optimizer.pt``        optimiser and LR-scheduler state (loaded with ``weights_only=True``)
+- ``rng.safetensors``     torch CPU (and CUDA) generator states
+- ``state.json``          step, epoch, position in the epoch, python/numpy RNG, best metric,
+                          sha256 of every other file — written last, so its presence marks a
+                          complete checkpoint
+
+A checkpoint folder is written under a temporary name and renamed into place, so a crash never
+leaves a half-written ``step-*`` folder. A checksum mismatch is reported with the path and resume
+falls back to the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from kdistill.errors import CheckpointError
+
+PREFIX = "step-"
+
+
+@dataclass
+class TrainPosition:
+    """Where the run is: optimiser steps done, epoch, batches of that epoch consumed."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file + fsync + rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = state
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    plain = {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, plain
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, position: TrainPosition,
+                    *, keep_last: int = 2, schedule_state: dict | None = None) -> Path:
+    """Write ``directory/step-N`` atomically and prune to the last ``keep_last`` checkpoints."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{position.step:07d}"
+    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    tensors, plain = rng_state()
+    save_file(tensors, str(tmp / "rng.safetensors"))
+    files = ["model.safetensors", "optimizer.pt", "rng.safetensors"]
+    for name in files:
+        with open(tmp / name, "rb+") as handle:
+            os.fsync(handle.fileno())
+    state = {
+        "position": position.__dict__,
+        "rng": plain,
+        "schedule_state": schedule_state or {},
+        "sha256": {name: sha256(tmp / name) for name in files},
+    }
+    atomic_write_text(tmp / "state.json", json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints (those with a state.json), oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The parsed state.json if every file matches its checksum; else CheckpointError naming the file."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: state.json is unreadable ({exc}).") from None
+    for name, expected in state.get("sha256", {}).items():
+        file = path / name
+        if not file.exists():
+            raise CheckpointError(f"checkpoint {path}: {name} is missing.")
+        if sha256(file) != expected:
+            raise CheckpointError(f"checkpoint {path}: {name} is corrupted (checksum mismatch).")
+    return state
+
+
+def latest_good_checkpoint(directory: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies; corrupted ones are reported and skipped."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return path, verify_checkpoint(path)
+        except CheckpointError as exc:
+            warnings.warn(f"{exc} Falling back to the previous checkpoint.", stacklevel=2)
+    return None
+
+
+def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> TrainPosition:
+    """Restore weights, optimiser, scheduler and RNG states; return the position to continue from."""
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}. Was it written by another config?")
+    blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return TrainPosition(**state["position"])
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Save a module's weights atomically as safetensors."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)

@@ -1,0 +1,354 @@
+"""The Trainer: optimiser, LR schedule, accumulation, clipping, mixed precision, evaluation,
+checkpoints, metrics and a progress bar, on Hugging Face Accelerate.
+
+The loop reads top to bottom: forward, backward, clip, step, log, evaluate, save.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kdistill.distiller import Distiller
+from kdistill.errors import ConfigError, NonFiniteLossError
+from kdistill.train.checkpoint import (
+    TrainPosition,
+    latest_good_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
+from kdistill.train.evaluate import evaluate_classifier
+from kdistill.train.logging import MetricsLog
+from kdistill.train.optim import freeze_parameters, make_scheduler, parameter_groups
+
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about optimisation; no model or data here.
+
+    epochs / max_steps: the run length (max_steps, if set, wins). Steps are optimiser steps.
+    warmup: fraction of the run (< 1) or a number of steps for linear warm-up.
+    freeze: globs over student parameter names (``*word_embeddings*``: ~6× faster on CPU).
+    eval_every / save_every: in steps; ``None`` = at the end of every epoch.
+    metric: the evaluation key that decides "best" and early stopping.
+    on_nonfinite: ``stop`` (raise, naming the loss part) or ``skip`` (drop the step and go on).
+    """
+
+    lr: float = 5e-5
+    projection_lr: float | None = None
+    weight_decay: float = 0.01
+    epochs: int = 1
+    max_steps: int | None = None
+    warmup: float = 0.1
+    lr_schedule: str = "linear"
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    freeze: list[str] = field(default_factory=list)
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_last: int = 2
+    metric: str = "accuracy"
+    greater_is_better: bool = True
+    early_stop_patience: int | None = None
+    on_nonfinite: str = "stop"
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Read-only view handed to callbacks."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    parts: dict[str, float]
+    lr: float
+    metrics: dict[str, float] | None = None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict]
+    best_metric: float | None
+    best_step: int | None
+    final_metrics: dict[str, float]
+    output_dir: Path | None
+    skipped_steps: int = 0
+
+
+class Callback:
+    """Observe training. Every hook gets a read-only :class:`TrainState`; none may change the loss.
+
+    ``on_evaluate`` may return True to ask the trainer to stop (custom early stopping).
+    """
+
+    def on_step(self, state: TrainState) -> None: ...
+    def on_evaluate(self, state: TrainState) -> bool | None: ...
+    def on_epoch_end(self, state: TrainState) -> None: ...
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train ``distiller.student`` (and its projections) on ``train_data``.
+
+    train_data: a DataLoader (or any re-iterable of batches with ``len``); a sampler with
+        ``set_epoch``/``skip`` (kdistill.data.LengthBucketSampler) makes resume exact mid-epoch.
+    eval_data / metric_fn: ``metric_fn(student, eval_data, device) -> dict``; default: accuracy
+        and macro-F1 of the student's logits.
+    output_dir: where checkpoints, ``metrics.jsonl``, TensorBoard events and ``best/`` go.
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        train_data: Iterable,
+        *,
+        config: TrainConfig | None = None,
+        eval_data: Iterable | None = None,
+        metric_fn: Callable | None = None,
+        callbacks: Sequence[Callback] = (),
+        output_dir: str | os.PathLike | None = None,
+        accelerator: Any = None,
+    ):
+        self.distiller = distiller
+        self.train_data = train_data
+        self.config = config or TrainConfig()
+        self.eval_data = eval_data
+        self.metric_fn = metric_fn
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self._accelerator = accelerator
+        _check_config(self.config)
+
+    # ------------------------------------------------------------------ setup
+    def _steps_per_epoch(self) -> int:
+        try:
+            batches = len(self.train_data)
+        except TypeError:
+            raise ConfigError("training: the training data has no length; set training.max_steps.") from None
+        return max(math.ceil(batches / self.config.grad_accum), 1)
+
+    def total_steps(self) -> int:
+        if self.config.max_steps:
+            return self.config.max_steps
+        return self._steps_per_epoch() * self.config.epochs
+
+    def _sampler(self):
+        return getattr(self.train_data, "batch_sampler", None)
+
+    def _set_epoch(self, epoch: int) -> None:
+        for obj in (self._sampler(), getattr(self.train_data, "sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
+        from accelerate import Accelerator
+
+        cfg = self.config
+        accelerator = self._accelerator or Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+        )
+        seed_everything(cfg.seed)
+        distiller = self.distiller
+        device = accelerator.device
+        distiller.to(device)
+        for teacher in distiller.teachers.values():
+            teacher.to(device)
+        if cfg.freeze:
+            freeze_parameters(distiller.student, cfg.freeze)
+        if not distiller.prepared:
+            first = next(iter(self.train_data))
+            distiller.prepare(_to_device(first, device))
+
+        total = self.total_steps()
+        warmup = int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
+        optimizer = torch.optim.AdamW(parameter_groups(distiller, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                       projection_lr=cfg.projection_lr))
+        scheduler = make_scheduler(optimizer, kind=cfg.lr_schedule, warmup_steps=warmup, total_steps=total)
+        model, optimizer, loader, scheduler = accelerator.prepare(distiller, optimizer, self.train_data, scheduler)
+
+        position = TrainPosition()
+        checkpoints = self.output_dir / "checkpoints" if self.output_dir else None
+        if resume:
+            position = self._resume(resume, checkpoints, accelerator.unwrap_model(model), optimizer, scheduler)
+        is_main = accelerator.is_main_process
+        log = MetricsLog(self.output_dir if is_main else None, tensorboard=cfg.tensorboard)
+        bar = tqdm(total=total, initial=position.step, disable=not (cfg.progress and is_main),
+                   desc="distil", dynamic_ncols=True)
+        skipped = 0
+        running: dict[str, float] = {}
+        last_metrics: dict[str, float] = {}
+        stop = False
+        model.train()
+        try:
+            while position.step < total and not stop:
+                if position.epoch >= cfg.epochs and not cfg.max_steps:
+                    break
+                self._set_epoch(position.epoch)
+                batches = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
+                for batch in batches:
+                    position.batch_in_epoch += 1
+                    with accelerator.accumulate(model):
+                        try:
+                            out = model(batch, step=position.step, total_steps=total)
+                        except NonFiniteLossError as exc:
+                            if cfg.on_nonfinite == "stop":
+                                raise NonFiniteLossError(f"{exc} Stopping (training.on_nonfinite: stop).") from None
+                            warnings.warn(f"{exc} Skipping this step (training.on_nonfinite: skip).", stacklevel=1)
+                            optimizer.zero_grad(set_to_none=True)
+                            skipped += 1
+                            continue
+                        accelerator.backward(out.loss)
+                        if accelerator.sync_gradients and cfg.max_grad_norm:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    for name, value in {"loss": out.loss.detach(), **out.parts}.items():
+                        running[name] = running.get(name, 0.0) + float(value) / cfg.grad_accum
+                    if not accelerator.sync_gradients:
+                        continue
+                    position.step += 1
+                    parts = dict(running)
+                    running.clear()
+                    state = TrainState(position.step, total, position.epoch, parts, scheduler.get_last_lr()[0])
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(parts.items())[:4]}, refresh=False)
+                    if position.step % cfg.log_every == 0 or position.step == total:
+                        log.log(position.step, {**parts, "lr": state.lr, "epoch": position.epoch})
+                    for callback in self.callbacks:
+                        callback.on_step(state)
+                    if cfg.eval_every and position.step % cfg.eval_every == 0:
+                        last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
+                    if cfg.save_every and position.step % cfg.save_every == 0:
+                        self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
+                    if position.step >= total or stop:
+                        break
+                else:
+                    position.epoch += 1
+                    position.batch_in_epoch = 0
+                    state = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0])
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(state)
+                    if not cfg.eval_every:
+                        last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
+                    if not cfg.save_every:
+                        self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
+            if cfg.eval_every and position.step % cfg.eval_every:
+                last_metrics, _ = self._evaluate(model, accelerator, position, log, state)
+        finally:
+            bar.close()
+            log.close()
+        final = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0], last_metrics)
+        for callback in self.callbacks:
+            callback.on_train_end(final)
+        accelerator.wait_for_everyone()
+        return TrainResult(position.step, log.records, position.best_metric, position.best_step, last_metrics,
+                           self.output_dir, skipped)
+
+    # ------------------------------------------------------------------ pieces
+    def _evaluate(self, model, accelerator, position: TrainPosition, log: MetricsLog, state: TrainState):
+        if self.eval_data is None:
+            return {}, False
+        cfg = self.config
+        student = accelerator.unwrap_model(model).student
+        if self.metric_fn is not None:
+            metrics = self.metric_fn(student, self.eval_data, accelerator.device)
+        else:
+            inputs_key = "student_inputs"
+            metrics = evaluate_classifier(student, self.eval_data, device=accelerator.device, inputs_key=inputs_key)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        log.log(position.step, metrics, kind="eval")
+        stop = False
+        value = metrics.get(cfg.metric)
+        if value is not None:
+            better = (position.best_metric is None
+                      or (value > position.best_metric if cfg.greater_is_better else value < position.best_metric))
+            if better:
+                position.best_metric, position.best_step = value, position.step
+                position.evals_without_improvement = 0
+                if self.output_dir is not None and accelerator.is_main_process:
+                    (self.output_dir / "best").mkdir(parents=True, exist_ok=True)
+                    save_weights(student, self.output_dir / "best" / "student.safetensors")
+            else:
+                position.evals_without_improvement += 1
+                if cfg.early_stop_patience and position.evals_without_improvement >= cfg.early_stop_patience:
+                    stop = True
+        state = TrainState(state.step, state.total_steps, state.epoch, state.parts, state.lr, metrics)
+        for callback in self.callbacks:
+            stop = bool(callback.on_evaluate(state)) or stop
+        return metrics, stop
+
+    def _save(self, accelerator, model, optimizer, scheduler, position: TrainPosition, checkpoints: Path | None):
+        if checkpoints is None:
+            return
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(checkpoints, accelerator.unwrap_model(model), optimizer, scheduler, position,
+                            keep_last=self.config.keep_last)
+
+    def _resume(self, resume, checkpoints: Path | None, model, optimizer, scheduler) -> TrainPosition:
+        if resume is True:
+            if checkpoints is None:
+                raise ConfigError("resume: needs an output_dir holding checkpoints.")
+            found = latest_good_checkpoint(checkpoints)
+            if found is None:
+                return TrainPosition()
+            path, state = found
+        else:
+            from kdistill.train.checkpoint import verify_checkpoint
+
+            path = Path(resume)
+            state = verify_checkpoint(path)
+        return load_checkpoint(path, state, model, optimizer, scheduler)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    problems = []
+    if cfg.on_nonfinite not in NONFINITE_ACTIONS:
+        problems.append(f"training.on_nonfinite: '{cfg.on_nonfinite}' is not one of {', '.join(NONFINITE_ACTIONS)}")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        problems.append(f"training.mixed_precision: '{cfg.mixed_precision}' is not one of no, bf16, fp16")
+    if cfg.grad_accum < 1:
+        problems.append("training.grad_accum: must be at least 1")
+    if cfg.epochs < 1 and not cfg.max_steps:
+        problems.append("training.epochs: must be at least 1 (or set training.max_steps)")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+def _to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
