@@ -71,7 +71,8 @@ class Distiller(nn.Module):
 
     teacher: a model, or a dict ``name -> model`` for several teachers (``teacher_weights`` weight
         the ``"ensemble"`` average). The teachers are *not* sub-modules: they are frozen, never in
-        the state dict, never optimised.
+        the state dict, never optimised. ``None``: no teacher, the student learns from labels
+        alone (the no-distillation baseline, trained by the same loop).
     hard_label_weight: weight of ``hard_label_loss(student logits, batch["labels"])``; skipped for
         batches without labels (unlabelled text labelled by the teacher).
     teacher_adapter / student_adapter: optional ``(model, batch) -> Features`` functions.
@@ -80,7 +81,7 @@ class Distiller(nn.Module):
 
     def __init__(
         self,
-        teacher: nn.Module | Mapping[str, nn.Module],
+        teacher: nn.Module | Mapping[str, nn.Module] | None,
         student: nn.Module,
         matches: Sequence[Match] = (),
         *,
@@ -94,13 +95,13 @@ class Distiller(nn.Module):
     ):
         super().__init__()
         self.student = student
-        teachers = dict(teacher) if isinstance(teacher, Mapping) else {"teacher": teacher}
-        if not teachers:
-            raise ConfigError("teacher: at least one teacher model is needed.")
+        teachers = dict(teacher) if isinstance(teacher, Mapping) else ({} if teacher is None else {"teacher": teacher})
+        if not teachers and matches:
+            raise ConfigError("teacher: matches need a teacher model (teacher=None trains on labels alone).")
         # Stored in a plain dict so they never enter state_dict(), parameters() or .train().
         self.teachers: dict[str, nn.Module] = {name: freeze_teacher(model) for name, model in teachers.items()}
         weights = dict(teacher_weights or {name: 1.0 for name in self.teachers})
-        total = sum(weights.values())
+        total = sum(weights.values()) or 1.0
         self.teacher_weights = {name: weights.get(name, 0.0) / total for name in self.teachers}
         self.hard_label_weight = hard_label_weight
         self.hard_label_args = dict(hard_label_args or {})
@@ -279,7 +280,7 @@ class Distiller(nn.Module):
             self.plan.append(MatchPlan(
                 b.name, format_refs(b.teacher_refs), format_refs(b.student_refs), b.match.loss_name,
                 b.match.weight, _shape(teacher_value), _shape(student_value), projection,
-                b.match.teacher_name or next(iter(self.teachers)),
+                self._teacher_of(b),
             ))
         self.prepared = True
         # Check every loss runs on these shapes now rather than mid-run.

@@ -185,6 +185,9 @@ class Trainer:
             first = next(iter(self.train_data))
             distiller.prepare(_to_device(first, device))
 
+        if not any(p.requires_grad for p in distiller.parameters()):
+            raise ConfigError("training: the student has no trainable parameter (all frozen?); "
+                              "check training.freeze and that the student is not a frozen teacher.")
         total = self.total_steps()
         warmup = int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
         optimizer = torch.optim.AdamW(parameter_groups(distiller, lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -1,0 +1,349 @@
+"""Models without adaptors or downloads: load offline, find the block list, build students.
+
+Every Hugging Face load passes ``local_files_only=True``; a model is a folder on disk (or an
+entry already in the local Hugging Face cache), never a download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdistill.errors import ConfigError, unknown_choice
+from kdistill.registry import import_object
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("base", "masked-lm", "sequence-classification")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
+INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars; kdistill logs its own summary."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _check_folder(path: str | Path, what: str, needed: str | None) -> str:
+    """A local folder must exist and hold ``needed``; another string may name a cached hub model."""
+    folder = Path(path)
+    if folder.is_dir():
+        if needed is not None and not (folder / needed).is_file():
+            present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
+            raise ConfigError(f"{what}: the folder '{folder}' has no {needed} (it holds: {present}).")
+    elif folder.exists():
+        raise ConfigError(f"{what}: '{folder}' is a file; give the folder that holds {needed or 'the model'}.")
+    return str(path)
+
+
+def _summarise_loading(path: str, info: dict[str, Any]) -> None:
+    new = sorted(info.get("missing_keys") or ())
+    unused = sorted(info.get("unexpected_keys") or ())
+    resized = sorted(str(key) for key in info.get("mismatched_keys") or ())
+    if new:
+        logger.info("%s: %d weights newly initialised (%s)", path, len(new), ", ".join(new[:6]) + (" …" if len(new) > 6 else ""))
+    if unused:
+        logger.info("%s: %d checkpoint weights unused (%s)", path, len(unused), ", ".join(unused[:6]) + (" …" if len(unused) > 6 else ""))
+    if resized:
+        logger.warning("%s: re-initialised because their shapes differ from the checkpoint: %s", path, ", ".join(resized))
+
+
+def load_hf_model(
+    path: str | Path,
+    *,
+    num_labels: int | None = None,
+    task: str = "sequence-classification",
+    attn_implementation: str | None = None,
+) -> nn.Module:
+    """Load a Hugging Face model offline.
+
+    ``task``: ``sequence-classification`` (a checkpoint without a head, such as the
+    sentence-transformers MiniLM, gets a new classifier), ``base`` or ``masked-lm``.
+    ``num_labels`` sets the classifier size; a head of another size in the checkpoint is
+    re-initialised (logged as a warning). Newly initialised weights are summarised in one
+    ``kdistill.models`` log line instead of transformers' table.
+    """
+    import transformers
+
+    if task not in TASKS:
+        raise unknown_choice("model.task", "task", task, TASKS)
+    auto = {
+        "base": transformers.AutoModel,
+        "masked-lm": transformers.AutoModelForMaskedLM,
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+    }[task]
+    name = _check_folder(path, "model.path", "config.json")
+    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
+    if num_labels is not None:
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        with _quiet_transformers():
+            model, info = auto.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        where = f"the folder '{name}'" if Path(name).is_dir() else f"'{name}' (not a folder, nor in the local Hugging Face cache)"
+        raise ConfigError(f"model.path: cannot load {task} model from {where}: {_first_line(exc)}") from None
+    _summarise_loading(name, info)
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a tokenizer offline from a model folder (or the local Hugging Face cache)."""
+    import transformers
+
+    name = _check_folder(path, "tokenizer.path", None)
+    try:
+        with _quiet_transformers():
+            return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"tokenizer.path: cannot load a tokenizer from '{name}': {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__).rstrip(".") + "."
+
+
+def load_factory(spec: str, **kwargs: Any) -> nn.Module:
+    """Build a model with a user factory named ``"pkg.module:function"``, called with ``kwargs``.
+
+    The keyword arguments are checked against the factory's signature first, so a typo is a
+    ConfigError naming the factory rather than a TypeError from deep inside it.
+    """
+    factory = import_object(spec, path="model.factory")
+    if not callable(factory):
+        raise ConfigError(f"model.factory: '{spec}' is a {type(factory).__name__}, not a function.")
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.factory: '{spec}' cannot take the arguments {sorted(kwargs)}: {exc}.") from None
+    except ValueError:
+        pass  # builtins without a signature: let the call decide
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.factory: '{spec}' returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The block list
+
+
+def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The transformer block list and its dotted path (``bert.encoder.layer``, ``transformer.h`` …).
+
+    Candidates are the ``nn.ModuleList``\\ s whose children all share one class, leaving out those
+    nested inside another candidate (per-layer expert or head lists). The longest wins; on a tie
+    the shallowest, then the first registered.
+    """
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(child) for child in module}) == 1
+    ]
+    outer = [
+        (name, module)
+        for name, module in candidates
+        if not any(other != name and (other == "" or name.startswith(other + ".")) for other, _ in candidates)
+    ]
+    if not outer:
+        raise ConfigError(
+            f"{type(model).__name__} has no nn.ModuleList of identical blocks, so its layers cannot be "
+            "found; name the modules explicitly (refs like 'module:<path>')."
+        )
+    best = min(enumerate(outer), key=lambda item: (-len(item[1][1]), item[1][0].count("."), item[0]))
+    return best[1]
+
+
+def num_layers(model: nn.Module) -> int:
+    """How many transformer blocks ``model`` has (see :func:`find_layer_list`)."""
+    return len(find_layer_list(model)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Students
+
+
+def _layer_configs(config: Any, count: int) -> list[Any]:
+    """The config objects that describe a block list of ``count`` layers (the top config or a sub-config)."""
+    found = []
+    for candidate in [config] + [getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {}]:
+        if candidate is None:
+            continue
+        values = {key: getattr(candidate, key, None) for key in LAYER_COUNT_KEYS}
+        if any(value == count for value in values.values()):
+            found.append(candidate)
+    return found
+
+
+def _set_layer_count(config: Any, kept: list[int], old_count: int) -> None:
+    """Set the layer count and cut every per-layer list (``layer_types`` …) to the kept layers."""
+    for key in LAYER_COUNT_KEYS:
+        if key in config.to_dict() or key in getattr(config, "attribute_map", {}):
+            setattr(config, key, len(kept))
+    for key, value in list(vars(config).items()):
+        if "layer" in key and isinstance(value, list) and len(value) == old_count and key not in LAYER_COUNT_KEYS:
+            setattr(config, key, [value[i] for i in kept])
+    # GPT-Neo keeps a compressed form ([[pattern, repeats]]) that regenerates attention_layers.
+    if isinstance(getattr(config, "attention_types", None), list) and isinstance(getattr(config, "attention_layers", None), list):
+        config.attention_types = [[[kind], 1] for kind in config.attention_layers]
+
+
+def _renumber_blocks(blocks: nn.ModuleList) -> None:
+    """Blocks remember their position (``layer_idx``, for KV caches); make it their new one."""
+    for position, block in enumerate(blocks):
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = position
+
+
+def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
+    """A copy of ``teacher`` keeping only the blocks ``layers`` (in that order): DistilBERT/TinyBERT init.
+
+    Embeddings, heads and everything outside the block list are copied unchanged; block ``i`` of
+    the student holds the weights of teacher block ``layers[i]``. The config's layer count and
+    per-layer lists are updated, so the student saves and reloads with ``save_pretrained``.
+    The teacher is not modified; the student is trainable (and in train mode) even when the
+    teacher was frozen.
+    """
+    path, blocks = find_layer_list(teacher)
+    count = len(blocks)
+    if not layers:
+        raise ConfigError("student.layers: give at least one teacher layer to keep.")
+    for position, index in enumerate(layers):
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            raise ConfigError(
+                f"student.layers[{position}]={index} is out of range: the teacher has {count} layers (0–{count - 1})."
+            )
+    # Copy everything but the blocks, then each kept block through the same memo, so that
+    # objects they share with the rest of the model (the config) stay shared in the student.
+    memo: dict[int, Any] = {id(block): None for block in blocks}
+    student = copy.deepcopy(teacher, memo)
+    for block in blocks:
+        del memo[id(block)]
+    # A fresh copy of the memo per block: a layer listed twice gets two independent copies.
+    kept = [copy.deepcopy(blocks[index], dict(memo)) for index in layers]
+    parent_path, _, attr = path.rpartition(".")
+    new_blocks = nn.ModuleList(kept)
+    _renumber_blocks(new_blocks)
+    setattr(student.get_submodule(parent_path) if parent_path else student, attr, new_blocks)
+
+    config = getattr(student, "config", None)
+    if config is not None:
+        configs = _layer_configs(config, count)
+        if not configs:
+            logger.warning("%s: no layer count equal to %d found in its config; left unchanged", type(teacher).__name__, count)
+        for layer_config in configs:
+            _set_layer_count(layer_config, list(layers), count)
+    # A student is trained: undo a frozen teacher's requires_grad=False and eval mode.
+    student.requires_grad_(True)
+    student.train()
+    return student
+
+
+def student_from_config(
+    teacher: nn.Module,
+    *,
+    num_layers: int,
+    hidden_size: int | None = None,
+    intermediate_size: int | None = None,
+    num_attention_heads: int | None = None,
+) -> nn.Module:
+    """A randomly initialised model of the teacher's class with a smaller config.
+
+    Sizes left ``None`` keep the teacher's value. Per-layer lists (``layer_types``) are cut (or
+    cycled) to ``num_layers``; ``head_dim`` and key/value heads follow the new width and heads.
+    """
+    config = getattr(teacher, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise ConfigError(f"student_from_config needs a Hugging Face model; {type(teacher).__name__} has no config.")
+    if num_layers < 1:
+        raise ConfigError(f"student.num_layers: {num_layers} must be at least 1.")
+    config = copy.deepcopy(config)
+    old_count = num_layers_of_config(config)
+    old_heads = getattr(config, "num_attention_heads", None)
+    for key in LAYER_COUNT_KEYS:
+        if key in config.to_dict() or key in getattr(config, "attribute_map", {}):
+            setattr(config, key, num_layers)
+    if old_count is not None:
+        for key, value in list(vars(config).items()):
+            if "layer" in key and isinstance(value, list) and len(value) == old_count and value:
+                setattr(config, key, [value[i % len(value)] for i in range(num_layers)])
+    if hidden_size is not None:
+        config.hidden_size = hidden_size
+    if num_attention_heads is not None:
+        config.num_attention_heads = num_attention_heads
+    if intermediate_size is not None:
+        keys = [key for key in INTERMEDIATE_KEYS if key in config.to_dict()]
+        if not keys:
+            raise ConfigError(f"student.intermediate_size: {type(config).__name__} has no feed-forward size to set.")
+        setattr(config, keys[0], intermediate_size)
+    heads = getattr(config, "num_attention_heads", None)
+    width = getattr(config, "hidden_size", None)
+    if heads and width and width % heads:
+        raise ConfigError(
+            f"student.hidden_size: {width} is not divisible by num_attention_heads={heads}; pick sizes that divide."
+        )
+    if "head_dim" in config.to_dict() and (hidden_size is not None or num_attention_heads is not None):
+        config.head_dim = width // heads
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if kv_heads is not None and num_attention_heads is not None:
+        if kv_heads == old_heads:
+            config.num_key_value_heads = heads
+        elif heads % kv_heads:
+            raise ConfigError(
+                f"student.num_attention_heads: {heads} is not a multiple of num_key_value_heads={kv_heads}."
+            )
+    builder = getattr(type(teacher), "_from_config", None)
+    return builder(config) if builder is not None else type(teacher)(config)
+
+
+def num_layers_of_config(config: Any) -> int | None:
+    """The layer count a Hugging Face config declares, under whichever name it uses."""
+    for key in LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters; tied weights count once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = [
+    "count_parameters",
+    "find_layer_list",
+    "load_factory",
+    "load_hf_model",
+    "load_tokenizer",
+    "num_layers",
+    "num_layers_of_config",
+    "student_from_config",
+    "student_from_teacher",
+]
