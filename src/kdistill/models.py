@@ -227,7 +227,7 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
     Embeddings, heads and everything outside the block list are copied unchanged; block ``i`` of
     the student holds the weights of teacher block ``layers[i]``. The config's layer count and
     per-layer lists are updated, so the student saves and reloads with ``save_pretrained``.
-    The teacher is not modified; the student is trainable (and in train mode) even when the
+    The teacher is not modified; the student is trainable even when the
     teacher was frozen.
     """
     path, blocks = find_layer_list(teacher)
@@ -259,9 +259,8 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
             logger.warning("%s: no layer count equal to %d found in its config; left unchanged", type(teacher).__name__, count)
         for layer_config in configs:
             _set_layer_count(layer_config, list(layers), count)
-    # A student is trained: undo a frozen teacher's requires_grad=False and eval mode.
+    # A student is trained: undo a frozen teacher's requires_grad=False (the Trainer sets train mode).
     student.requires_grad_(True)
-    student.train()
     return student
 
 

@@ -160,8 +160,10 @@ class Trainer:
     def _sampler(self):
         return getattr(self.train_data, "batch_sampler", None)
 
-    def _set_epoch(self, epoch: int) -> None:
-        for obj in (self._sampler(), getattr(self.train_data, "sampler", None)):
+    def _set_epoch(self, loader, epoch: int) -> None:
+        # Accelerate's prepared loader re-applies its own epoch counter on every iter() (and a
+        # fresh one in a resumed run starts at 0), so it must be told the epoch too.
+        for obj in (loader, self._sampler(), getattr(self.train_data, "sampler", None)):
             if obj is not None and hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
 
@@ -212,9 +214,9 @@ class Trainer:
             while position.step < total and not stop:
                 if position.epoch >= cfg.epochs and not cfg.max_steps:
                     break
-                self._set_epoch(position.epoch)
+                self._set_epoch(loader, position.epoch)
                 batches = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
-                for batch in batches:
+                for batch in _off_global_rng(batches):
                     position.batch_in_epoch += 1
                     with accelerator.accumulate(model):
                         try:
@@ -343,6 +345,27 @@ def _check_config(cfg: TrainConfig) -> None:
         problems.append("training.epochs: must be at least 1 (or set training.max_steps)")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+_END = object()
+
+
+def _off_global_rng(batches: Iterable):
+    """Yield from ``batches`` without letting data loading draw from the global torch RNG.
+
+    A DataLoader draws a seed from it on every ``iter()``; a resumed run creates one iterator more
+    than the uninterrupted run did, which would shift every later dropout mask. Data order itself
+    must come from a seeded sampler (``set_epoch``), as kdistill.data.make_loader builds.
+    """
+    iterator = None
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            if iterator is None:
+                iterator = iter(batches)
+            batch = next(iterator, _END)
+        if batch is _END:
+            return
+        yield batch
 
 
 def _to_device(batch, device):
