@@ -48,5 +48,5 @@ def unknown_choice(path: str, kind: str, value: str, choices: Iterable[str]) -> 
     """The standard 'unknown X' error: path, bad value, suggestion, sorted valid choices."""
     choices = sorted(choices)
     return ConfigError(
-        f"{path}: unknown {kind} '{value}'{suggest(value, choices)} Available: {', '.join(choices)}."
+        f"{path}: unknown {kind} '{value}'{suggest(value, choices) or '.'} Available: {', '.join(choices)}."
     )

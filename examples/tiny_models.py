@@ -1,0 +1,33 @@
+"""Tiny random Hugging Face models for the examples and CI: nothing is downloaded.
+
+A real run names a model folder instead (``teacher: {path: ./my-finetuned-bert}``); these
+factories stand in for it with the same classes, at 2–4 layers and 32–64 wide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny_tokenizer"
+
+
+def vocab_size() -> int:
+    """Size of the word-level vocabulary in examples/data/tiny_tokenizer."""
+    return len((TOKENIZER / "vocab.txt").read_text(encoding="utf-8").split())
+
+
+def tiny_bert(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, num_labels: int = 2,
+              seed: int = 0):
+    """A randomly initialised ``BertForSequenceClassification`` (seeded, so reruns agree)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
+        num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(config)

@@ -1,0 +1,1053 @@
+"""The runner: config -> models -> data -> method/matches -> Distiller -> Trainer -> outputs.
+
+    config = load_config("run.yaml")
+    print(plan(config))        # loads the models, runs one batch, trains nothing
+    summary = run(config)      # trains and writes the output folder
+
+Output folder of a run::
+
+    config.resolved.yaml   the config after defaults, overrides and path resolution
+    metrics.jsonl          one JSON object per logged step / evaluation (the Trainer writes it)
+    checkpoints/           resumable checkpoints (multi-stage runs: stages/<n>-<name>/checkpoints)
+    student/               the student: save_pretrained + tokenizer (Hugging Face), else student.safetensors
+    summary.json           teacher and student metrics on validation/test, their agreement, sizes
+
+A folder holding results of a *different* config is refused unless ``resume`` (continue it with
+this config) or ``overwrite`` (replace its results). The same config again continues the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdistill.adapters.base import get_submodule
+from kdistill.adapters.hf import hf_num_layers, is_hf_model
+from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml, parse_yaml
+from kdistill.distiller import Distiller
+from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
+from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
+from kdistill.methods import Recipe, Stage
+from kdistill.refs import LAYER_KINDS, parse_ref
+from kdistill.schedules import maybe_schedule, schedule_to_dict
+from kdistill.train.checkpoint import atomic_write_text
+
+RESOLVED_NAME = "config.resolved.yaml"
+RESULT_NAMES = ("checkpoints", "student", "summary.json", "metrics.jsonl", "stages", "best", "tensorboard")
+STAGE_DONE = "stage_done.json"
+STAGE_STUDENT = "student_after.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# What build() returns
+
+
+@dataclass
+class StageParts:
+    """One stage ready to train: its recipe stage, models, data and (once made) its Distiller."""
+
+    index: int
+    stage: Stage
+    teacher: nn.Module
+    student: nn.Module
+    loader: DataLoader
+    origins: list[str]
+    directory: Path
+    distiller: Distiller | None = None
+
+
+@dataclass
+class DataParts:
+    datasets: dict[str, Dataset]
+    label_names: list[str] | None
+    num_classes: int | None
+    sources: dict[str, str]
+    kind: str  # "text" or "image"
+
+
+@dataclass
+class RunParts:
+    """Everything a run needs, built from a config (models loaded, data tokenised)."""
+
+    config: RunConfig
+    teacher: nn.Module
+    student: nn.Module
+    trained: nn.Module
+    assistant: nn.Module | None
+    tokenizer: Any
+    student_tokenizer: Any
+    tokenizer_source: str | None
+    data: DataParts
+    loaders: dict[str, DataLoader]
+    recipe: Recipe
+    stages: list[StageParts]
+    layer_map: list[tuple[int, int]] | None
+    model_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def datasets(self) -> dict[str, Dataset]:
+        return self.data.datasets
+
+    @property
+    def distiller(self) -> Distiller:
+        """The Distiller of the last stage (the only one for single-stage runs)."""
+        return self.stage_distiller(len(self.stages) - 1)
+
+    def stage_distiller(self, index: int) -> Distiller:
+        """The Distiller of stage ``index``, made on first use (a chain's assistant must train first)."""
+        part = self.stages[index]
+        if part.distiller is None:
+            part.distiller = _make_distiller(self.config, part)
+            follow = getattr(part.student, "follow", None)
+            if callable(follow):  # a wrapper with a schedule (Theseus) counts the Trainer's steps
+                follow(part.distiller)
+        return part.distiller
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+@contextlib.contextmanager
+def importable(folders: list[str]) -> Iterator[None]:
+    """Make the config's folder (and ``python_path``) importable while factories are resolved."""
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)
+
+
+def _reprefix(exc: KdistillError, old: str, new: str) -> KdistillError:
+    text = str(exc)
+    if text.startswith(old):
+        text = new + text[len(old):]
+    return type(exc)(text)
+
+
+def load_model(spec, where: str, config: RunConfig, teacher: nn.Module | None = None) -> nn.Module:
+    """Build the model ``spec`` describes: HF folder (offline), factory, or from the teacher."""
+    from kdistill import models
+
+    if spec.path is not None:
+        try:
+            return models.load_hf_model(spec.path, num_labels=spec.num_labels, task=spec.task)
+        except ConfigError as exc:
+            raise _reprefix(exc, "model.path", f"{where}.path") from None
+    if spec.factory is not None:
+        with importable(config.python_path):
+            try:
+                return models.load_factory(spec.factory, **spec.args)
+            except ConfigError as exc:
+                raise _reprefix(exc, "model.factory", f"{where}.factory") from None
+    return student_from_init({"from_teacher": spec.from_teacher.model_dump(exclude_none=True)}, teacher,
+                             where=f"{where}.from_teacher")
+
+
+def student_from_init(init: Mapping, teacher: nn.Module, *, where: str) -> nn.Module:
+    """A student from a recipe's ``student_init`` or a config's ``from_teacher``."""
+    from kdistill import models
+
+    if "from_teacher" in init:
+        options = dict(init["from_teacher"])
+    elif "config" in init:
+        options = dict(init["config"])
+    else:
+        raise ConfigError(f"{where}: cannot build a student from {dict(init)!r}; expected 'from_teacher' or 'config'.")
+    try:
+        if "layers" in options:
+            return models.student_from_teacher(teacher, list(options["layers"]))
+        return models.student_from_config(teacher, **options)
+    except ConfigError as exc:
+        raise _reprefix(exc, "student.", f"{where}.") from None
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}.") from None
+
+
+def layer_count(model: nn.Module) -> int | None:
+    """Transformer blocks of ``model`` (from the HF config, else its block list); None if it has none."""
+    from kdistill import models
+
+    if is_hf_model(model):
+        return hf_num_layers(model)
+    try:
+        return models.num_layers(model)
+    except ConfigError:
+        return None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+class ImageDataset(Dataset):
+    """Images (N, C, H, W) float32 and labels; items are ``{"inputs", "labels", "index"}``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"inputs": self.images[index], "labels": int(self.labels[index]), "index": index}
+
+
+def _builtin_records(name: str) -> list[tuple[Any, int]]:
+    from kdistill import packaged
+
+    if name == "movie_reviews":
+        return packaged.movie_reviews()
+    if name == "sms_spam":
+        return packaged.sms_spam()
+    if name == "digits":
+        images, labels = packaged.digits()
+        images = images / 16.0
+    else:
+        train_images, train_labels = packaged.fashion_mnist("train")
+        test_images, test_labels = packaged.fashion_mnist("test")
+        images = np.concatenate([train_images, test_images]).astype("float32") / 255.0
+        labels = np.concatenate([train_labels, test_labels])
+    return list(zip(images, labels.tolist()))
+
+
+def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> DataParts:
+    """Datasets per split (train, validation, test where given; unlabelled when configured)."""
+    from kdistill import data as kdata
+
+    spec = config.data
+    ratios = spec.split or [0.8, 0.1, 0.1]
+    sources: dict[str, str] = {}
+    if spec.builtin is not None:
+        pairs = kdata.split_records(_builtin_records(spec.builtin), ratios=ratios, seed=config.data_seed())
+        if spec.limit:
+            pairs = {k: v[: spec.limit] for k, v in pairs.items()}
+        pairs = {k: v for k, v in pairs.items() if v}
+        sources = {k: f"builtin '{spec.builtin}' ({ratios} split, seed {config.data_seed()})" for k in pairs}
+        if spec.builtin in IMAGE_DATA:
+            datasets = {}
+            for split, items in pairs.items():
+                images = torch.as_tensor(np.stack([x for x, _ in items]))[:, None]
+                datasets[split] = ImageDataset(images.float(), torch.tensor([y for _, y in items]))
+            return DataParts(datasets, None, 10, sources, "image")
+        records = {k: [{"text": t, "label": y} for t, y in v] for k, v in pairs.items()}
+        text, label = "text", "label"
+    else:
+        text, label = spec.text, spec.label
+        if spec.path is not None:
+            loaded = kdata.load_records(spec.path, format=spec.format)
+            records = kdata.split_records(loaded, ratios=ratios, seed=config.data_seed())
+            records = {k: v for k, v in records.items() if v}
+            sources = {k: f"{spec.path} ({ratios} split, seed {config.data_seed()})" for k in records}
+        else:
+            records = {}
+            for split in ("train", "validation", "test"):
+                file = getattr(spec, split)
+                if file is not None:
+                    records[split] = kdata.load_records(file, format=spec.format)
+                    sources[split] = file
+        if spec.limit:
+            records = {k: v[: spec.limit] for k, v in records.items()}
+
+    tables = {}
+    label_names = None
+    for split in ("train", "validation", "test"):
+        if split not in records:
+            continue
+        table = kdata.text_table(records[split], text=text, label=label, label_names=label_names,
+                                 source=sources.get(split, split))
+        if split == "train":
+            label_names = table.label_names
+        tables[split] = table
+    datasets: dict[str, Dataset] = {
+        split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
+                                      student_tokenizer=student_tokenizer)
+        for split, table in tables.items()
+    }
+    if spec.unlabelled is not None:
+        texts = _unlabelled_texts(spec)
+        datasets["unlabelled"] = kdata.TokenizedDataset(texts, None, tokenizer, max_length=spec.max_length,
+                                                        student_tokenizer=student_tokenizer)
+        sources["unlabelled"] = spec.unlabelled
+    num_classes = None
+    if "train" in tables and tables["train"].labels is not None:
+        num_classes = len(label_names) if label_names else max(tables["train"].labels) + 1
+    return DataParts(datasets, label_names, num_classes, sources, "text")
+
+
+def _unlabelled_texts(spec) -> list:
+    from kdistill import data as kdata
+
+    path = Path(spec.unlabelled)
+    if path.suffix.lower() == ".txt":
+        texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"data.unlabelled: '{path}' holds no text.")
+    else:
+        texts = kdata.text_table(kdata.load_records(path, format=spec.format), text=spec.text, label=None,
+                                 source=str(path)).texts
+    return texts[: spec.limit] if spec.limit else texts
+
+
+def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
+    from kdistill.data import make_loader
+
+    spec = config.data
+    bucket = spec.bucket and data.kind == "text"
+    loaders = {}
+    for split, dataset in data.datasets.items():
+        train = split in ("train", "unlabelled")
+        size = spec.batch_size if train else (spec.eval_batch_size or spec.batch_size)
+        loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket)
+    return loaders
+
+
+# ---------------------------------------------------------------------------------------------
+# Matches, recipe, stages
+
+
+def resolve_layer_map(value: Any, teacher: nn.Module, student: nn.Module) -> list[tuple[int, int]]:
+    if isinstance(value, list):
+        return explicit_layer_map(value)
+    t_layers, s_layers = layer_count(teacher), layer_count(student)
+    if t_layers is None or s_layers is None:
+        which = "teacher" if t_layers is None else "student"
+        raise ConfigError(f"layer_map: '{value}' needs the layer counts, but the {which} has no list of blocks; "
+                          "give explicit [teacher_hidden, student_hidden] pairs.")
+    builder = {"uniform": uniform_layer_map, "last": last_k_layer_map, "skip": skip_layer_map}[value]
+    return builder(t_layers, s_layers)
+
+
+def _projection(value: str | None, config: RunConfig, where: str):
+    if value in (None, "none"):
+        return None
+    if ":" in value:
+        from kdistill.registry import import_object
+
+        with importable(config.python_path):
+            return import_object(value, path=where)
+    return value
+
+
+def config_matches(config: RunConfig, layer_map: list[tuple[int, int]] | None) -> tuple[list[Match], list[str]]:
+    """The config's ``matches`` as Match objects (``.*`` refs expanded) and each one's config path."""
+    result, origins = [], []
+    for i, spec in enumerate(config.matches):
+        where = f"matches[{i}]"
+        common = dict(
+            loss=spec.loss,
+            weight=maybe_schedule(spec.weight, path=f"{where}.weight"),
+            args={k: maybe_schedule(v, path=f"{where}.args.{k}") for k, v in spec.args.items()},
+            projection=_projection(spec.projection, config, f"{where}.projection"),
+            teacher_name=spec.teacher_name, start=spec.start, stop=spec.stop,
+        )
+        if spec.teacher.endswith(".*"):
+            kind = spec.teacher[:-2]
+            for t, s in layer_map or []:
+                if kind != "hidden":
+                    if t == 0 or s == 0:
+                        continue  # hidden 0 is the embeddings: no attention block feeds it
+                    t, s = t - 1, s - 1
+                name = f"{spec.name}.{s}" if spec.name else None
+                result.append(Match(f"{kind}.{t}", f"{kind}.{s}", name=name, **common))
+                origins.append(where)
+        else:
+            result.append(Match(spec.teacher, spec.student, name=spec.name, **common))
+            origins.append(where)
+    return result, origins
+
+
+def check_refs(matches: list[Match], origins: list[str], teacher: nn.Module, student: nn.Module) -> None:
+    """Every ref against the real models, all problems in one error (before any batch runs)."""
+    problems = []
+    for match, origin in zip(matches, origins):
+        for role, text, model in (("teacher", match.teacher, teacher), ("student", match.student, student)):
+            where = f"{origin}.{role}"
+            try:
+                refs = parse_ref(text, where=where)
+            except RefError as exc:
+                problems.append(str(exc))
+                continue
+            hf = is_hf_model(model)
+            layers = hf_num_layers(model) if hf else None
+            for ref in refs:
+                try:
+                    if ref.kind == "module":
+                        get_submodule(model, ref.path, where=where)
+                    elif ref.kind in LAYER_KINDS and not hf:
+                        raise RefError(f"{where}: '{ref}' needs a Hugging Face model; the {role} is a "
+                                       f"{type(model).__name__}: use 'logits' or 'module:<path>' refs.")
+                    else:
+                        ref.resolved(layers, where=where)
+                except RefError as exc:
+                    problems.append(str(exc))
+    if problems:
+        raise RefError(problems[0] if len(problems) == 1 else
+                       f"{len(problems)} refs do not fit the models:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def make_recipe(config: RunConfig, teacher: nn.Module, student: nn.Module | None) -> Recipe:
+    from kdistill import methods
+
+    args = {k: maybe_schedule(v, path=f"method_args.{k}") for k, v in config.method_args.items()}
+    with importable(config.python_path):
+        try:
+            return methods.expand(config.method, teacher, student, **args)
+        except TypeError as exc:
+            raise ConfigError(f"method_args: method '{config.method}' rejected its arguments: {exc}.") from None
+
+
+def _stage_matches(recipe_stage: Stage, extra: list[Match], extra_origins: list[str], last: bool,
+                   method: str | None) -> tuple[list[Match], list[str]]:
+    """A method stage's matches; the config's own ``matches`` join the last stage."""
+    own = list(recipe_stage.matches)
+    origins = [f"method '{method}' stage '{recipe_stage.name}' match {i}" for i in range(len(own))]
+    if last:
+        own += extra
+        origins += extra_origins
+    return own, origins
+
+
+def _make_distiller(config: RunConfig, part: StageParts) -> Distiller:
+    stage = part.stage
+    try:
+        return Distiller(part.teacher, part.student, stage.matches, hard_label_weight=stage.hard_label_weight,
+                         attention=config.attention)
+    except RefError as exc:
+        raise RefError(f"stage '{stage.name}': {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# build
+
+
+def build(config: RunConfig) -> RunParts:
+    """Load models and tokenizers, read and tokenise the data, expand the method, make the stages.
+
+    Loads weights (so call it after the config validated); trains nothing.
+    """
+    from kdistill import models
+
+    torch.manual_seed(config.train_seed())
+    sources = {}
+    teacher = load_model(config.teacher, "teacher", config)
+    sources["teacher"] = config.teacher.path or f"factory {config.teacher.factory}"
+
+    recipe = None
+    if config.student is not None:
+        student = load_model(config.student, "student", config, teacher=teacher)
+        sources["student"] = (config.student.path or (config.student.factory and f"factory {config.student.factory}")
+                              or f"from_teacher {config.student.from_teacher.model_dump(exclude_none=True)}")
+    else:
+        draft = make_recipe(config, teacher, None)
+        if not draft.student_init:
+            raise ConfigError(f"student: required: method '{config.method}' does not say how to build a student. "
+                              "Give student: {path: …}, {factory: …} or {from_teacher: {layers: [0, 2, 4]}}.")
+        student = student_from_init(draft.student_init, teacher, where=f"method '{config.method}' student_init")
+        sources["student"] = f"built by method '{config.method}': {draft.student_init}"
+    if config.method is not None:
+        recipe = make_recipe(config, teacher, student)
+
+    assistant = None
+    if recipe is not None and recipe.assistant:
+        assistant = student_from_init(recipe.assistant, teacher, where=f"method '{config.method}' assistant")
+        sources["assistant"] = f"built by method '{config.method}': {recipe.assistant}"
+    trained = student
+    if recipe is not None and recipe.student_wrapper is not None:
+        trained = recipe.student_wrapper(teacher, student)
+
+    tokenizer = student_tokenizer = None
+    tokenizer_source = None
+    if config.data.builtin not in IMAGE_DATA:
+        tokenizer_source = config.data.tokenizer or config.teacher.path
+        tokenizer = models.load_tokenizer(tokenizer_source)
+        if config.data.student_tokenizer:
+            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
+    data = build_data(config, tokenizer, student_tokenizer)
+    _check_classes(config, data, teacher, student)
+    loaders = make_loaders(config, data)
+
+    layer_map = None
+    if any(m.teacher.endswith(".*") for m in config.matches):
+        layer_map = resolve_layer_map(config.layer_map, teacher, student)
+    extra, extra_origins = config_matches(config, layer_map)
+    if recipe is None:
+        hard = maybe_schedule(config.hard_label_weight, path="hard_label_weight")
+        recipe = Recipe("matches", [Stage("distil", extra, hard_label_weight=hard if hard is not None else 0.0)])
+        stage_origins = [extra_origins]
+    else:
+        stage_origins = []
+        for i, stage in enumerate(recipe.stages):
+            last = i == len(recipe.stages) - 1
+            stage.matches, origins = _stage_matches(stage, extra, extra_origins, last, config.method)
+            stage_origins.append(origins)
+            if config.hard_label_weight is not None:
+                stage.hard_label_weight = maybe_schedule(config.hard_label_weight, path="hard_label_weight")
+
+    out = Path(config.output_dir)
+    chain = {"teacher": teacher, "assistant": assistant}
+    stages = []
+    taught_by_assistant = False
+    for i, stage in enumerate(recipe.stages):
+        if stage.data not in loaders:
+            hint = ("set data.unlabelled to a text file (one text per line) or a CSV/JSON-lines file"
+                    if stage.data == "unlabelled" else f"the data has no '{stage.data}' split")
+            raise ConfigError(f"method '{recipe.method}' stage '{stage.name}' trains on '{stage.data}' data: {hint}.")
+        stage_teacher = chain.get(stage.teacher)
+        if stage_teacher is None:
+            raise ConfigError(f"method '{recipe.method}' stage '{stage.name}': no '{stage.teacher}' model in this run.")
+        # A chain teacher -> assistant -> student: stages taught by the teacher train the assistant until
+        # the assistant has taught; every later stage (e.g. a final fine-tuning) trains the student.
+        taught_by_assistant = taught_by_assistant or stage.teacher == "assistant"
+        train_assistant = assistant is not None and stage.teacher == "teacher" and not taught_by_assistant
+        stage_student = assistant if train_assistant else trained
+        check_refs(stage.matches, stage_origins[i], stage_teacher, stage_student)
+        directory = out if len(recipe.stages) == 1 else out / "stages" / f"{i + 1}-{stage.name}"
+        stages.append(StageParts(i, stage, stage_teacher, stage_student, loaders[stage.data], stage_origins[i],
+                                 directory))
+    parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
+                     data, loaders, recipe, stages, layer_map, sources)
+    if assistant is None:
+        for i in range(len(stages)):
+            parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
+    return parts
+
+
+def _check_classes(config: RunConfig, data: DataParts, teacher: nn.Module, student: nn.Module) -> None:
+    if data.num_classes is None:
+        return
+    for role, model in (("teacher", teacher), ("student", student)):
+        labels = getattr(getattr(model, "config", None), "num_labels", None)
+        if is_hf_model(model) and type(model).__name__.endswith("ForSequenceClassification") and labels is not None:
+            if data.num_classes > labels:
+                raise DataError(f"{role}: its classifier has {labels} outputs but the data has {data.num_classes} "
+                                f"classes; set {role}.num_labels: {data.num_classes} (or check data.label).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training config per stage
+
+
+def stage_train_config(config: RunConfig, part: StageParts):
+    from kdistill.train import TrainConfig
+
+    fields = config.training.model_dump()
+    fields["seed"] = config.train_seed()
+    unknown = [k for k in part.stage.training if k not in fields]
+    if unknown:
+        raise ConfigError(f"method stage '{part.stage.name}': unknown training settings {unknown}.")
+    fields.update(part.stage.training)
+    epochs = part.stage.epochs
+    if epochs is not None:
+        if float(epochs).is_integer():
+            fields["epochs"] = max(int(epochs), 1)
+        elif fields["max_steps"] is None:
+            per_epoch = math.ceil(len(part.loader) / fields["grad_accum"])
+            fields["max_steps"] = max(1, round(epochs * per_epoch))
+    return TrainConfig(**fields)
+
+
+def estimated_steps(train_config, loader) -> int:
+    if train_config.max_steps:
+        return train_config.max_steps
+    return max(math.ceil(len(loader) / train_config.grad_accum), 1) * train_config.epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _logits_are_classes(model: nn.Module) -> bool:
+    if is_hf_model(model):
+        return type(model).__name__.endswith("ForSequenceClassification")
+    return True
+
+
+def compare(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    """Accuracy and macro-F1 of teacher and student on ``loader``, and how often they agree."""
+    from kdistill.train.evaluate import classification_metrics, predict
+
+    device = next(student.parameters()).device
+    teacher_pred, labels = predict(teacher, loader, device=device)
+    student_pred, _ = predict(student, loader, device=device, inputs_key="student_inputs")
+    result: dict[str, Any] = {"examples": int(len(student_pred)),
+                              "agreement": float((teacher_pred == student_pred).float().mean())}
+    if labels is not None:
+        result["teacher"] = classification_metrics(teacher_pred, labels)
+        result["student"] = classification_metrics(student_pred, labels)
+    return result
+
+
+def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str, DataLoader],
+                    splits=("validation", "test")) -> dict[str, Any]:
+    if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
+        return {}
+    return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    if isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(_flatten(value, f"{prefix}.{i}"))
+        return out
+    return {prefix: data}
+
+
+def config_differences(old: Any, new: Any, limit: int = 5) -> list[str]:
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    keys = sorted(set(flat_old) | set(flat_new))
+    changed = [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys if flat_old.get(k) != flat_new.get(k)]
+    return changed[:limit] + ([f"… {len(changed) - limit} more"] if len(changed) > limit else [])
+
+
+def _has_results(out: Path) -> bool:
+    """Whether a run folder holds anything a new run would lose (an empty metrics log does not count)."""
+    for name in RESULT_NAMES:
+        path = out / name
+        if name == "tensorboard" or not path.exists():
+            continue
+        if path.is_dir() and not any(path.iterdir()):
+            continue
+        if path.is_file() and path.stat().st_size == 0:
+            continue
+        return True
+    return False
+
+
+def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> tuple[Path, bool]:
+    """Check the output folder before any weight loads; write config.resolved.yaml.
+
+    Returns the folder and whether the run continues from what is there.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: resume continues the run in the output "
+                          "folder, overwrite replaces it.")
+    out = Path(config.output_dir)
+    resolved = config.resolved()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: '{out}' is a file; give a folder for the run's outputs.")
+    continuing = resume
+    if out.is_dir():
+        saved = out / RESOLVED_NAME
+        has_results = _has_results(out)
+        if saved.is_file():
+            try:
+                old = parse_yaml(saved.read_text(encoding="utf-8"), source=str(saved))
+            except (ConfigError, OSError):
+                old = None
+            if old != resolved and has_results and not (resume or overwrite):
+                changes = "; ".join(config_differences(old, resolved)) if isinstance(old, dict) else "unreadable"
+                raise ConfigError(
+                    f"output_dir: '{out}' holds a run with a different config ({changes}). Pass --resume to "
+                    "continue that run with this config, --overwrite to replace its results, or choose another "
+                    "output_dir."
+                )
+            if old == resolved and has_results and not overwrite:
+                continuing = True
+        elif any(out.iterdir()) and not overwrite:
+            raise ConfigError(f"output_dir: '{out}' is not empty and holds no kdistill run (no {RESOLVED_NAME}); "
+                              "choose a new or empty folder, or pass --overwrite to write into it.")
+        if overwrite:
+            continuing = False
+            for name in (*RESULT_NAMES, RESOLVED_NAME):
+                target = out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".kdistill-write-test-{os.getpid()}"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir: cannot write to '{out}' ({exc.strerror or exc}); choose a folder you can "
+                          "write to (output_dir=… on the command line).") from None
+    atomic_write_text(out / RESOLVED_NAME, dump_yaml(resolved))
+    return out, continuing
+
+
+def save_student(parts: RunParts, model: nn.Module, out: Path) -> Path:
+    """Write ``out/student`` atomically: HF save_pretrained + tokenizer, else student.safetensors."""
+    from kdistill.train import save_weights
+
+    final = out / "student"
+    tmp = out / f".student.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    if is_hf_model(model):
+        names = parts.data.label_names
+        if names and getattr(model.config, "num_labels", None) == len(names):
+            model.config.id2label = dict(enumerate(names))
+            model.config.label2id = {name: i for i, name in enumerate(names)}
+        from kdistill.models import _quiet_transformers
+
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer = parts.student_tokenizer or parts.tokenizer
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    else:
+        save_weights(model, tmp / "student.safetensors")
+    old = out / f".student.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def _remove_hooks(distiller: Distiller) -> None:
+    for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
+        hooks = getattr(adapter, "hooks", None)
+        if hooks is not None:
+            hooks.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train every stage and write the output folder; returns the summary (also in summary.json)."""
+    from safetensors.torch import load_model as load_weights_into
+
+    from kdistill.train import Trainer, save_weights
+
+    out, continuing = prepare_output_dir(config, resume=resume, overwrite=overwrite)
+    started = time.time()
+    parts = build(config)
+    stage_summaries = []
+    for part in parts.stages:
+        done = part.directory / STAGE_DONE
+        if continuing and done.is_file():
+            load_weights_into(part.student, str(part.directory / STAGE_STUDENT))
+            stage_summaries.append(json.loads(done.read_text(encoding="utf-8")))
+            continue
+        distiller = parts.stage_distiller(part.index)
+        if not distiller.prepared:
+            try:
+                distiller.prepare(next(iter(part.loader)))
+            except ShapeError as exc:
+                raise _name_match(exc, distiller, part) from None
+        train_config = stage_train_config(config, part)
+        eval_loader = parts.loaders.get("validation") if _logits_are_classes(part.student) and parts.data.num_classes else None
+        trainer = Trainer(distiller, part.loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
+        result = trainer.train(resume=continuing)
+        _remove_hooks(distiller)
+        save_weights(part.student, part.directory / STAGE_STUDENT)
+        record = {"stage": part.stage.name, "steps": result.steps, "best_metric": result.best_metric,
+                  "best_step": result.best_step, "final_metrics": result.final_metrics}
+        atomic_write_text(done, json.dumps(record, indent=2))
+        stage_summaries.append(record)
+        if len(parts.stages) > 1:
+            _append_stage_metrics(out, part)
+
+    final_model = parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student else parts.trained
+    student_dir = save_student(parts, final_model, out)
+    summary = {
+        "config": str(out / RESOLVED_NAME),
+        "student": str(student_dir),
+        "method": parts.recipe.method,
+        "stages": stage_summaries,
+        "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
+        "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
+        "seconds": round(time.time() - started, 2),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _append_stage_metrics(out: Path, part: StageParts) -> None:
+    from kdistill.train import read_metrics
+
+    source = part.directory / "metrics.jsonl"
+    if not source.is_file():
+        return
+    target = out / "metrics.jsonl"
+    lines = target.read_text(encoding="utf-8").splitlines() if target.is_file() else []
+    lines = [line for line in lines if json.loads(line).get("stage") != part.stage.name]
+    lines += [json.dumps({"stage": part.stage.name, **record}) for record in read_metrics(source)]
+    atomic_write_text(target, "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# eval of a finished run
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Module, DataParts, dict[str, DataLoader]]:
+    """Reload a run folder: its config, the teacher, the trained student and the data."""
+    from kdistill import models
+    from kdistill.config import config_from_dict
+
+    folder = Path(run_dir)
+    resolved = folder / RESOLVED_NAME
+    if not resolved.is_file():
+        raise ConfigError(f"'{folder}' is not a kdistill run folder: it has no {RESOLVED_NAME}.")
+    student_dir = folder / "student"
+    if not student_dir.is_dir():
+        raise ConfigError(f"'{folder}' holds no trained student (no student/ folder): the run has not finished. "
+                          "Continue it with `kdistill run CONFIG --resume`.")
+    raw = parse_yaml(resolved.read_text(encoding="utf-8"), source=str(resolved))
+    config = config_from_dict(raw, base_dir=folder, source=str(resolved), import_from_base=False)
+    teacher = load_model(config.teacher, "teacher", config)
+    if (student_dir / "config.json").is_file():
+        task = config.student.task if config.student is not None and config.student.path else config.teacher.task
+        student = models.load_hf_model(student_dir, task=task)
+    else:
+        if config.student is not None:
+            student = load_model(config.student, "student", config, teacher=teacher)
+        else:
+            draft = make_recipe(config, teacher, None)
+            student = student_from_init(draft.student_init or {}, teacher, where="student")
+        from safetensors.torch import load_model as load_weights_into
+
+        load_weights_into(student, str(student_dir / "student.safetensors"))
+    tokenizer = student_tokenizer = None
+    if config.data.builtin not in IMAGE_DATA:
+        tokenizer = models.load_tokenizer(config.data.tokenizer or config.teacher.path)
+        if config.data.student_tokenizer:
+            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
+    data = build_data(config, tokenizer, student_tokenizer)
+    return config, teacher, student, data, make_loaders(config, data)
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
+    """Teacher vs student on one split of a finished run: accuracy, macro-F1, agreement."""
+    _config, teacher, student, _data, loaders = load_run(run_dir)
+    if split not in loaders or split == "unlabelled":
+        available = ", ".join(s for s in loaders if s != "unlabelled")
+        raise ConfigError(f"--split: the run's data has no '{split}' split; it has: {available}.")
+    teacher.eval()
+    result = compare(teacher, student, loaders[split])
+    if "teacher" not in result:
+        raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "
+                        f"(agreement of teacher and student: {result['agreement']:.4f}).")
+    return {"split": split, **result}
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+
+
+def _shape(shape: tuple) -> str:
+    if shape and isinstance(shape[0], tuple):
+        return " & ".join(_shape(s) for s in shape)
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _model_line(model: nn.Module) -> str:
+    parts = [type(model).__name__]
+    layers = layer_count(model)
+    if layers is not None:
+        parts.append(f"{layers} layers")
+    width = getattr(getattr(model, "config", None), "hidden_size", None)
+    if width:
+        parts.append(f"hidden {width}")
+    parts.append(f"{count_parameters(model):,} parameters")
+    return ", ".join(parts)
+
+
+def _adapter_line(adapter: Any, refs: list) -> str:
+    describe = getattr(adapter, "describe", None)
+    if describe is not None:
+        return describe() or "logits only"
+    modules = sorted({str(ref) for ref in refs if ref.kind == "module"})
+    if type(adapter).__name__ == "ModuleAdapter":
+        return "forward output as logits" + (f"; forward hooks on {', '.join(modules)}" if modules else "")
+    return f"user function {getattr(getattr(adapter, 'function', None), '__name__', type(adapter).__name__)}"
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def _weight(value: Any) -> str:
+    try:
+        converted = schedule_to_dict(value)
+    except StopIteration:
+        return "scheduled"
+    if isinstance(converted, dict):
+        return f"{converted['schedule']} {converted.get('start_value', '')}→{converted.get('end_value', '')}".strip()
+    return f"{converted:g}"
+
+
+def plan(config: RunConfig) -> str:
+    """What the run will do: data, models, every match with shapes, projections, parameter counts,
+    the method's expansion and the steps. Loads the models and runs one batch; trains nothing."""
+    parts = build(config)
+    lines = [f"kdistill plan: {config.source or 'config'}", ""]
+    data = parts.data
+    lines.append("data")
+    for split, dataset in data.datasets.items():
+        lines.append(f"  {split:<11} {len(dataset):>7,} examples  from {data.sources.get(split, '?')}")
+    if data.kind == "text":
+        spec = config.data
+        classes = ""
+        if data.num_classes:
+            names = f": {', '.join(data.label_names)}" if data.label_names else ""
+            classes = f" ({data.num_classes} classes{names})"
+        if spec.builtin is None:
+            lines.append(f"  text: {spec.text}; label: {spec.label}{classes}")
+        else:
+            lines.append(f"  text and label of '{spec.builtin}'{classes}")
+        train = data.datasets.get("train")
+        truncated = int((train.teacher.lengths >= spec.max_length).sum()) if train is not None else 0
+        lines.append(f"  max_length: {spec.max_length} tokens, longer texts truncated "
+                     f"({truncated} of {len(train) if train is not None else 0} train texts reach the limit)")
+        lines.append(f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, "
+                     f"vocabulary {len(parts.tokenizer):,})")
+        if parts.student_tokenizer is not None:
+            lines.append(f"  student tokenizer: {config.data.student_tokenizer} "
+                         f"(vocabulary {len(parts.student_tokenizer):,}); the student reads its own tokens")
+        else:
+            lines.append("  student tokenizer: the teacher's")
+    else:
+        lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
+    lines.append(f"  batches: {config.data.batch_size} (train{', length-bucketed' if config.data.bucket and data.kind == 'text' else ''}), "
+                 f"{config.data.eval_batch_size or config.data.batch_size} (evaluation)")
+    if config.cache:
+        lines.append(f"  cache: {config.cache} (recorded; the teacher still runs on every step in this version)")
+    lines += ["", "models"]
+    for role, model in (("teacher", parts.teacher), ("assistant", parts.assistant), ("student", parts.student)):
+        if model is not None:
+            lines.append(f"  {role:<9} {_model_line(model)}")
+            lines.append(f"  {'':<9} source: {parts.model_sources.get(role, '?')}")
+    if parts.layer_map is not None:
+        lines += ["", f"layer map ({config.layer_map if isinstance(config.layer_map, str) else 'explicit'}; "
+                      "teacher hidden -> student hidden, 0 = embeddings)",
+                  "  " + ", ".join(f"{t}->{s}" for t, s in parts.layer_map)]
+
+    projections_total = 0
+    total_steps = 0
+    for part in parts.stages:
+        distiller = parts.stage_distiller(part.index)
+        batch = next(iter(part.loader))
+        try:
+            match_plans = distiller.prepare(batch)
+        except ShapeError as exc:
+            raise _name_match(exc, distiller, part) from None
+        train_config = stage_train_config(config, part)
+        steps = estimated_steps(train_config, part.loader)
+        total_steps += steps
+        stage = part.stage
+        lines += ["", f"stage {part.index + 1}/{len(parts.stages)} '{stage.name}': {stage.teacher} -> "
+                      f"{'assistant' if part.student is parts.assistant else 'student'}, data '{stage.data}', "
+                      f"hard_label_weight {_weight(stage.hard_label_weight)}, "
+                      f"{train_config.max_steps or train_config.epochs} {'steps' if train_config.max_steps else 'epoch(s)'}"]
+        rows = [["match", "teacher", "shape", "student", "shape", "loss", "weight", "projection", "active"]]
+        for match_plan, bound in zip(match_plans, distiller.bound):
+            active = _active(bound.match.start, bound.match.stop, steps)
+            rows.append([match_plan.name, match_plan.teacher, _shape(match_plan.teacher_shape), match_plan.student,
+                         _shape(match_plan.student_shape), match_plan.loss, _weight(match_plan.weight),
+                         match_plan.projection or "-", active])
+        if distiller.part_names() and "hard_label" in distiller.part_names():
+            rows.append(["hard_label", "labels", "", "logits", "", "hard_ce", _weight(stage.hard_label_weight), "-",
+                         "labelled batches"])
+        lines += _table(rows) if len(rows) > 1 else ["  (no matches)"]
+        inserted = [p for p in match_plans if p.projection]
+        stage_projection = sum(p.numel() for p in distiller.projections.parameters())
+        projections_total += stage_projection
+        lines.append(f"  projections inserted: {len(inserted)}"
+                     + (f" ({stage_projection:,} parameters: "
+                        + "; ".join(f"{p.name} {p.projection}" for p in inserted) + ")" if inserted else ""))
+        teacher_refs = [ref for b in distiller.bound for ref in b.teacher_refs]
+        student_refs = [ref for b in distiller.bound for ref in b.student_refs]
+        lines.append(f"  teacher asks for: {_adapter_line(distiller.teacher_adapters[next(iter(distiller.teachers))], teacher_refs)}")
+        lines.append(f"  student asks for: {_adapter_line(distiller.student_adapter, student_refs)}")
+        lines.append(f"  steps: {steps} ({len(part.loader)} batches per epoch"
+                     + (f", grad_accum {train_config.grad_accum}" if train_config.grad_accum > 1 else "") + ")")
+
+    student_params = count_parameters(parts.trained)
+    frozen = sum(p.numel() for name, p in parts.trained.named_parameters()
+                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in config.training.freeze))
+    trainable = student_params - frozen + projections_total
+    lines += ["", "parameters",
+              f"  teacher      {count_parameters(parts.teacher):>12,}",
+              f"  student      {student_params:>12,}  ({student_params / max(count_parameters(parts.teacher), 1):.1%} of the teacher)",
+              f"  projections  {projections_total:>12,}",
+              f"  trainable    {trainable:>12,}" + (f"  ({frozen:,} frozen by training.freeze)" if frozen else ""),
+              "", f"estimated steps: {total_steps} optimiser steps in all",
+              "", "method expansion (copy under `matches:` to edit):"]
+    expansion = _recipe_dict(parts.recipe)
+    notes = expansion.pop("notes", None) or []
+    lines += ["  " + line for line in dump_yaml(expansion).rstrip().splitlines()]
+    if notes:
+        lines += ["", "notes"] + [f"  - {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _active(start: int | float, stop: int | float | None, total: int) -> str:
+    """When a match is on, e.g. "steps 0–2 (first 50%)"."""
+    if not start and stop is None:
+        return "always"
+
+    def at(point: int | float) -> int:
+        return int(round(point * total)) if isinstance(point, float) and 0.0 <= point <= 1.0 else int(point)
+
+    begin = at(start)
+    end = at(stop) if stop is not None else total
+    return f"steps {begin}–{end - 1}" if end > begin else "never (empty range)"
+
+
+def _recipe_dict(recipe: Recipe) -> dict:
+    try:
+        return recipe.to_dict()
+    except StopIteration:  # a weight that is a function of a schedule (e.g. Hinton's 1 − α(t))
+        data = {"method": recipe.method, "stages": []}
+        for stage in recipe.stages:
+            from kdistill.methods import match_to_dict
+
+            data["stages"].append({"name": stage.name, "hard_label_weight": "scheduled",
+                                   "matches": [match_to_dict(m) for m in stage.matches]})
+        return data
+
+
+def _name_match(exc: ShapeError, distiller: Distiller, part: StageParts) -> ShapeError:
+    text = str(exc)
+    for bound, origin in zip(distiller.bound, part.origins):
+        if text.startswith(bound.name):
+            return ShapeError(f"{origin}: {text}")
+    return exc
+
+
+__all__ = [
+    "DataParts", "RunParts", "StageParts", "build", "build_data", "compare", "evaluate_run", "load_run",
+    "make_loaders", "plan", "prepare_output_dir", "run", "save_student",
+]
