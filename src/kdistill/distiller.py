@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +14,7 @@ from kdistill.errors import ConfigError, NonFiniteLossError, ShapeError
 from kdistill.features import Features
 from kdistill.losses import get_loss
 from kdistill.matches import WIDTH_FREE_LOSSES, Match
-from kdistill.projection import make_projection
+from kdistill.projection import OnAxis, make_projection
 from kdistill.refs import Ref, format_refs
 from kdistill.schedules import Scalar, value_at
 
@@ -128,10 +128,16 @@ class Distiller(nn.Module):
             b.student_refs = tuple(r.resolved(self.student_adapter.num_layers, where=f"{b.name}.student")
                                    for r in b.student_refs)
             teacher_names = list(self.teachers) if b.match.teacher_name == ENSEMBLE else [self._teacher_of(b)]
-            for name in teacher_names:
-                layers = self.teacher_adapters[name].num_layers
-                resolved = tuple(r.resolved(layers, where=f"{b.name}.teacher") for r in b.teacher_refs)
-            b.teacher_refs = resolved
+            per_teacher = {name: tuple(r.resolved(self.teacher_adapters[name].num_layers, where=f"{b.name}.teacher")
+                                       for r in b.teacher_refs) for name in teacher_names}
+            if len(set(per_teacher.values())) > 1:
+                # One set of refs serves every teacher of an ensemble: 'hidden.-1' of a 12- and a
+                # 6-layer teacher would silently read layer 6 of both.
+                raise ConfigError(f"{b.name}.teacher: '{b.match.teacher}' names different layers in the ensemble's "
+                                  f"teachers ({', '.join(f'{n}: {format_refs(r)}' for n, r in per_teacher.items())}); "
+                                  "use teachers of equal depth or one match per teacher.")
+            if per_teacher:
+                b.teacher_refs = next(iter(per_teacher.values()))
 
     # ------------------------------------------------------------------ construction helpers
     def _bind(self, index: int, match: Match) -> _Bound:
@@ -176,16 +182,21 @@ class Distiller(nn.Module):
         return names
 
     # ------------------------------------------------------------------ forward
-    def teacher_features(self, batch: Mapping) -> dict[str, Features]:
-        """Every teacher's features for ``batch``: the one no-grad place teachers run.
-
-        A batch may carry precomputed ``teacher_features`` (the teacher cache) instead.
+    def teacher_features(self, batch: Mapping, names: Iterable[str] | None = None) -> dict[str, Features]:
+        """The features of the teachers in ``names`` (default: all) for ``batch``: the one no-grad
+        place teachers run. A batch may carry precomputed ``teacher_features`` (the teacher cache).
         """
         cached = batch.get("teacher_features") if isinstance(batch, Mapping) else None
         if cached is not None:
             return cached if isinstance(cached, Mapping) else {next(iter(self.teachers)): cached}
+        wanted = self.teacher_adapters if names is None else {n: self.teacher_adapters[n] for n in names}
         with torch.no_grad():
-            return {name: adapter(batch) for name, adapter in self.teacher_adapters.items()}
+            return {name: adapter(batch) for name, adapter in wanted.items()}
+
+    def active_teachers(self, step: int, total_steps: int | None) -> list[str]:
+        """Teachers some match active at ``step`` reads; the others are not run at all."""
+        return [name for name in self.teachers
+                if any(self._reads_teacher(b, name) and b.match.active(step, total_steps) for b in self.bound)]
 
     def student_features(self, batch: Mapping) -> Features:
         student_batch = batch.get("student_inputs", batch) if isinstance(batch, Mapping) else batch
@@ -195,7 +206,7 @@ class Distiller(nn.Module):
                 check_finite: bool = True) -> DistillOutput:
         if not self.prepared:
             self.prepare(batch)
-        teacher = self.teacher_features(batch)
+        teacher = self.teacher_features(batch, self.active_teachers(step, total_steps))
         student = self.student_features(batch)
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
         parts: dict[str, Tensor] = {}
@@ -237,7 +248,8 @@ class Distiller(nn.Module):
         if "student_features" in b.accepts:
             kwargs["student_features"] = student
         if "teacher_features" in b.accepts:
-            kwargs["teacher_features"] = teacher[self._teacher_of(b)]
+            # An ensemble match has no single teacher: it gets every teacher's features by name.
+            kwargs["teacher_features"] = teacher if b.match.teacher_name == ENSEMBLE else teacher[self._teacher_of(b)]
         return b.loss_fn(student_value, teacher_value, **kwargs)
 
     @staticmethod
@@ -295,7 +307,9 @@ class Distiller(nn.Module):
     def _maybe_project(self, b: _Bound, student_value, teacher_value) -> str | None:
         if not isinstance(student_value, Tensor) or not isinstance(teacher_value, Tensor):
             return None
-        s_width, t_width = student_value.shape[-1], teacher_value.shape[-1]
+        # (B, C, H, W) feature maps (CNNs via module hooks) have their width on the channel axis.
+        axis = 1 if student_value.dim() >= 4 and teacher_value.dim() == student_value.dim() else -1
+        s_width, t_width = student_value.shape[axis], teacher_value.shape[axis]
         kind = b.match.projection
         needs_equal = b.match.loss_name not in WIDTH_FREE_LOSSES
         if kind == "auto":
@@ -311,6 +325,8 @@ class Distiller(nn.Module):
                 )
             return None
         module = make_projection(kind, s_width, t_width, path=f"{b.name}.projection")
+        if axis != -1:
+            module = OnAxis(module, axis)
         device = next(self.student.parameters()).device
         self.projections[f"m{b.index}"] = module.to(device=device, dtype=student_value.dtype)
         return f"{kind} {s_width}->{t_width}"

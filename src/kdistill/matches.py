@@ -69,7 +69,11 @@ class Match:
     def active(self, step: int, total_steps: int | None) -> bool:
         def at(point):
             if isinstance(point, float) and 0.0 <= point <= 1.0:
-                return int(round(point * (total_steps or 0)))
+                if total_steps is None:
+                    raise ConfigError(f"match '{self.name or self.default_name()}': start/stop {point} is a "
+                                      "fraction of the run, so the Distiller needs total_steps (the Trainer "
+                                      "passes it); give steps as integers to call it directly.")
+                return int(round(point * total_steps))
             return int(point)
 
         if step < at(self.start):

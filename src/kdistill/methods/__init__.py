@@ -48,6 +48,8 @@ class Recipe:
     student_wrapper: ``(teacher, student) -> nn.Module`` for methods that train a wrapper
         (BERT-of-Theseus); the wrapper exposes ``.export()`` returning the stand-alone student.
     assistant: for teacher-assistant chains, how to build the assistant (like student_init).
+    teacher_weights: for several teachers, name -> weight of the ``ensemble`` average (the
+        Distiller's ``teacher_weights``); None: equal weights.
     """
 
     method: str
@@ -56,6 +58,7 @@ class Recipe:
     student_wrapper: Callable[[nn.Module, nn.Module], nn.Module] | None = None
     assistant: dict | None = None
     notes: list[str] = field(default_factory=list)
+    teacher_weights: dict[str, float] | None = None
 
     @property
     def matches(self) -> list[Match]:
@@ -64,7 +67,7 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """A YAML-ready description: the config a user can copy and edit."""
-        return {
+        out = {
             "method": self.method,
             "student_init": self.student_init,
             "assistant": self.assistant,
@@ -82,6 +85,9 @@ class Recipe:
             ],
             "notes": self.notes,
         }
+        if self.teacher_weights is not None:
+            out["teacher_weights"] = dict(self.teacher_weights)
+        return out
 
 
 def match_to_dict(match: Match) -> dict:
@@ -110,5 +116,11 @@ def expand(name: str, teacher: nn.Module | None = None, student: nn.Module | Non
 
 
 from kdistill.methods import hinton as _hinton  # noqa: E402,F401  (registers)
+from kdistill.methods import distilbert as _distilbert  # noqa: E402,F401  (registers)
+from kdistill.methods import minilm as _minilm  # noqa: E402,F401  (registers)
+from kdistill.methods import multiteacher as _multiteacher  # noqa: E402,F401  (registers)
+from kdistill.methods import pkd as _pkd  # noqa: E402,F401  (registers)
+from kdistill.methods import theseus as _theseus  # noqa: E402,F401  (registers)
+from kdistill.methods import tinybert as _tinybert  # noqa: E402,F401  (registers)
 
 __all__ = ["METHODS", "Recipe", "Stage", "expand", "match_to_dict", "register_method"]

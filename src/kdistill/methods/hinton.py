@@ -13,29 +13,20 @@ from torch import nn
 
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
+from kdistill.methods._common import one_minus
 from kdistill.schedules import Scalar
 
 
 @register_method("hinton")
 def hinton(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
-           temperature: Scalar = 4.0, alpha: Scalar = 0.5, loss: str = "kl") -> Recipe:
-    """Soft targets at temperature T (weight α, T² inside the loss) plus hard labels (weight 1−α)."""
+           temperature: Scalar = 4.0, alpha: Scalar = 0.5, loss: str = "kl",
+           teacher_layers: int | None = None, student_layers: int | None = None) -> Recipe:
+    """Soft targets at temperature T (weight α, T² inside the loss) plus hard labels (weight 1−α).
+
+    Layer counts are accepted for a uniform method signature; Hinton KD reads only the logits.
+    """
     soft_weight = alpha
-    hard_weight = (1.0 - alpha) if isinstance(alpha, (int, float)) else _one_minus(alpha)
+    hard_weight = one_minus(alpha)
     match = Match("logits", "logits", loss, soft_weight, args={"temperature": temperature, "t2_scale": True},
                   name="soft")
     return Recipe("hinton", [Stage("distil", [match], hard_label_weight=hard_weight)])
-
-
-class _OneMinus:
-    """1 − schedule(step), itself a schedule (for a scheduled α)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __call__(self, step: int, total_steps: int | None = None) -> float:
-        return 1.0 - self.inner(step, total_steps)
-
-
-def _one_minus(schedule):
-    return _OneMinus(schedule)
