@@ -1,0 +1,1024 @@
+"""TextBrewer's API (0.2.1) on kdistill's engine: change the import line, keep the script.
+
+    from kdistill.compat.textbrewer import GeneralDistiller, TrainingConfig, DistillationConfig
+
+What happens underneath:
+
+- the distiller calls each model itself and hands the adaptor a
+  :class:`~kdistill.compat.legacy.LegacyOutputs` — a real tuple such as ``(last_hidden_state,
+  pooler_output, hidden_states, attentions)`` for a ``BertModel`` — so adaptors written for old
+  ``transformers`` unpack it unchanged, with attention weights that are never an empty tuple;
+- the adaptor's dict (``logits``, ``logits_mask``, ``labels``, ``losses``, ``inputs_mask``,
+  ``hidden``, ``attention``) becomes a :class:`~kdistill.features.Features`; ``layer_T``/``layer_S``
+  index the adaptor's lists, exactly as in TextBrewer (``hidden.4`` = ``results['hidden'][4]``);
+- every ``intermediate_matches`` entry and the logits KD term become :class:`~kdistill.Match`
+  objects run by :class:`~kdistill.Distiller` (see :data:`LOSS_MAP` for the loss names);
+- ``distiller.train`` steps *your* optimizer (projections are added to it as new parameter
+  groups, as TextBrewer did), saves safetensors state dicts under ``output_dir`` at most
+  ``ckpt_frequency`` times per epoch, and logs to ``log_dir`` (``metrics.jsonl`` + TensorBoard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdistill.compat.legacy import LegacyCaller, move_to_device
+from kdistill.distiller import ENSEMBLE, Distiller
+from kdistill.errors import ConfigError, FeatureError, suggest
+from kdistill.features import Features
+from kdistill.losses import attention_kl, attention_mse, get_loss
+from kdistill.losses._common import upcast
+from kdistill.matches import Match
+from kdistill.schedules import Linear, Scalar, value_at
+
+logger = logging.getLogger("kdistill.compat.textbrewer")
+
+MODULE = "kdistill.compat.textbrewer"
+FEATURES = ("hidden", "attention")
+ADAPTOR_KEYS = ("logits", "logits_mask", "losses", "inputs_mask", "labels", *FEATURES)
+KD_LOSS_TYPES = ("ce", "mse")
+PROJECTIONS = ("linear", "relu", "tanh")
+WEIGHT_SCHEDULERS = ("linear_decay", "linear_growth")
+TEMPERATURE_SCHEDULERS = ("constant", "flsw", "cwsm")
+_BATCH = "textbrewer_batch"
+_ARGS = "textbrewer_model_args"
+
+LOSS_MAP: dict[str, str] = {
+    "hidden_mse": "hidden_mse",
+    "cos": "cosine",
+    "pkd": "pkd",
+    "attention_mse": "attention_mse",
+    "attention_mse_sum": f"{MODULE}:attention_mse_sum",
+    "attention_ce": "attention_kl",
+    "attention_ce_mean": f"{MODULE}:attention_ce_mean",
+    "fsp": "fsp",
+    "gram": "fsp",
+    "nst": "mmd",
+    "mmd": "mmd",
+}
+"""TextBrewer's intermediate loss name -> the kdistill loss it becomes (docs/compat.md explains each).
+
+``nst``/``mmd`` on two *different* layers per side become ``kdistill.compat.textbrewer:token_gram_mse``;
+``attention_ce`` in Python runs ``kdistill.compat.textbrewer:attention_ce`` (attention_kl that refuses
+pre-softmax scores). The logits term: ``kd_loss_type='ce'`` -> ``soft_ce`` with ``t2_scale=False``
+(TextBrewer's ``kd_ce_loss`` has no T²), ``'mse'`` -> ``logits_mse``.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses TextBrewer has and kdistill's registry does not: thin wrappers over kdistill's losses,
+# addressable from YAML as "kdistill.compat.textbrewer:<name>".
+
+
+def _require_probabilities(loss: str, *maps: Tensor) -> None:
+    if any(bool((m < 0).any()) for m in maps):
+        raise FeatureError(
+            f"{loss}: the attention maps hold negative values, i.e. pre-softmax scores; kdistill compares "
+            "attention *probabilities* (transformers' `attentions`). Return probabilities from the adaptor, "
+            "or use 'attention_mse' on the scores."
+        )
+
+
+def attention_ce(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """TextBrewer's ``attention_ce`` as kdistill's ``attention_kl``: KL(A_teacher ‖ A_student) over keys.
+
+    student, teacher: attention probabilities (B, H, T, T); mask: (B, T) of 0/1. TextBrewer
+    soft-maxed whatever the adaptor returned (a double softmax on probabilities); on pre-softmax
+    scores its value is this KL plus the teacher's entropy — the same gradient. Reduction: summed
+    over keys, mean over batch · heads · valid queries. Scaling: none.
+    """
+    _require_probabilities("attention_ce", student, teacher)
+    return attention_kl(student, teacher, mask=mask)
+
+
+def attention_ce_mean(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """TextBrewer's ``attention_ce_mean``: ``attention_ce`` on the head-averaged maps (B, 1, T, T)."""
+    _require_probabilities("attention_ce_mean", student, teacher)
+    return attention_kl(_heads(student).mean(1, keepdim=True), _heads(teacher).mean(1, keepdim=True), mask=mask)
+
+
+def attention_mse_sum(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    """TextBrewer's ``attention_mse_sum``: ``attention_mse`` of the maps summed over heads.
+
+    student, teacher: (B, H, T, T) or (B, T, T); mask: (B, T) of 0/1. Reduction: mean over valid
+    (batch, query, key) entries, like TextBrewer with a mask. Scaling: none.
+    """
+    return attention_mse(_heads(student).sum(1, keepdim=True), _heads(teacher).sum(1, keepdim=True),
+                         mask=mask, kind="scores")
+
+
+def _heads(maps: Tensor) -> Tensor:
+    return maps.unsqueeze(1) if maps.dim() == 3 else maps
+
+
+def token_gram_mse(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], *,
+                   mask: Tensor | None = None) -> Tensor:
+    """TextBrewer's ``nst``/``mmd`` on two layers: MSE of token×token Gram matrices S₁S₂ᵀ/D vs T₁T₂ᵀ/D.
+
+    student, teacher: pairs of (B, T, D) features (widths may differ between the models); mask:
+    (B, T) of 0/1. Reduction: mean over valid (batch, token, token) entries. Scaling: each Gram
+    matrix is divided by its features' width D — TextBrewer divided by D without a mask but by the
+    padded length T with one; kdistill uses D in both cases.
+    """
+    if not (isinstance(student, (tuple, list)) and isinstance(teacher, (tuple, list))
+            and len(student) == 2 and len(teacher) == 2):
+        raise ConfigError("token_gram_mse: needs two layers per model, e.g. layer_T: [2, 4], layer_S: [1, 2].")
+    s1, s2, t1, t2 = upcast(*student, *teacher)
+    gram_student = s1 @ s2.transpose(1, 2) / s1.shape[-1]
+    gram_teacher = t1 @ t2.transpose(1, 2) / t1.shape[-1]
+    squared = (gram_student - gram_teacher).square()
+    if mask is None:
+        return squared.mean()
+    keep = (mask.to(squared.device) != 0)
+    valid = keep[:, :, None] & keep[:, None, :]
+    return torch.where(valid, squared, 0.0).sum() / valid.sum().clamp_min(1)
+
+
+def textbrewer_kd(student: Tensor, teacher: Tensor, *, temperature: float, kd_loss_type: str = "ce",
+                  temperature_scheduler: Sequence | None = None, probability_shift: bool = False,
+                  student_features: Features | None = None) -> Tensor:
+    """TextBrewer's logits term with its dynamic options (``flsw``/``cwsm`` temperatures, ``probability_shift``).
+
+    student, teacher: logits (N, C) or (B, T, C). ``ce``: −Σ softmax(t/τ)·log_softmax(s/τ), mean over
+    rows, **no T²** (as TextBrewer's ``kd_ce_loss``); ``mse``: mean(((s − t)/τ)²). τ is the
+    temperature, or per row from ``flsw``/``cwsm`` (arXiv:1911.07471). ``probability_shift`` swaps the
+    teacher's top logit with the label's (labels come from the student adaptor's ``labels``).
+    Used only where those options are set; otherwise the plain ``soft_ce``/``logits_mse`` run.
+    """
+    student, teacher = upcast(student, teacher)
+    if probability_shift:
+        labels = (student_features.extra.get("labels") if student_features is not None else None)
+        if labels is None:
+            raise FeatureError("probability_shift=True needs the student adaptor to return 'labels'.")
+        teacher = _probability_shift(teacher.clone(), labels)
+    tau: Tensor | float = temperature
+    if temperature_scheduler:
+        tau = _dynamic_temperature(student.detach(), teacher, temperature, temperature_scheduler).unsqueeze(-1)
+    if kd_loss_type == "mse":
+        return ((student - teacher) / tau).square().mean()
+    teacher_probs = F.softmax(teacher / tau, dim=-1)
+    return -(teacher_probs * F.log_softmax(student / tau, dim=-1)).sum(-1).mean()
+
+
+def _dynamic_temperature(student: Tensor, teacher: Tensor, base: float, spec: Sequence) -> Tensor:
+    name, *params = spec
+    with torch.no_grad():
+        if name == "flsw":
+            beta, gamma = float(params[0]), float(params[1])
+            s = student / (student.norm(dim=-1, keepdim=True) + 1e-4)
+            t = teacher / (teacher.norm(dim=-1, keepdim=True) + 1e-4)
+            w = (1 - (s * t).sum(-1)).pow(gamma)
+        else:  # cwsm
+            beta = float(params[0])
+            w = 1 / (student.softmax(-1).max(-1).values + 1e-3)
+        return base + (w.mean() - w) * beta
+
+
+def _probability_shift(teacher: Tensor, labels: Tensor) -> Tensor:
+    flat = teacher.reshape(-1, teacher.shape[-1])
+    labels = labels.reshape(-1).to(flat.device).long()
+    top = flat.argmax(-1)
+    labels = torch.where(labels < 0, top, labels)
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    top_values, label_values = flat[rows, top].clone(), flat[rows, labels].clone()
+    flat[rows, top] = label_values
+    flat[rows, labels] = top_values
+    return flat.reshape(teacher.shape)
+
+
+def projection_factory(kind: str) -> Callable[[int, int], nn.Module]:
+    """TextBrewer's projections: Linear (+ ReLU/Tanh), weights N(0, 0.02), zero bias."""
+
+    def build(dim_in: int, dim_out: int) -> nn.Module:
+        linear = nn.Linear(dim_in, dim_out)
+        nn.init.normal_(linear.weight, std=0.02)
+        nn.init.zeros_(linear.bias)
+        if kind == "linear":
+            return linear
+        return nn.Sequential(linear, nn.ReLU() if kind == "relu" else nn.Tanh())
+
+    build.__name__ = kind
+    return build
+
+
+relu_projection = projection_factory("relu")
+"""Linear + ReLU (TextBrewer's ``proj: ['relu', ...]``), usable in YAML as
+``projection: kdistill.compat.textbrewer:relu_projection``."""
+tanh_projection = projection_factory("tanh")
+"""Linear + Tanh (TextBrewer's ``proj: ['tanh', ...]``)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations
+
+
+def _check_keys(cls, data: Mapping, path: str) -> None:
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{path}: unknown field '{key}'{suggest(key, names)} {cls.__name__} takes: "
+                              f"{', '.join(names)}.")
+
+
+class _Config:
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        """Build from a dict (TextBrewer's ``from_dict``); unknown keys are an error with a suggestion."""
+        _check_keys(cls, data, cls.__name__)
+        return cls(**dict(data))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike):
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingConfig(_Config):
+    """TextBrewer's training configuration, same fields and defaults.
+
+    ckpt_frequency: save the student at most this many times per epoch (at the end of each
+        1/ckpt_frequency of it; 0 = never). ckpt_epoch_frequency: only in every n-th epoch (and the last).
+    ckpt_steps: with ``train(num_steps=...)``, save every ckpt_steps steps (and at the end).
+    log_dir: ``metrics.jsonl`` and TensorBoard events go here (None: no log files).
+    output_dir: checkpoints ``gs{step}.safetensors`` (student state dict) go here.
+    device: where to train; ``'cuda'`` without a GPU falls back to the CPU with a warning.
+    fp16: autocast to float16 with a gradient scaler on CUDA (TextBrewer used apex; ``fp16_opt_level``
+        is accepted and ignored). data_parallel / local_rank: not supported — use kdistill's Trainer,
+        which runs on Accelerate.
+    """
+
+    gradient_accumulation_steps: int = 1
+    ckpt_frequency: int = 1
+    ckpt_epoch_frequency: int = 1
+    ckpt_steps: int | None = None
+    log_dir: str | None = None
+    output_dir: str = "./saved_models"
+    device: Any = "cuda"
+    fp16: bool = False
+    fp16_opt_level: str = "O1"
+    data_parallel: bool = False
+    local_rank: int = -1
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("gradient_accumulation_steps", "ckpt_epoch_frequency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"TrainingConfig.{name}: must be an integer >= 1, got {value!r}")
+        if isinstance(self.ckpt_frequency, bool) or not isinstance(self.ckpt_frequency, int) or self.ckpt_frequency < 0:
+            problems.append(f"TrainingConfig.ckpt_frequency: must be an integer >= 0, got {self.ckpt_frequency!r}")
+        if self.ckpt_steps is not None and (not isinstance(self.ckpt_steps, int) or self.ckpt_steps < 1):
+            problems.append(f"TrainingConfig.ckpt_steps: must be a positive integer or None, got {self.ckpt_steps!r}")
+        if self.data_parallel:
+            problems.append("TrainingConfig.data_parallel: not supported by kdistill.compat; run on several GPUs "
+                            "with kdistill's Trainer (Hugging Face Accelerate) instead")
+        if self.local_rank != -1:
+            problems.append("TrainingConfig.local_rank: distributed training is not supported by kdistill.compat; "
+                            "use kdistill's Trainer (Hugging Face Accelerate)")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
+    def resolved_device(self) -> torch.device:
+        device = torch.device(self.device) if self.device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(f"TrainingConfig.device is '{self.device}' but no CUDA device is available; "
+                          "training on the CPU.", stacklevel=3)
+            return torch.device("cpu")
+        return device
+
+
+@dataclass
+class IntermediateMatch:
+    """One ``intermediate_matches`` entry: ``layer_T``/``layer_S`` index the adaptor's ``hidden`` or
+    ``attention`` list (a pair of indices for ``fsp``/``nst``); ``proj = [kind, dim_S, dim_T, {group opts}]``."""
+
+    layer_T: int | list[int]
+    layer_S: int | list[int]
+    feature: str
+    loss: str
+    weight: float
+    proj: list | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping, *, path: str = "intermediate_matches[0]") -> IntermediateMatch:
+        if isinstance(data, IntermediateMatch):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a dict with layer_T, layer_S, feature, loss, weight, got "
+                              f"{type(data).__name__}.")
+        _check_keys(cls, data, path)
+        missing = [f.name for f in fields(cls) if f.name != "proj" and f.name not in data]
+        if missing:
+            raise ConfigError(f"{path}: missing {', '.join(missing)} (each entry needs layer_T, layer_S, feature, "
+                              "loss and weight).")
+        match = cls(**dict(data))
+        match.validate(path)
+        return match
+
+    def validate(self, path: str) -> None:
+        for name in ("layer_T", "layer_S"):
+            value = getattr(self, name)
+            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value))
+            if not ok:
+                raise ConfigError(f"{path}.{name}: expected a layer index or a pair of them, got {value!r}.")
+        if isinstance(self.layer_T, (list, tuple)) != isinstance(self.layer_S, (list, tuple)):
+            raise ConfigError(f"{path}: layer_T and layer_S must both be single indices or both pairs.")
+        if self.feature not in FEATURES:
+            raise ConfigError(f"{path}.feature: unknown feature '{self.feature}'{suggest(self.feature, FEATURES)} "
+                              f"Available: {', '.join(FEATURES)}.")
+        if self.loss not in LOSS_MAP:
+            raise ConfigError(f"{path}.loss: unknown loss '{self.loss}'{suggest(self.loss, LOSS_MAP)} "
+                              f"Available: {', '.join(sorted(LOSS_MAP))}.")
+        if self.loss in ("fsp", "gram") and not isinstance(self.layer_T, (list, tuple)):
+            raise ConfigError(f"{path}: loss '{self.loss}' compares two layers per model; give layer_T and layer_S "
+                              "as pairs, e.g. [0, 4].")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
+            raise ConfigError(f"{path}.weight: expected a number, got {self.weight!r}.")
+        if self.proj is not None:
+            proj = list(self.proj)
+            if (len(proj) not in (3, 4) or proj[0] not in PROJECTIONS or not all(isinstance(v, int) for v in proj[1:3])
+                    or (len(proj) == 4 and not isinstance(proj[3], Mapping))):
+                raise ConfigError(f"{path}.proj: expected [kind, dim_S, dim_T] or [kind, dim_S, dim_T, {{optimizer "
+                                  f"options}}] with kind one of {', '.join(PROJECTIONS)}, got {self.proj!r}.")
+            self.proj = proj
+
+    @property
+    def is_pair(self) -> bool:
+        return isinstance(self.layer_T, (list, tuple))
+
+    def name(self) -> str:
+        def text(layers):
+            return "-".join(map(str, layers)) if isinstance(layers, (list, tuple)) else str(layers)
+
+        return f"{self.feature}_{self.loss}_{text(self.layer_S)}_{text(self.layer_T)}"
+
+
+@dataclass
+class DistillationConfig(_Config):
+    """TextBrewer's distillation configuration, same fields and defaults.
+
+    total loss = kd_loss_weight · KD(logits) + hard_label_weight · Σ adaptor ``losses`` +
+    Σ weight · intermediate losses. ``kd_loss_type='ce'`` has **no T²** factor (TextBrewer's
+    semantics; kdistill's native ``soft_ce`` has it unless ``t2_scale=False``).
+    Schedulers: weights ``'linear_decay'`` (1 → 0 over the run) / ``'linear_growth'`` (0 → 1), which
+    *replace* the weight as in TextBrewer; temperature ``'constant'``, ``['flsw', beta, gamma]``,
+    ``['cwsm', beta]``.
+    """
+
+    temperature: float = 4
+    temperature_scheduler: Any = "none"
+    hard_label_weight: float = 0
+    hard_label_weight_scheduler: str = "none"
+    kd_loss_type: str = "ce"
+    kd_loss_weight: float = 1
+    kd_loss_weight_scheduler: str = "none"
+    probability_shift: bool = False
+    intermediate_matches: list = field(default_factory=list)
+    is_caching_logits: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kd_loss_type not in KD_LOSS_TYPES:
+            raise ConfigError(f"DistillationConfig.kd_loss_type: '{self.kd_loss_type}' is not one of "
+                              f"{', '.join(KD_LOSS_TYPES)}.")
+        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
+            raise ConfigError(f"DistillationConfig.temperature: must be a number > 0, got {self.temperature!r}.")
+        for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
+            value = getattr(self, name)
+            if value not in ("none", None, *WEIGHT_SCHEDULERS):
+                raise ConfigError(f"DistillationConfig.{name}: unknown scheduler '{value}'"
+                                  f"{suggest(str(value), WEIGHT_SCHEDULERS)} Available: none, "
+                                  f"{', '.join(WEIGHT_SCHEDULERS)}.")
+        self.temperature_scheduler = self._check_temperature_scheduler(self.temperature_scheduler)
+        self.intermediate_matches = [
+            IntermediateMatch.from_dict(entry, path=f"intermediate_matches[{i}]")
+            for i, entry in enumerate(self.intermediate_matches or [])
+        ]
+
+    @staticmethod
+    def _check_temperature_scheduler(value: Any) -> Any:
+        if value in ("none", None, "constant"):
+            return "none" if value in ("none", None) else value
+        spec = [value] if isinstance(value, str) else list(value)
+        name = spec[0] if spec else None
+        needed = {"flsw": 2, "cwsm": 1}.get(name)
+        if needed is None:
+            raise ConfigError(f"DistillationConfig.temperature_scheduler: unknown scheduler {value!r}. Available: "
+                              f"none, {', '.join(TEMPERATURE_SCHEDULERS)}.")
+        if len(spec) - 1 < needed:
+            example = "['flsw', beta, gamma]" if name == "flsw" else "['cwsm', beta]"
+            raise ConfigError(f"DistillationConfig.temperature_scheduler: '{name}' needs its parameters: {example}.")
+        return spec
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["intermediate_matches"] = [
+            {k: v for k, v in asdict(m).items() if not (k == "proj" and v is None)} for m in self.intermediate_matches
+        ]
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation: TextBrewer config -> kdistill matches (one table, used by Python and YAML alike)
+
+
+def _refs(feature: str, layers: int | Sequence[int]) -> str:
+    kind = "hidden" if feature == "hidden" else "attn"
+    if isinstance(layers, (list, tuple)):
+        return ",".join(f"{kind}.{i}" for i in layers)
+    return f"{kind}.{layers}"
+
+
+def translate_match(entry: IntermediateMatch | Mapping, index: int = 0, *, python: bool = True) -> Match:
+    """One ``intermediate_matches`` entry as a kdistill Match (see :data:`LOSS_MAP`).
+
+    python: True for ``GeneralDistiller`` (refs index the adaptor's lists; TextBrewer-initialised
+    projections, relu/tanh kept; ``attention_mse`` with ``kind='scores'`` so adaptors returning
+    pre-softmax scores lose only their masked entries). False for native YAML (refs are the model's
+    own hidden states / attention probabilities; ``linear`` projections are kdistill's own,
+    ``relu``/``tanh`` the factories ``kdistill.compat.textbrewer:relu_projection`` / ``tanh_projection``).
+    A pair ``proj`` on ``fsp``/``nst`` is not expressible as a Match projection; GeneralDistiller adds it.
+    """
+    path = f"intermediate_matches[{index}]"
+    entry = IntermediateMatch.from_dict(entry, path=path)
+    loss: str | Callable = LOSS_MAP[entry.loss]
+    args: dict[str, Any] = {}
+    teacher_layers, student_layers = entry.layer_T, entry.layer_S
+    if entry.loss in ("nst", "mmd") and entry.is_pair:
+        if teacher_layers[0] == teacher_layers[1] and student_layers[0] == student_layers[1]:
+            teacher_layers, student_layers = teacher_layers[0], student_layers[0]
+        else:
+            loss = f"{MODULE}:token_gram_mse"
+    if entry.loss == "attention_mse" and python:
+        args["kind"] = "scores"
+    if entry.loss == "attention_ce" and python:
+        loss = f"{MODULE}:attention_ce"
+    projection: Any = "auto"
+    if entry.proj is not None and not entry.is_pair:
+        if python:
+            projection = projection_factory(entry.proj[0])
+        else:
+            projection = "linear" if entry.proj[0] == "linear" else f"{MODULE}:{entry.proj[0]}_projection"
+    elif entry.proj is not None:
+        projection = None
+    return Match(
+        teacher=_refs(entry.feature, teacher_layers),
+        student=_refs(entry.feature, student_layers),
+        loss=loss,
+        weight=float(entry.weight),
+        args=args,
+        projection=projection,
+        name=entry.name(),
+    )
+
+
+def weight_schedule(base: float, scheduler: str | None) -> Scalar:
+    """TextBrewer's weight schedulers *replace* the weight with f(progress), f = 1 − x or x."""
+    if scheduler == "linear_decay":
+        return Linear(1.0, 0.0)
+    if scheduler == "linear_growth":
+        return Linear(0.0, 1.0)
+    return float(base)
+
+
+def kd_match(config: DistillationConfig, *, teacher_name: str | None = None) -> Match:
+    """The logits term: ``soft_ce`` (no T²) or ``logits_mse``, or ``textbrewer_kd`` for dynamic options."""
+    weight = weight_schedule(config.kd_loss_weight, config.kd_loss_weight_scheduler)
+    dynamic = config.temperature_scheduler not in ("none", "constant") or config.probability_shift
+    if dynamic:
+        loss: str = f"{MODULE}:textbrewer_kd"
+        args: dict[str, Any] = {"temperature": float(config.temperature), "kd_loss_type": config.kd_loss_type,
+                                "temperature_scheduler": config.temperature_scheduler
+                                if config.temperature_scheduler not in ("none", "constant") else None,
+                                "probability_shift": bool(config.probability_shift)}
+    elif config.kd_loss_type == "ce":
+        loss, args = "soft_ce", {"temperature": float(config.temperature), "t2_scale": False}
+    else:
+        loss, args = "logits_mse", {"temperature": float(config.temperature)}
+    return Match("logits", "logits", loss, weight, args, projection=None, teacher_name=teacher_name, name="kd_loss")
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillers
+
+
+def _as_config(value, cls, name: str):
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls.from_dict(value)
+    raise ConfigError(f"{name}: expected a {cls.__name__} (or a dict of its fields), got {type(value).__name__}.")
+
+
+def _split(batch: object) -> tuple[object, object]:
+    """TextBrewer's batch convention: ``{'teacher': ..., 'student': ...}`` feeds the models separately."""
+    if isinstance(batch, Mapping) and "teacher" in batch and "student" in batch:
+        return batch["teacher"], batch["student"]
+    return batch, batch
+
+
+def _one(value: object, key: str, who: str) -> object:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise FeatureError(f"{who}: returned {len(value)} '{key}' tensors; kdistill.compat distils one "
+                               "logits tensor per model (multi-task heads: one distiller per task).")
+        return value[0]
+    return value
+
+
+def results_to_features(results: Mapping, *, who: str = "adaptor") -> Features:
+    """A TextBrewer adaptor's dict as Features: lists keep their indices, so layer_T=4 is ``hidden.4``."""
+    if not isinstance(results, Mapping):
+        raise FeatureError(f"{who} returned {type(results).__name__}; a TextBrewer adaptor returns a dict with "
+                           f"some of the keys {', '.join(ADAPTOR_KEYS)}.")
+    features = Features()
+    logits = _one(results.get("logits"), "logits", who)
+    logits_mask = _one(results.get("logits_mask"), "logits_mask", who)
+    labels = results.get("labels")
+    if logits is not None and logits_mask is not None and logits.dim() == 3:
+        keep = logits_mask.to(logits.device) != 0
+        logits = logits[keep]
+        if isinstance(labels, Tensor) and labels.shape == keep.shape:
+            labels = labels[keep]
+    features.logits = logits
+    if results.get("hidden") is not None:
+        features.hidden = tuple(results["hidden"])
+    if results.get("attention") is not None:
+        features.attentions = _IndexView(results["attention"])
+    features.attention_mask = results.get("inputs_mask")
+    if labels is not None:
+        features.extra["labels"] = _one(labels, "labels", who)
+    if results.get("losses") is not None:
+        losses = results["losses"]
+        features.extra["losses"] = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+    return features
+
+
+class _IndexView(Mapping):
+    """The adaptor's attention list as Features' ``{index: tensor}`` without reading every entry
+    (a HookedAttentions computes a block's map only when a match reads it)."""
+
+    def __init__(self, values: Sequence):
+        self._values = values
+
+    def __getitem__(self, index):
+        if not isinstance(index, int) or not -len(self._values) <= index < len(self._values):
+            raise KeyError(index)
+        return self._values[index]
+
+    def __iter__(self):
+        return iter(range(len(self._values)))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class BasicDistiller:
+    """TextBrewer's ``BasicDistiller``: the logits KD term and the adaptor's ``losses``; no intermediate matches.
+
+    Use as ``with distiller: distiller.train(optimizer, dataloader, num_epochs=...)``.
+    After training: ``distiller.engine`` is the kdistill :class:`Distiller` that computed every loss
+    (its ``plan`` lists each match with shapes), ``distiller.history`` one dict per optimiser step.
+    attention: how attention weights reach the adaptor (``auto``/``hooks``/``eager``, see LegacyCaller).
+    """
+
+    uses_intermediate_matches = False
+    print_freq = 20
+
+    def __init__(self, train_config: TrainingConfig, distill_config: DistillationConfig, model_T, model_S,
+                 adaptor_T, adaptor_S, *, attention: str = "auto"):
+        self.t_config = _as_config(train_config, TrainingConfig, "train_config")
+        self.d_config = _as_config(distill_config, DistillationConfig, "distill_config")
+        self.model_T = model_T
+        self.model_S = model_S
+        self.adaptor_T = adaptor_T
+        self.adaptor_S = adaptor_S
+        self.teachers = self._teacher_dict(model_T)
+        self.teacher_adaptors = self._teacher_adaptors(adaptor_T)
+        for name, adaptor in [*self.teacher_adaptors.items(), ("adaptor_S", adaptor_S)]:
+            if not callable(adaptor):
+                raise ConfigError(f"{name}: an adaptor is a function (batch, model_outputs) -> dict, got "
+                                  f"{type(adaptor).__name__}.")
+        self.callers = {name: LegacyCaller(model, attention=attention, where=f"model_T '{name}'")
+                        for name, model in self.teachers.items()}
+        self.student_caller = LegacyCaller(model_S, attention=attention, where="model_S")
+        self.engine: Distiller | None = None
+        self.history: list[dict] = []
+        self.hard_label_weight: Scalar = weight_schedule(self.d_config.hard_label_weight,
+                                                         self.d_config.hard_label_weight_scheduler)
+        self._model_args: dict = {}
+        self._projection_options: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ models and adaptors
+    def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
+        if isinstance(model_T, (list, tuple, Mapping)):
+            raise ConfigError(f"{type(self).__name__}: model_T is one model; for several teachers use "
+                              "MultiTeacherDistiller.")
+        return {"teacher": model_T}
+
+    def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
+        return {name: adaptor_T for name in self.teachers}
+
+    def __enter__(self):
+        self._modes = ({name: m.training for name, m in self.teachers.items()}, self.model_S.training)
+        for model in self.teachers.values():
+            model.eval()
+        self.model_S.train()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        teacher_modes, student_mode = self._modes
+        for name, model in self.teachers.items():
+            model.train(teacher_modes[name])
+        self.model_S.train(student_mode)
+
+    def _teacher_features(self, name: str) -> Callable:
+        def adapter(model, wrapped):
+            teacher_batch, _ = _split(wrapped[_BATCH])
+            outputs = self.callers[name](teacher_batch, **wrapped.get(_ARGS, {}))
+            who = "adaptor_T" if len(self.teachers) == 1 else f"adaptor_T of '{name}'"
+            return results_to_features(self.teacher_adaptors[name](teacher_batch, outputs), who=who)
+
+        return adapter
+
+    def _student_features(self, model, wrapped) -> Features:
+        _, student_batch = _split(wrapped[_BATCH])
+        outputs = self.student_caller(student_batch, **wrapped.get(_ARGS, {}))
+        return results_to_features(self.adaptor_S(student_batch, outputs), who="adaptor_S")
+
+    # ------------------------------------------------------------------ building the engine
+    def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
+        """The matches for the features the adaptors actually returned (probed on the first batch)."""
+        have_teacher_logits = all(f.logits is not None for f in teacher.values())
+        if student.logits is None or not have_teacher_logits:
+            raise FeatureError(f"{type(self).__name__} distils logits: both adaptors must return 'logits' "
+                               f"(adaptor_S returned {'none' if student.logits is None else 'logits'}).")
+        return [kd_match(self.d_config)]
+
+    def _build(self, wrapped: dict, optimizer) -> None:
+        with torch.no_grad():
+            teacher = {name: self._teacher_features(name)(model, wrapped) for name, model in self.teachers.items()}
+            student = self._student_features(self.model_S, wrapped)
+        matches = self._matches(teacher, student)
+        if not matches and not student.extra.get("losses"):
+            raise ConfigError("nothing to distil: the adaptors return no 'logits' in common, there are no "
+                              "intermediate_matches and adaptor_S returns no 'losses'.")
+        adapters = {name: self._teacher_features(name) for name in self.teachers}
+        self.engine = Distiller(self.teachers, self.model_S, matches, teacher_adapter=adapters,
+                                student_adapter=self._student_features)
+        self._extend_engine(self.engine)
+        self.engine.to(next(self.model_S.parameters()).device)
+        self.engine.prepare(wrapped)
+        self._check_projections()
+        for key, module in self.engine.projections.items():
+            options = self._projection_options.get(key, {})
+            optimizer.add_param_group({"params": list(module.parameters()), **options})
+            logger.info("added projection %s (%s) to the optimizer", key, type(module).__name__)
+
+    def _extend_engine(self, engine: Distiller) -> None:
+        """Hook for GeneralDistiller: projections kdistill's Match cannot express."""
+
+    def _check_projections(self) -> None:
+        """Hook for GeneralDistiller: declared projection widths against the real features."""
+
+    # ------------------------------------------------------------------ training
+    def train(self, optimizer, dataloader, num_epochs=None, scheduler_class=None, scheduler_args=None,
+              scheduler=None, max_grad_norm=-1.0, num_steps=None, callback=None, batch_postprocessor=None,
+              **args):
+        """Train the student: TextBrewer's ``train`` with the same arguments and the same loop.
+
+        ``args`` are extra keyword arguments for both models' forward. ``callback(model=student,
+        step=global_step)`` runs after each checkpoint. Returns ``self.history``.
+        """
+        if num_epochs is None and num_steps is None:
+            raise ConfigError("train: give num_epochs or num_steps.")
+        cfg = self.t_config
+        device = cfg.resolved_device()
+        for model in [*self.teachers.values(), self.model_S]:
+            model.to(device)
+        if self.engine is not None:
+            self.engine.to(device)
+        self._model_args = args
+        accumulation = cfg.gradient_accumulation_steps
+        caching = bool(self.d_config.is_caching_logits) and not self.uses_intermediate_matches
+        if num_steps is not None:
+            if caching:
+                raise ConfigError("is_caching_logits=True cannot be combined with train(num_steps=...); "
+                                  "train by num_epochs or turn caching off.")
+            if cfg.ckpt_steps is None:
+                raise ConfigError("train(num_steps=...) needs TrainingConfig.ckpt_steps (how often to save).")
+            total = int(num_steps)
+            epochs: list[int | None] = [None]
+            steps_per_epoch = None
+        else:
+            steps_per_epoch = len(dataloader) // accumulation
+            if steps_per_epoch == 0:
+                raise ConfigError(f"train: the dataloader has {len(dataloader)} batches, fewer than "
+                                  f"gradient_accumulation_steps={accumulation}: no optimiser step would run.")
+            total = steps_per_epoch * int(num_epochs)
+            epochs = list(range(int(num_epochs)))
+        points = checkpoint_steps(steps_per_epoch, cfg.ckpt_frequency) if steps_per_epoch else set()
+        log = _open_log(cfg.log_dir)
+        print_every = max((steps_per_epoch or cfg.ckpt_steps or 1) // self.print_freq, 1)
+        scaler, autocast = _mixed_precision(cfg.fp16, device)
+        state = {"scheduler": scheduler, "optimizer": optimizer, "scheduler_class": scheduler_class,
+                 "scheduler_args": scheduler_args or {}}
+        global_step = 0
+        try:
+            cache = self._cache(dataloader, batch_postprocessor, device, optimizer, state) if caching else None
+            for epoch in epochs:
+                optimizer.zero_grad()
+                if epoch is None:
+                    batches = _cycle(dataloader)
+                elif cache is not None:
+                    random.shuffle(cache)
+                    batches = cache
+                else:
+                    batches = dataloader
+                running: dict[str, float] = {}
+                for index, batch in enumerate(batches):
+                    wrapped = self._wrap(batch, batch_postprocessor, device, cached=cache is not None)
+                    if self.engine is None:
+                        self._build(wrapped, optimizer)
+                        state["scheduler"] = _make_scheduler(state)
+                    with autocast():
+                        loss, parts = self._loss(wrapped, global_step, total)
+                    scaled = loss / accumulation
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                    for name, value in {"total_loss": loss.detach(), **parts}.items():
+                        running[name] = running.get(name, 0.0) + float(value) / accumulation
+                    if (index + 1) % accumulation:
+                        continue
+                    self._optimizer_step(optimizer, scaler, max_grad_norm, state["scheduler"])
+                    global_step += 1
+                    record = {"step": global_step, "epoch": 0 if epoch is None else epoch, **running}
+                    running = {}
+                    self.history.append(record)
+                    if log is not None:
+                        log.log(global_step, {k: v for k, v in record.items() if k != "step"})
+                    if global_step % print_every == 0:
+                        logger.info("Global step: %d/%d, epoch step: %d, total_loss: %.6g", global_step, total,
+                                    index + 1, record["total_loss"])
+                    if epoch is None:
+                        due = global_step % cfg.ckpt_steps == 0 or global_step == total
+                    else:
+                        epoch_step = global_step - epoch * steps_per_epoch
+                        last_epoch = epoch + 1 == len(epochs)
+                        due = epoch_step in points and ((epoch + 1) % cfg.ckpt_epoch_frequency == 0 or last_epoch)
+                    if due:
+                        self._save_and_callback(global_step, callback)
+                    if global_step >= total:
+                        break
+                if epoch is not None:
+                    logger.info("Epoch %d finished", epoch + 1)
+        finally:
+            if log is not None:
+                log.close()
+        return self.history
+
+    def _wrap(self, batch, batch_postprocessor, device, *, cached: bool) -> dict:
+        if cached:
+            batch, teacher_logits = batch
+            features = {name: Features(logits=logits.to(device)) for name, logits in teacher_logits.items()}
+            return {_BATCH: batch, _ARGS: self._model_args, "teacher_features": features}
+        if batch_postprocessor is not None:
+            batch = batch_postprocessor(batch)
+        return {_BATCH: move_to_device(batch, device), _ARGS: self._model_args}
+
+    def _cache(self, dataloader, batch_postprocessor, device, optimizer, state) -> list:
+        """TextBrewer's ``is_caching_logits``: run the teachers once, keep (batch, logits on CPU)."""
+        logger.info("Caching batches and the teachers' logits ...")
+        cache = []
+        for batch in dataloader:
+            wrapped = self._wrap(batch, batch_postprocessor, device, cached=False)
+            if self.engine is None:
+                self._build(wrapped, optimizer)
+                state["scheduler"] = _make_scheduler(state)
+            features = self.engine.teacher_features(wrapped)
+            cache.append((wrapped[_BATCH], {name: f.logits.detach().cpu() for name, f in features.items()}))
+        return cache
+
+    def _loss(self, wrapped: dict, step: int, total: int) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.engine(wrapped, step=step, total_steps=total)
+        parts = dict(out.parts)
+        loss = out.loss
+        losses = out.student_features.extra.get("losses") if out.student_features is not None else None
+        if losses:
+            weight = value_at(self.hard_label_weight, step, total)
+            hard = sum(l.mean() for l in losses) * weight
+            parts["hard_label"] = hard.detach()
+            loss = loss + hard
+        return loss, parts
+
+    def _optimizer_step(self, optimizer, scaler, max_grad_norm, scheduler) -> None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if max_grad_norm is not None and max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.engine.parameters(), max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad()
+
+    def _save_and_callback(self, global_step: int, callback) -> None:
+        from kdistill.train.checkpoint import save_weights
+
+        directory = Path(self.t_config.output_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        logger.info("Saving at global step %d to %s", global_step, directory / f"gs{global_step}.safetensors")
+        save_weights(self.model_S, directory / f"gs{global_step}.safetensors")
+        if len(self.engine.projections):
+            save_weights(self.engine.projections, directory / f"gs{global_step}.projections.safetensors")
+        if callback is not None:
+            logger.info("Running callback function...")
+            callback(model=self.model_S, step=global_step)
+            self.model_S.train()
+
+
+def checkpoint_steps(steps_per_epoch: int, frequency: int) -> set[int]:
+    """Optimiser steps within an epoch (1-based) after which to save: the end of each 1/frequency of it.
+
+    At most ``frequency`` of them and at most one per step, so an epoch shorter than ``frequency``
+    steps saves at every step — as TextBrewer did (``checkpoint_steps(20, 10)`` = every second step).
+    """
+    if not frequency or not steps_per_epoch:
+        return set()
+    return {math.ceil(steps_per_epoch * (i + 1) / frequency) for i in range(frequency)}
+
+
+def _cycle(dataloader):
+    """Re-iterate the dataloader forever (a fresh shuffle each pass; itertools.cycle would replay pass one)."""
+    while True:
+        yield from dataloader
+
+
+def _make_scheduler(state: dict):
+    if state["scheduler_class"] is not None:
+        return state["scheduler_class"](optimizer=state["optimizer"], **state["scheduler_args"])
+    return state["scheduler"]
+
+
+def _mixed_precision(fp16: bool, device: torch.device):
+    if not fp16:
+        return None, nullcontext
+    if device.type != "cuda":
+        warnings.warn("TrainingConfig.fp16=True needs a CUDA device; training in float32.", stacklevel=3)
+        return None, nullcontext
+    return torch.amp.GradScaler("cuda"), lambda: torch.autocast("cuda", dtype=torch.float16)
+
+
+def _open_log(log_dir: str | None):
+    if log_dir is None:
+        return None
+    from kdistill.train.logging import MetricsLog
+
+    return MetricsLog(Path(log_dir), tensorboard=True)
+
+
+class GeneralDistiller(BasicDistiller):
+    """TextBrewer's ``GeneralDistiller``: logits KD (when both adaptors return ``logits``) plus
+    ``intermediate_matches``. ``custom_matches`` (TextBrewer's experimental hooks) is not supported:
+    name sub-modules in a native kdistill match (``module:PATH``) instead.
+    """
+
+    uses_intermediate_matches = True
+
+    def __init__(self, train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S,
+                 custom_matches=None, *, attention: str = "auto"):
+        if custom_matches:
+            raise ConfigError("custom_matches: not supported by kdistill.compat; use a native kdistill Match with "
+                              "'module:<path>' refs (forward hooks) instead.")
+        super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S, attention=attention)
+        self.matches_by_engine_index: list[int | None] = []
+        self._pair_projections: dict[str, nn.Module] = {}
+
+    def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
+        teacher_features = teacher["teacher"]
+        matches: list[Match] = []
+        self.matches_by_engine_index = []
+        if teacher_features.logits is not None and student.logits is not None:
+            matches.append(kd_match(self.d_config))
+            self.matches_by_engine_index.append(None)
+        elif (teacher_features.logits is None) != (student.logits is None):
+            logger.warning("only one adaptor returns 'logits': the KD term is skipped (as in TextBrewer).")
+        for i, entry in enumerate(self.d_config.intermediate_matches):
+            self._check_indices(i, entry, teacher_features, student)
+            match = translate_match(entry, i, python=True)
+            if entry.proj is not None:
+                options = dict(entry.proj[3]) if len(entry.proj) == 4 else {}
+                # The engine keys a match's projection by its position: "m<index>".
+                key = f"pair{i}" if entry.is_pair else f"m{len(matches)}"
+                self._projection_options[key] = options
+                if entry.is_pair:
+                    match = self._pair_projected(i, entry, match, student)
+            matches.append(match)
+            self.matches_by_engine_index.append(i)
+        return matches
+
+    @staticmethod
+    def _check_indices(i: int, entry: IntermediateMatch, teacher: Features, student: Features) -> None:
+        for role, features, layers in (("T", teacher, entry.layer_T), ("S", student, entry.layer_S)):
+            if entry.feature == "hidden":
+                count = len(features.hidden or ())
+            else:
+                count = len(features.attentions)
+            for layer in layers if isinstance(layers, (list, tuple)) else [layers]:
+                if not -count <= layer < count:
+                    raise ConfigError(
+                        f"intermediate_matches[{i}].layer_{role}: {layer} is out of range: adaptor_{role} returned "
+                        f"{count} '{entry.feature}' tensors (indices 0–{count - 1}). layer_{role} indexes the "
+                        "adaptor's list, not the model's layers."
+                    )
+
+    def _pair_projected(self, i: int, entry: IntermediateMatch, match: Match, student: Features) -> Match:
+        """fsp/nst pairs with a ``proj``: project both student features (a Match projects one tensor)."""
+        kind, dim_in, dim_out = entry.proj[:3]
+        widths = {student.hidden[layer].shape[-1] if entry.feature == "hidden" else student.attentions[layer].shape[-1]
+                  for layer in entry.layer_S}
+        if widths != {dim_in}:
+            raise ConfigError(f"intermediate_matches[{i}].proj: declares student width {dim_in}, but the student's "
+                              f"features are {sorted(widths)} wide.")
+        module = projection_factory(kind)(dim_in, dim_out)
+        self._pair_projections[f"pair{i}"] = module
+        base = get_loss(match.loss, path=f"intermediate_matches[{i}].loss")
+
+        def projected(student, teacher, *, mask=None):
+            return base(tuple(module(s) for s in student), teacher, mask=mask)
+
+        projected.__name__ = match.loss.rsplit(":", 1)[-1]
+        return match.with_(loss=projected, projection=None)
+
+    def _extend_engine(self, engine: Distiller) -> None:
+        for key, module in self._pair_projections.items():
+            engine.projections[key] = module
+
+    def _check_projections(self) -> None:
+        for plan, entry_index in zip(self.engine.plan, self.matches_by_engine_index):
+            if entry_index is None:
+                continue
+            entry = self.d_config.intermediate_matches[entry_index]
+            if entry.proj is None or entry.is_pair:
+                continue
+            student_width, teacher_width = plan.student_shape[-1], plan.teacher_shape[-1]
+            if (student_width, teacher_width) != tuple(entry.proj[1:3]):
+                raise ConfigError(
+                    f"intermediate_matches[{entry_index}].proj: declares {entry.proj[1]} -> {entry.proj[2]} "
+                    f"(student width -> teacher width), but the features are {student_width} -> {teacher_width} "
+                    f"wide ('{plan.student}' -> '{plan.teacher}')."
+                )
+
+
+class MultiTeacherDistiller(BasicDistiller):
+    """TextBrewer's ``MultiTeacherDistiller``: logits KD from the teachers' ensemble; no intermediate matches.
+
+    model_T: a list of teachers; adaptor_T: one adaptor or one per teacher. Difference: kdistill's
+    ensemble averages the teachers' *temperature-softened probabilities*; TextBrewer averaged logits.
+    """
+
+    def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
+        if not isinstance(model_T, (list, tuple)) or not model_T:
+            raise ConfigError("MultiTeacherDistiller: model_T must be a non-empty list of teacher models.")
+        return {f"teacher_{i}": model for i, model in enumerate(model_T)}
+
+    def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
+        if isinstance(adaptor_T, (list, tuple)):
+            if len(adaptor_T) != len(self.teachers):
+                raise ConfigError(f"MultiTeacherDistiller: {len(adaptor_T)} adaptors for "
+                                  f"{len(self.teachers)} teachers.")
+            return dict(zip(self.teachers, adaptor_T))
+        return {name: adaptor_T for name in self.teachers}
+
+    def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
+        super()._matches(teacher, student)
+        return [kd_match(self.d_config, teacher_name=ENSEMBLE)]
+
+
+__all__ = [
+    "ADAPTOR_KEYS", "BasicDistiller", "DistillationConfig", "FEATURES", "GeneralDistiller", "IntermediateMatch",
+    "LOSS_MAP", "MultiTeacherDistiller", "TrainingConfig", "attention_ce", "attention_ce_mean", "attention_mse_sum",
+    "checkpoint_steps", "kd_match", "projection_factory", "relu_projection", "results_to_features",
+    "tanh_projection", "textbrewer_kd",
+    "token_gram_mse", "translate_match", "weight_schedule",
+]
