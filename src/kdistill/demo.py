@@ -30,7 +30,8 @@ from kdistill.data import Collator, LengthBucketSampler, TokenizedDataset, make_
 from kdistill.distiller import Distiller
 from kdistill.features import Features
 from kdistill.methods import expand
-from kdistill.models import count_parameters, load_hf_model, load_tokenizer, student_from_teacher
+from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,
+                             student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier, predict
 from kdistill.train.checkpoint import atomic_write_text
 
@@ -174,10 +175,7 @@ def fine_tune_teacher(settings: DemoSettings, data: DemoData, teacher_path: Path
     teacher = load_hf_model(teacher_path, num_labels=2)
     train_labels(teacher, data.train, data.validation, epochs=settings.teacher_epochs, lr=settings.teacher_lr,
                  settings=settings, desc="teacher")
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    teacher.save_pretrained(tmp)
-    data.tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    save_model_folder(teacher, folder, data.tokenizer)
     return teacher, False
 
 
@@ -343,8 +341,7 @@ def run_demo(settings: DemoSettings, *, log=print) -> dict:
                         "unlabelled": len(data.unlabelled) if data.unlabelled else 0}
     summary["seconds"] = time.perf_counter() - started
     atomic_write_text(output / "summary.json", json.dumps(summary, indent=2))
-    student.save_pretrained(output / "student")
-    data.tokenizer.save_pretrained(output / "student")
+    save_model_folder(student, output / "student", data.tokenizer)
     write_demo_report(output, summary)
     return summary
 

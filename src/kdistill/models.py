@@ -346,3 +346,49 @@ __all__ = [
     "student_from_config",
     "student_from_teacher",
 ]
+
+
+def save_pretrained(model: nn.Module, path: str | Path) -> None:
+    """``model.save_pretrained(path)``, also when its config asks for attentions under SDPA.
+
+    transformers 5 refuses to save a config with ``output_attentions=True`` and SDPA attention
+    (the seed article's configs ask for it; kdistill computes attentions from hooks instead): the
+    flag is saved as False and restored on the live model.
+    """
+    config = model.config
+    blocked = bool(getattr(config, "output_attentions", False)) and getattr(
+        config, "_attn_implementation", "eager") not in ("eager", None)
+    with _quiet_transformers():
+        if not blocked:
+            model.save_pretrained(path)
+            return
+        config.output_attentions = False
+        try:
+            model.save_pretrained(path)
+        finally:
+            # The public setter refuses True under SDPA; the constructor accepted it: restore as stored.
+            config._output_attentions = True
+
+
+def save_model_folder(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
+    """Save a Hugging Face model (and tokenizer) into ``folder`` atomically: a temporary folder
+    renamed into place, so a crash never leaves a half-written model folder."""
+    import os
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_pretrained(model, tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+

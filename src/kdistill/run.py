@@ -714,13 +714,12 @@ def save_student(parts: RunParts, model: nn.Module, out: Path) -> Path:
         if names and getattr(model.config, "num_labels", None) == len(names):
             model.config.id2label = dict(enumerate(names))
             model.config.label2id = {name: i for i, name in enumerate(names)}
-        from kdistill.models import _quiet_transformers
+        from kdistill.models import save_pretrained
 
-        with _quiet_transformers():
-            model.save_pretrained(tmp)
-            tokenizer = parts.student_tokenizer or parts.tokenizer
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        save_pretrained(model, tmp)
+        tokenizer = parts.student_tokenizer or parts.tokenizer
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     else:
         save_weights(model, tmp / "student.safetensors")
     old = out / f".student.old-{os.getpid()}"

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.adapters.base import first_tensor
+from kdistill.models import save_pretrained  # noqa: F401  (re-exported for compat users)
 from kdistill.adapters.hf import (
     ATTENTION_MODES,
     attention_from_qk,
@@ -289,27 +290,6 @@ def _signature(model: nn.Module) -> inspect.Signature | None:
         return inspect.signature(model.forward)
     except (TypeError, ValueError):
         return None
-
-
-def save_pretrained(model: nn.Module, path: str | os.PathLike) -> None:
-    """``model.save_pretrained(path)``, also when its config asks for attentions under SDPA.
-
-    transformers 5 refuses to save a config with ``output_attentions=True`` and SDPA attention
-    (which the seed article's configs and hooked attentions produce); the flag is saved as False
-    and restored on the live model.
-    """
-    config = model.config
-    blocked = bool(getattr(config, "output_attentions", False)) and getattr(
-        config, "_attn_implementation", "eager") not in ("eager", None)
-    if not blocked:
-        model.save_pretrained(path)
-        return
-    config.output_attentions = False
-    try:
-        model.save_pretrained(path)
-    finally:
-        # The public setter refuses True under SDPA; the constructor accepted it, so restore it as stored.
-        config._output_attentions = True
 
 
 def move_to_device(batch: object, device: torch.device | str) -> object:
