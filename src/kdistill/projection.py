@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from kdistill.errors import ConfigError, unknown_choice
 
@@ -27,3 +27,15 @@ def make_projection(kind: str | Callable[[int, int], nn.Module], in_features: in
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
     raise unknown_choice(path, "projection", str(kind), [*PROJECTION_KINDS, "auto", "none"])
+
+
+class OnAxis(nn.Module):
+    """Applies ``module`` along axis ``dim`` instead of the last one (the channels of (B, C, H, W) maps)."""
+
+    def __init__(self, module: nn.Module, dim: int):
+        super().__init__()
+        self.module = module
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x.movedim(self.dim, -1)).movedim(-1, self.dim)

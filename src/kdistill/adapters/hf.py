@@ -116,6 +116,12 @@ class HFAdapter:
         for ref in self.refs:
             if ref.kind == "module":
                 self.hooks.add(get_submodule(model, ref.path, where=where), f"module:{ref.path}")
+        # Models with a head (BertForSequenceClassification) run their pooler but do not return
+        # its output; hook it so that 'pooled' works on them too.
+        if any(r.kind == "pooled" for r in self.refs):
+            pooler = next((m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "pooler"), None)
+            if pooler is not None:
+                self.hooks.add(pooler, "pooled")
 
     def _pick_attention_mode(self, requested: str, layers: list[int], wants_scores: bool) -> str | None:
         if not layers:
@@ -178,10 +184,12 @@ class HFAdapter:
             return_dict=True,
         )
         hooked = self.hooks.take()
+        hooked_pooled = hooked.pop("pooled", None)
         mask = batch_mask(batch)
+        pooled = output.get("pooler_output")
         features = Features(
             logits=output.get("logits"),
-            pooled=output.get("pooler_output"),
+            pooled=pooled if pooled is not None else hooked_pooled,
             attention_mask=mask,
         )
         if self.want_hidden:

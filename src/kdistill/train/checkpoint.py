@@ -177,7 +177,12 @@ def latest_good_checkpoint(directory: Path) -> tuple[Path, dict] | None:
 
 def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> TrainPosition:
     """Restore weights, optimiser, scheduler and RNG states; return the position to continue from."""
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except RuntimeError as exc:  # shape mismatches: torch lists every tensor, keep the first
+        detail = " ".join(str(exc).split("\n\t")[1:2]) or str(exc)
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail.strip()} "
+                              "Was it written by another config?") from None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}. Was it written by another config?")

@@ -115,8 +115,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Train ``distiller.student`` (and its projections) on ``train_data``.
 
-    train_data: a DataLoader (or any re-iterable of batches with ``len``); a sampler with
-        ``set_epoch``/``skip`` (kdistill.data.LengthBucketSampler) makes resume exact mid-epoch.
+    train_data: a DataLoader (or any re-iterable of batches with ``len``). Resume is exact mid-epoch
+        when an epoch's order depends only on the epoch: kdistill.data.make_loader's samplers
+        (``set_epoch``) and torch's RandomSampler (its draws come from a stream seeded per epoch).
     eval_data / metric_fn: ``metric_fn(student, eval_data, device) -> dict``; default: accuracy
         and macro-F1 of the student's logits.
     output_dir: where checkpoints, ``metrics.jsonl``, TensorBoard events and ``best/`` go.
@@ -209,6 +210,7 @@ class Trainer:
         running: dict[str, float] = {}
         last_metrics: dict[str, float] = {}
         stop = False
+        state = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0])
         model.train()
         try:
             while position.step < total and not stop:
@@ -216,7 +218,7 @@ class Trainer:
                     break
                 self._set_epoch(loader, position.epoch)
                 batches = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
-                for batch in _off_global_rng(batches):
+                for batch in _off_global_rng(batches, (cfg.seed, position.epoch)):
                     position.batch_in_epoch += 1
                     with accelerator.accumulate(model):
                         try:
@@ -252,7 +254,9 @@ class Trainer:
                         last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
                     if cfg.save_every and position.step % cfg.save_every == 0:
                         self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
-                    if position.step >= total or stop:
+                    # A run that ends on an epoch's last batch still ends that epoch (for-else below:
+                    # epoch-end callbacks, evaluation and checkpoint).
+                    if stop or (position.step >= total and not accelerator.gradient_state.end_of_dataloader):
                         break
                 else:
                     position.epoch += 1
@@ -350,19 +354,26 @@ def _check_config(cfg: TrainConfig) -> None:
 _END = object()
 
 
-def _off_global_rng(batches: Iterable):
-    """Yield from ``batches`` without letting data loading draw from the global torch RNG.
+def _off_global_rng(batches: Iterable, seed: tuple[int, int]):
+    """Yield from ``batches`` with data loading on its own torch RNG stream, seeded by (run seed, epoch).
 
-    A DataLoader draws a seed from it on every ``iter()``; a resumed run creates one iterator more
-    than the uninterrupted run did, which would shift every later dropout mask. Data order itself
-    must come from a seeded sampler (``set_epoch``), as kdistill.data.make_loader builds.
+    A DataLoader draws a seed from the global torch RNG on every ``iter()``, a RandomSampler its
+    permutation. On the model's stream, a resumed run (one ``iter()`` more) would shift every later
+    dropout mask, and an epoch's order would depend on what the model drew before it. On a stream
+    of their own, seeded per epoch, the order is the same whether a run was resumed or not (a
+    mid-epoch resume then skips exactly the batches already seen).
     """
-    iterator = None
+    iterator, data_state = None, None
     while True:
         with torch.random.fork_rng(devices=[]):
+            if data_state is None:
+                torch.manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+            else:
+                torch.set_rng_state(data_state)
             if iterator is None:
                 iterator = iter(batches)
             batch = next(iterator, _END)
+            data_state = torch.get_rng_state()
         if batch is _END:
             return
         yield batch

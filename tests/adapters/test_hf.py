@@ -1,0 +1,209 @@
+"""The Hugging Face adapter on tiny random BERT / DistilBERT / RoBERTa / GPT-2 built from configs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from kdistill.adapters import HFAdapter, make_adapter
+from kdistill.errors import ConfigError, FeatureError, RefError
+from kdistill.refs import Ref, parse_ref
+from tiny_engine import bert_config, one_thread, token_batch  # noqa: F401  (one_thread is a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LENGTHS = [7, 4, 2]  # padding in two of three rows
+
+
+def refs(text: str) -> list[Ref]:
+    return list(parse_ref(text))
+
+
+def build(kind: str, seed: int = 0):
+    """A model with the default (SDPA) attention and an eager twin with the same weights."""
+    torch.manual_seed(seed)
+    if kind == "bert":
+        config, cls = bert_config(), transformers.BertForSequenceClassification
+    elif kind == "distilbert":
+        config = transformers.DistilBertConfig(n_layers=2, dim=32, n_heads=2, hidden_dim=64, vocab_size=100)
+        cls = transformers.DistilBertForSequenceClassification
+    elif kind == "roberta":
+        config = transformers.RobertaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                            intermediate_size=64, vocab_size=100, max_position_embeddings=40)
+        cls = transformers.RobertaForSequenceClassification
+    else:
+        raise ValueError(kind)
+    model = cls(copy.deepcopy(config)).eval()
+    eager = cls(copy.deepcopy(config)).eval()
+    eager.load_state_dict(model.state_dict())
+    eager.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "sdpa"
+    return model, eager
+
+
+def spy_forward_kwargs(model) -> list[dict]:
+    calls: list[dict] = []
+    model.register_forward_pre_hook(lambda _m, _a, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
+    return calls
+
+
+def test_hidden_states_count_and_shape():
+    model, _ = build("bert")
+    adapter = make_adapter(model, refs("hidden.0,hidden.-1"))
+    features = adapter(token_batch(lengths=LENGTHS))
+    assert len(features.hidden) == 3  # embeddings + 2 blocks
+    assert all(h.shape == (3, 7, 32) for h in features.hidden)
+    assert features.logits.shape == (3, 2)
+    assert torch.equal(features.attention_mask, token_batch(lengths=LENGTHS)["attention_mask"])
+    assert adapter.num_layers == 2
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+def test_hooked_attention_equals_eager_attention_with_padding(kind):
+    model, eager = build(kind)
+    adapter = make_adapter(model, refs("attn.0,attn.-1"))
+    assert adapter.attention_mode == "hooks"
+    batch = token_batch(lengths=LENGTHS, labels=None)
+    features = adapter(batch)
+    reference = eager(**batch, output_attentions=True).attentions
+    assert len(features.attentions) == 2
+    for layer in (0, 1):
+        assert features.attentions[layer].shape == (3, 2, 7, 7)
+        torch.testing.assert_close(features.attentions[layer], reference[layer], atol=1e-5, rtol=0)
+        # Padded keys get no probability at all.
+        assert features.attentions[layer][1, :, :, 4:].abs().max() < 1e-12
+    assert model.config._attn_implementation == "sdpa"  # hooks keep the fast kernel
+
+
+def test_hooked_attention_scores_are_masked_pre_softmax_scores():
+    model, eager = build("bert")
+    adapter = make_adapter(model, refs("attn_scores.1,attn.1"))
+    batch = token_batch(lengths=LENGTHS, labels=None)
+    features = adapter(batch)
+    scores = features.attention_scores[1]
+    assert (scores[2, :, :, 2:] == torch.finfo(scores.dtype).min).all()
+    torch.testing.assert_close(scores.softmax(-1), eager(**batch, output_attentions=True).attentions[1],
+                               atol=1e-5, rtol=0)
+
+
+def test_eager_mode_returns_attentions():
+    model, eager = build("bert")
+    adapter = make_adapter(model, refs("attn.1"), attention="eager")
+    assert adapter.attention_mode == "eager"
+    assert model.config._attn_implementation == "eager"
+    batch = token_batch(lengths=LENGTHS, labels=None)
+    features = adapter(batch)
+    assert list(features.attentions) == [1]
+    torch.testing.assert_close(features.attentions[1], eager(**batch, output_attentions=True).attentions[1])
+
+
+def test_attentions_are_requested_only_when_a_match_needs_them():
+    model, _ = build("bert")
+    calls = spy_forward_kwargs(model)
+    batch = token_batch(labels=None)
+    make_adapter(model, refs("logits"))(batch)
+    make_adapter(model, refs("hidden.1"))(batch)
+    make_adapter(model, refs("attn.0"))(batch)  # hooks: no attention weights from the model
+    make_adapter(model, refs("attn.0"), attention="eager")(batch)
+    assert [c["output_attentions"] for c in calls] == [False, False, False, True]
+    assert [c["output_hidden_states"] for c in calls] == [False, True, False, False]
+    assert all(c["return_dict"] is True for c in calls)
+
+
+def test_labels_and_foreign_keys_are_not_fed_to_the_model():
+    model, _ = build("bert")
+    calls = spy_forward_kwargs(model)
+    batch = {**token_batch(), "index": torch.arange(3), "text_length": torch.ones(3)}
+    make_adapter(model, refs("logits"))(batch)
+    assert set(calls[0]) >= {"input_ids", "attention_mask"}
+    assert not set(calls[0]) & {"labels", "index", "text_length"}
+
+
+def test_qkv_features_equal_the_projection_outputs():
+    model, _ = build("bert")
+    adapter = make_adapter(model, refs("query.1,key.1,value.0,hidden.0,hidden.1"))
+    features = adapter(token_batch(lengths=LENGTHS, labels=None))
+    attention = model.bert.encoder.layer[1].attention.self
+    torch.testing.assert_close(features.queries[1], attention.query(features.hidden[1]))
+    torch.testing.assert_close(features.keys[1], attention.key(features.hidden[1]))
+    first = model.bert.encoder.layer[0].attention.self
+    torch.testing.assert_close(features.values[0], first.value(features.hidden[0]))
+    assert set(features.queries) == {1} and set(features.values) == {0}
+
+
+def test_gpt2_auto_falls_back_to_eager():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(copy.deepcopy(config)).eval()
+    reference = transformers.GPT2LMHeadModel(copy.deepcopy(config)).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.set_attn_implementation("eager")
+    adapter = make_adapter(model, refs("attn.-1,hidden.-1"))
+    assert adapter.attention_mode == "eager"
+    assert model.config._attn_implementation == "eager"
+    batch = token_batch(lengths=LENGTHS, labels=None)
+    features = adapter(batch)
+    torch.testing.assert_close(features.attentions[1], reference(**batch, output_attentions=True).attentions[1])
+    # Causal: no token attends to a later one.
+    assert features.attentions[1][0].triu(1).abs().max() == 0
+    with pytest.raises(RefError, match="only exact for .*bert.* not 'gpt2'"):
+        make_adapter(model, refs("attn.0"), attention="hooks")
+
+
+def test_an_empty_attentions_tuple_is_an_error():
+    model, _ = build("bert")
+    adapter = make_adapter(model, refs("attn.0"), attention="eager")
+    model.set_attn_implementation("sdpa")  # SDPA silently returns no weights
+    with pytest.raises(FeatureError, match="returned no attention weights"):
+        adapter(token_batch(labels=None))
+
+
+def test_missing_features_are_feature_errors_naming_the_ref():
+    model, _ = build("bert")
+    features = make_adapter(model, refs("logits"))(token_batch(labels=None))
+    with pytest.raises(FeatureError, match=r"no 'attn.0'.*come back empty"):
+        features.get(Ref("attn", 0))
+    with pytest.raises(FeatureError, match="no 'hidden.1'"):
+        features.get(Ref("hidden", 1))
+    bare = transformers.BertModel(bert_config()).eval()
+    with pytest.raises(FeatureError, match="no head producing logits"):
+        make_adapter(bare, refs("logits"))(token_batch(labels=None)).get(Ref("logits"))
+
+
+def test_pooled_output_of_a_classifier_and_of_a_bare_model():
+    model, _ = build("bert")
+    features = make_adapter(model, refs("pooled,hidden.-1"))(token_batch(labels=None))
+    assert features.pooled.shape == (3, 32)
+    torch.testing.assert_close(features.pooled, model.bert.pooler(features.hidden[-1]))
+    bare = transformers.BertModel(bert_config()).eval()
+    bare_features = make_adapter(bare, refs("pooled"))(token_batch(labels=None))
+    torch.testing.assert_close(bare_features.pooled, bare(**token_batch(labels=None)).pooler_output)
+
+
+def test_refs_are_checked_against_the_model_at_construction():
+    model, _ = build("bert")
+    with pytest.raises(RefError, match=r"teacher: 'hidden.3' is out of range: .*the model has 2 layers"):
+        make_adapter(model, refs("hidden.3"), where="teacher")
+    with pytest.raises(RefError, match=r"'attn.-3' is out of range: valid are layers 0–1"):
+        make_adapter(model, refs("attn.-3"))
+    adapter = make_adapter(model, refs("hidden.-1,attn.-1"))
+    assert adapter.refs == [Ref("hidden", 2), Ref("attn", 1)]
+
+
+def test_module_refs_on_hf_models_and_bad_paths():
+    model, _ = build("bert")
+    adapter = make_adapter(model, refs("module:bert.encoder.layer.1.output"))
+    features = adapter(token_batch(labels=None))
+    assert features.modules["bert.encoder.layer.1.output"].shape == (3, 7, 32)
+    with pytest.raises(RefError, match=r"no sub-module 'module:bert.encoder.layr.1'.*Close names: bert.encoder.layer.1"):
+        make_adapter(model, refs("module:bert.encoder.layr.1"))
+
+
+def test_unknown_attention_mode_is_a_config_error():
+    model, _ = build("bert")
+    with pytest.raises(ConfigError, match="student.attention: 'fast' is not one of auto, hooks, eager"):
+        HFAdapter(model, refs("attn.0"), attention="fast", where="student")
