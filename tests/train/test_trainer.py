@@ -340,3 +340,16 @@ def test_train_state_is_read_only_and_teacher_untouched():
     assert set(recorder.steps[0].parts) == {"loss", *distiller.part_names()}
     assert not teacher.training
     assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_a_run_cut_by_max_steps_mid_epoch_is_evaluated_and_checkpointed(tmp_path):
+    from kdistill.train import list_checkpoints, read_metrics
+
+    loader = token_loader(4, size=48)  # 12 batches an epoch; stop after 5
+    trainer = Trainer(bert_distiller(), loader, config=quiet_config(max_steps=5, epochs=3),
+                      eval_data=token_loader(8, shuffle=False), output_dir=tmp_path)
+    result = trainer.train()
+    assert result.steps == 5
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-0000005"
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [5] and "accuracy" in result.final_metrics

@@ -143,6 +143,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(output_dir) if output_dir else None
         self._accelerator = accelerator
+        self._evaluated_at: int | None = None
+        self._saved_at: int | None = None
         _check_config(self.config)
 
     # ------------------------------------------------------------------ setup
@@ -268,8 +270,12 @@ class Trainer:
                         last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
                     if not cfg.save_every:
                         self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
-            if cfg.eval_every and position.step % cfg.eval_every:
+            # However the run ended (max_steps mid-epoch, early stop), its last step is evaluated
+            # and checkpointed once, so it can be resumed and reported.
+            if self._evaluated_at != position.step:
                 last_metrics, _ = self._evaluate(model, accelerator, position, log, state)
+            if self._saved_at != position.step:
+                self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
         finally:
             bar.close()
             log.close()
@@ -282,6 +288,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self, model, accelerator, position: TrainPosition, log: MetricsLog, state: TrainState):
+        self._evaluated_at = position.step
         if self.eval_data is None:
             return {}, False
         cfg = self.config
@@ -314,6 +321,7 @@ class Trainer:
         return metrics, stop
 
     def _save(self, accelerator, model, optimizer, scheduler, position: TrainPosition, checkpoints: Path | None):
+        self._saved_at = position.step
         if checkpoints is None:
             return
         accelerator.wait_for_everyone()
