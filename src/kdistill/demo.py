@@ -15,7 +15,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -394,21 +394,40 @@ def write_demo_report(output: Path, summary: dict) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoSettings()
-    parser.add_argument("--method", default=defaults.method)
-    parser.add_argument("--layers", default=",".join(map(str, defaults.layers)))
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--output", default=defaults.output)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-unlabelled", action="store_true")
+    parser.add_argument("--method", default=defaults.method,
+                        help=f"distillation method for the student (default: {defaults.method}; see `kdistill methods`)")
+    parser.add_argument("--layers", default=",".join(map(str, defaults.layers)),
+                        help="teacher blocks the student is copied from, e.g. 1,3,5 (3 layers) or 2,5 (2 layers)")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs,
+                        help=f"student epochs, fractions allowed (default: {defaults.epochs})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"student learning rate (default: {defaults.lr})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the student runs (the split is fixed)")
+    parser.add_argument("--output", default=defaults.output, help=f"run folder (default: {defaults.output})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a sub-minute smoke run on a few hundred sentences (used by CI)")
+    parser.add_argument("--no-unlabelled", action="store_true",
+                        help="distil on the labelled training sentences only (no teacher-labelled extra text)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the labels-only baseline student")
+    parser.epilog = "example:\n  kdistill demo\n  kdistill demo --layers 2,5 --output runs/demo-2layers\n  kdistill demo --quick"
+
+
+def quick_settings(settings: DemoSettings) -> DemoSettings:
+    """The smoke-run version: a few hundred sentences, one short epoch everywhere."""
+    return replace(settings, quick=True, teacher_epochs=1, epochs=1)
 
 
 def main(args: argparse.Namespace) -> int:
     settings = DemoSettings(method=args.method, layers=[int(x) for x in args.layers.split(",")], epochs=args.epochs,
-                            lr=args.lr, seed=args.seed, output=args.output, quick=args.quick,
-                            unlabelled=not args.no_unlabelled)
+                            lr=args.lr, seed=args.seed, output=args.output, unlabelled=not args.no_unlabelled,
+                            baseline=not args.no_baseline)
+    if args.quick:
+        settings = quick_settings(settings)
     summary = run_demo(settings)
-    print(json.dumps(summary["accuracy"], indent=2))
+    acc = summary["accuracy"]
+    print(f"\ntest accuracy: teacher {acc['teacher']:.2%}, student {acc['student']:.2%} "
+          f"(retention {summary['retention']:.1%})"
+          + (f", labels-only baseline {acc['baseline']:.2%}" if "baseline" in acc else ""))
+    for batch, ratio in speedups(summary).items():
+        print(f"CPU speed-up of the student at {batch.replace('_', ' ')}: {ratio:.2f}x")
+    print(f"report: {Path(settings.output) / 'report.md'}")
     return 0
-

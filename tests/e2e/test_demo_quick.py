@@ -1,0 +1,29 @@
+"""`kdistill demo --quick` end to end on the real packaged data and teacher (the CI smoke run)."""
+
+import json
+
+from kdistill.cli import main
+
+
+def test_demo_quick_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy: teacher" in printed and "speed-up" in printed
+
+    summary = json.loads((output / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"teacher", "student", "baseline"}
+    assert all(0.0 <= value <= 1.0 for value in summary["accuracy"].values())
+    assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
+    assert summary["split"]["ratios"] == [0.8, 0.1, 0.1] and summary["teacher_reused"] is False
+    report = (output / "report.md").read_text()
+    assert "## Test accuracy" in report and "![test accuracy](accuracy.png)" in report
+    assert (output / "accuracy.png").stat().st_size > 1000 and (output / "loss.png").exists()
+    assert (output / "student" / "config.json").exists()
+    metrics = (output / "student-run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"soft"' in line for line in metrics)
+
+    # The fine-tuned teacher is cached: a second run reuses it.
+    assert main(["demo", "--quick", "--output", str(tmp_path / "again"), "--no-baseline"]) == 0
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["teacher_reused"] is True
