@@ -185,7 +185,7 @@ def test_loss_and_method_arguments_are_checked_against_their_signatures():
     found = problems(raw)
     assert found == [
         "method_args.temprature: method 'hinton' takes no argument 'temprature'; did you mean 'temperature'? "
-        "It takes: temperature, alpha, loss.",
+        "It takes: temperature, alpha, loss, teacher_layers, student_layers.",
         "matches[0].args.temprature: loss 'kl' takes no argument 'temprature'; did you mean 'temperature'? "
         "It takes: temperature, t2_scale.",
     ]
