@@ -180,6 +180,56 @@ def test_multi_stage_method_runs_each_stage_and_the_same_config_continues(teache
 # plan
 
 
+def _train_losses(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row.get("kind") == "train"]
+
+
+def test_cache_teacher_fills_once_and_gives_the_live_teachers_losses(teacher_folder, tmp_path, monkeypatch):
+    """`cache: teacher`: the teacher runs in epoch 1 only, the folder is complete afterwards, and
+    the losses equal the live teacher's to float16 precision."""
+    from kdistill.distiller import Distiller
+
+    epochs = ["training.max_steps=null", "training.epochs=3", "data.bucket=false"]
+    live = hf_config(teacher_folder, tmp_path / "live", overrides=epochs,
+                     matches=[{"teacher": "hidden.-1", "loss": "hidden_mse"}])
+    cached = hf_config(teacher_folder, tmp_path / "cached", cache="teacher", overrides=epochs,
+                       matches=[{"teacher": "hidden.-1", "loss": "hidden_mse"}])
+    assert "0.0 MiB on disk" in plan(cached) or "MiB on disk" in plan(cached)
+
+    calls = []
+    original = Distiller.teacher_features
+
+    def counting(self, batch, names=None):
+        if not (isinstance(batch, dict) and "teacher_features" in batch):
+            calls.append(1)
+        return original(self, batch, names)
+
+    monkeypatch.setattr(Distiller, "teacher_features", counting)
+    run(live)
+    live_calls = len(calls)
+    calls.clear()
+    run(cached)
+    # live: the shape check on the first batch, then 4 batches x 3 epochs; cached: the shape check only
+    assert (live_calls, len(calls)) == (13, 1)
+
+    folders = list((tmp_path / "cached" / "teacher-cache").iterdir())
+    assert len(folders) == 1 and (folders[0] / "meta.json").is_file()
+    a, b = _train_losses(tmp_path / "live"), _train_losses(tmp_path / "cached")
+    assert len(a) == len(b) == 12
+    for left, right in zip(a, b):
+        assert right["loss"] == pytest.approx(left["loss"], rel=2e-3, abs=1e-5)
+
+
+def test_cache_teacher_is_skipped_for_a_stage_that_reads_no_teacher(teacher_folder, tmp_path):
+    from kdistill.distiller import Distiller
+
+    parts = build(hf_config(teacher_folder, tmp_path / "run", cache="teacher"))
+    labels_only = Distiller(None, parts.student, hard_label_weight=1.0)
+    cache, why = runner.stage_cache(parts.stages[0], labels_only, tmp_path / "run")
+    assert cache is None and why == "no match of this stage reads a teacher feature"
+
+
 def test_plan_shows_shapes_projections_and_parameter_counts(teacher_folder, tmp_path):
     from kdistill.models import load_hf_model
 

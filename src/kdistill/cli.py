@@ -1,5 +1,5 @@
 """The ``kdistill`` command: ``run``, ``plan``, ``eval``, ``validate``, ``losses``, ``methods``
-(and ``demo`` / ``export`` where those modules are installed).
+(and ``demo`` / ``export`` / ``bench``, each imported only when it runs).
 
 Every error kdistill raises on purpose (a :class:`~kdistill.errors.KdistillError`) is printed as
 ``error: <message>`` on stderr with exit status 2 — never a traceback.
@@ -20,13 +20,15 @@ from kdistill.errors import KdistillError
 # ``add_arguments(parser)`` and ``main(args) -> int | None``; it is imported only when its verb runs.
 PLUGIN_VERBS = {
     "demo": ("kdistill.demo", "distil a real pretrained model on real data, end to end"),
-    "export": ("kdistill.export", "export a trained student (ONNX, int8)"),
+    "export": ("kdistill.export", "export a trained student (Hugging Face folder, ONNX, int8)"),
+    "bench": ("kdistill.bench", "latency, size and accuracy: teacher vs student, PyTorch vs ONNX Runtime"),
 }
 
 EXAMPLES = {
     "run": "examples:\n  kdistill run examples/hinton_classifier.yaml\n"
            "  kdistill run examples/hinton_classifier.yaml training.lr=3e-5 matches.0.weight=2\n"
-           "  kdistill run examples/hinton_classifier.yaml --resume",
+           "  kdistill run examples/hinton_classifier.yaml --resume\n"
+           "  kdistill run examples/hinton_classifier.yaml --processes 2",
     "plan": "example:\n  kdistill plan examples/tinybert_matches.yaml data.max_length=64",
     "eval": "example:\n  kdistill eval runs/hinton_classifier --split test",
     "validate": "example:\n  kdistill validate examples/cnn_module_hooks.yaml training.epochs=5",
@@ -69,6 +71,9 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in the output folder from its last checkpoint (also with a changed config)")
     mode.add_argument("--overwrite", action="store_true", help="replace the results in the output folder")
+    sub.add_argument("--processes", type=int, default=1, metavar="N",
+                     help="run in N processes on this machine (one per GPU; gloo on the CPU without GPUs). "
+                          "For several machines use `accelerate launch` (docs/scale.md)")
     sub.set_defaults(handler=_run)
 
     sub = verb("plan", "print what a run will do (matches with shapes, projections, sizes); trains nothing",
@@ -149,10 +154,16 @@ def _load(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kdistill.launch import is_main_process, relaunch, strip_processes
+
+    config = _load(args)  # a bad config fails here, once, before any process starts
+    if args.processes != 1:
+        return relaunch(strip_processes(args.argv), args.processes)
     from kdistill.run import run
 
-    config = _load(args)
     summary = run(config, resume=args.resume, overwrite=args.overwrite)
+    if not is_main_process():
+        return 0
     print(f"done: student in {summary['student']}")
     for split, result in summary.get("metrics", {}).items():
         if "student" in result:
@@ -222,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

@@ -347,6 +347,10 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> list[str]:
         if not sep or not key:
             errors.append(f"override '{item}': expected KEY=VALUE, e.g. 'training.lr=3e-5' or 'matches.0.weight=2'.")
             continue
+        if any(not part.strip() for part in key.split(".")):
+            errors.append(f"override '{item}': '{key}' has an empty name between its dots; write a dotted path "
+                          "such as 'training.lr' or 'matches.0.weight'.")
+            continue
         try:
             value = parse_yaml(text, source=f"override '{item}'")
         except ConfigError as exc:
@@ -366,6 +370,9 @@ def _set_path(raw: dict, parts: list[str], value: Any, item: str) -> str | None:
         last = position == len(parts) - 1
         here = ".".join(done + [part])
         origin = f" (from the override '{item}')"
+        if (not isinstance(node, dict) and not (isinstance(schema, tuple) and schema[0] == "list")
+                and not _leaf(schema)):  # the config has a list where a mapping belongs
+            return f"{here}: '{'.'.join(done)}' is a {type(node).__name__} here, not a mapping of keys{origin}."
         if isinstance(schema, type) and issubclass(schema, BaseModel):
             fields = sorted(schema.model_fields)
             if schema is RunConfig:
@@ -727,10 +734,20 @@ class _Checker:
                 self.add(f"{where}: a mapping here must be a schedule, e.g. {{schedule: linear, start_value: 0.0, "
                          f"end_value: 1.0}}; it has no 'schedule' key.")
                 return
+            kind = value["schedule"]
+            if not isinstance(kind, str):  # a list or mapping here is not a name (nor hashable)
+                self.add(f"{where}.schedule: expected a schedule name such as 'linear', got {_show(kind)}.")
+                return
             try:
-                schedule_from_dict(value, path=where)
+                schedule = schedule_from_dict(value, path=where)
+                for step in (0, 5, 10):  # the numbers inside must be numbers: try it over a 10-step run
+                    if not math.isfinite(schedule(step, 10)):
+                        raise ValueError(f"it is {schedule(step, 10)} at step {step}")
             except ConfigError as exc:
                 self.add(str(exc).rstrip())
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                self.add(f"{where}: the schedule {_show(value)} does not give a number ({exc}); its values and "
+                         "steps must be numbers.")
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.add(f"{where}: expected {what} or a schedule, got {_show(value)}.")

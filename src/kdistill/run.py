@@ -14,6 +14,9 @@ Output folder of a run::
 
 A folder holding results of a *different* config is refused unless ``resume`` (continue it with
 this config) or ``overwrite`` (replace its results). The same config again continues the run.
+
+Under a launcher (``kdistill run --processes N``, ``accelerate launch``) every process trains and
+only the main process writes the folder (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from kdistill.adapters.hf import hf_num_layers, is_hf_model
 from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml, parse_yaml
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
+from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage
 from kdistill.refs import LAYER_KINDS, parse_ref
@@ -748,7 +752,9 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
 
     from kdistill.train import Trainer, save_weights
 
-    out, continuing = prepare_output_dir(config, resume=resume, overwrite=overwrite)
+    # Under a launcher (several processes) only the main process checks and writes the output
+    # folder; the others wait for its answer (or its error).
+    out, continuing = on_main_process(prepare_output_dir, config, resume=resume, overwrite=overwrite)
     started = time.time()
     parts = build(config)
     stage_summaries = []
@@ -766,30 +772,107 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
                 raise _name_match(exc, distiller, part) from None
         train_config = stage_train_config(config, part)
         eval_loader = parts.loaders.get("validation") if _logits_are_classes(part.student) and parts.data.num_classes else None
-        trainer = Trainer(distiller, part.loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
+        loader = part.loader
+        if config.cache == "teacher":
+            loader = teacher_cached_loader(part, distiller, out)
+        trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
         result = trainer.train(resume=continuing)
         _remove_hooks(distiller)
-        save_weights(part.student, part.directory / STAGE_STUDENT)
         record = {"stage": part.stage.name, "steps": result.steps, "best_metric": result.best_metric,
-                  "best_step": result.best_step, "final_metrics": result.final_metrics}
-        atomic_write_text(done, json.dumps(record, indent=2))
-        stage_summaries.append(record)
-        if len(parts.stages) > 1:
-            _append_stage_metrics(out, part)
+                  "best_step": result.best_step, "final_metrics": result.final_metrics,
+                  "skipped_steps": result.skipped_steps,
+                  "effective_batch_size": getattr(result, "effective_batch_size", None)}
 
-    final_model = parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student else parts.trained
-    student_dir = save_student(parts, final_model, out)
-    summary = {
-        "config": str(out / RESOLVED_NAME),
-        "student": str(student_dir),
-        "method": parts.recipe.method,
-        "stages": stage_summaries,
-        "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
-        "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
-        "seconds": round(time.time() - started, 2),
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
+        def finish_stage(part=part, done=done, record=record) -> None:
+            save_weights(part.student, part.directory / STAGE_STUDENT)
+            atomic_write_text(done, json.dumps(record, indent=2))
+            if len(parts.stages) > 1:
+                _append_stage_metrics(out, part)
+
+        on_main_process(finish_stage)
+        stage_summaries.append(record)
+
+    def write_results() -> dict[str, Any]:
+        final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
+                       else parts.trained)
+        student_dir = save_student(parts, final_model, out)
+        summary = {
+            "config": str(out / RESOLVED_NAME),
+            "student": str(student_dir),
+            "method": parts.recipe.method,
+            "stages": stage_summaries,
+            "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
+            "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
+            "processes": distributed_world_size(),
+            "seconds": round(time.time() - started, 2),
+        }
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    return on_main_process(write_results)
+
+
+CACHE_DIR = "teacher-cache"
+
+
+def stage_cache(part: StageParts, distiller: Distiller, out: Path):
+    """The teacher cache of a stage (``cache: teacher``), or ``(None, why)`` when the stage reads
+    nothing from a teacher (a Theseus stage, a labels-only stage)."""
+    from kdistill.cache import TeacherCache
+
+    if not distiller.teachers or not any(b.teacher_refs for b in distiller.bound):
+        return None, "no match of this stage reads a teacher feature"
+    return TeacherCache(out / CACHE_DIR, distiller, dataset=part.loader.dataset), ""
+
+
+def teacher_cached_loader(part: StageParts, distiller: Distiller, out: Path) -> DataLoader:
+    """``part.loader`` whose batches carry the cached teacher features (``cache: teacher``).
+
+    One process: the first epoch fills the cache as it goes. Several processes: the main process
+    fills it completely first (the teacher over the whole training set), the others then open it
+    read-only, so it is written once.
+    """
+    from kdistill.cache import cached_loader
+
+    cache, _ = stage_cache(part, distiller, out)
+    if cache is None:
+        return part.loader
+    if distributed_world_size() > 1:
+        on_main_process(lambda: cache.fill(cached_loader(part.loader, cache)) and None)
+        if not cache.complete:  # the main process filled it: reopen what it wrote
+            cache, _ = stage_cache(part, distiller, out)
+    return cached_loader(part.loader, cache)
+
+
+def on_main_process(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` in the main process only; every process gets its result.
+
+    One process (no launcher): just the call. Under a launcher the others wait for the main
+    process and receive its result, or raise the error it raised, so no process is left waiting.
+    """
+    if distributed_world_size() <= 1:
+        return function(*args, **kwargs)
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=processes_use_cpu())
+    box: list[Any] = [None]
+    failure = None
+    if state.is_main_process:
+        try:
+            box = [(True, function(*args, **kwargs))]
+        except KdistillError as exc:
+            box = [(False, exc)]
+        except Exception as exc:  # the others get a readable error; the main process re-raises the original
+            failure = exc
+            box = [(False, KdistillError(f"the main process failed: {type(exc).__name__}: {exc}"))]
+    broadcast_object_list(box)
+    if failure is not None:
+        raise failure
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _append_stage_metrics(out: Path, part: StageParts) -> None:
@@ -942,7 +1025,7 @@ def plan(config: RunConfig) -> str:
     lines.append(f"  batches: {config.data.batch_size} (train{', length-bucketed' if config.data.bucket and data.kind == 'text' else ''}), "
                  f"{config.data.eval_batch_size or config.data.batch_size} (evaluation)")
     if config.cache:
-        lines.append(f"  cache: {config.cache} (recorded; the teacher still runs on every step in this version)")
+        lines.append(f"  cache: {config.cache} (see each stage)")
     lines += ["", "models"]
     for role, model in (("teacher", parts.teacher), ("assistant", parts.assistant), ("student", parts.student)):
         if model is not None:
@@ -992,6 +1075,9 @@ def plan(config: RunConfig) -> str:
         lines.append(f"  student asks for: {_adapter_line(distiller.student_adapter, student_refs)}")
         lines.append(f"  steps: {steps} ({len(part.loader)} batches per epoch"
                      + (f", grad_accum {train_config.grad_accum}" if train_config.grad_accum > 1 else "") + ")")
+        if config.cache == "teacher":
+            cache, why = stage_cache(part, distiller, Path(config.output_dir))
+            lines.append(f"  cache: {cache.describe() if cache is not None else f'none ({why}); the teacher runs live'}")
 
     student_params = count_parameters(parts.trained)
     frozen = sum(p.numel() for name, p in parts.trained.named_parameters()
@@ -1048,5 +1134,5 @@ def _name_match(exc: ShapeError, distiller: Distiller, part: StageParts) -> Shap
 
 __all__ = [
     "DataParts", "RunParts", "StageParts", "build", "build_data", "compare", "evaluate_run", "load_run",
-    "make_loaders", "plan", "prepare_output_dir", "run", "save_student",
+    "make_loaders", "on_main_process", "plan", "prepare_output_dir", "run", "save_student",
 ]

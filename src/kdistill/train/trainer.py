@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class TrainResult:
     final_metrics: dict[str, float]
     output_dir: Path | None
     skipped_steps: int = 0
+    effective_batch_size: int | None = None  # per-process batch × processes × grad_accum
+    processes: int = 1
 
 
 class Callback:
@@ -148,17 +151,19 @@ class Trainer:
         _check_config(self.config)
 
     # ------------------------------------------------------------------ setup
-    def _steps_per_epoch(self) -> int:
+    def _steps_per_epoch(self, loader: Iterable | None = None) -> int:
         try:
-            batches = len(self.train_data)
+            batches = len(self.train_data if loader is None else loader)
         except TypeError:
             raise ConfigError("training: the training data has no length; set training.max_steps.") from None
         return max(math.ceil(batches / self.config.grad_accum), 1)
 
-    def total_steps(self) -> int:
+    def total_steps(self, loader: Iterable | None = None) -> int:
+        """Optimiser steps of the run; ``loader``: the loader as prepared (under N processes each
+        process sees 1/N of the batches, so an epoch has 1/N of the steps)."""
         if self.config.max_steps:
             return self.config.max_steps
-        return self._steps_per_epoch() * self.config.epochs
+        return self._steps_per_epoch(loader) * self.config.epochs
 
     def _sampler(self):
         return getattr(self.train_data, "batch_sampler", None)
@@ -173,10 +178,14 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
         cfg = self.config
+        # find_unused_parameters: a match that is off for part of the run (start/stop) or a Theseus
+        # block not sampled leaves parameters without a gradient, which plain DDP refuses.
         accelerator = self._accelerator or Accelerator(
             mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         seed_everything(cfg.seed)
         distiller = self.distiller
@@ -193,12 +202,20 @@ class Trainer:
         if not any(p.requires_grad for p in distiller.parameters()):
             raise ConfigError("training: the student has no trainable parameter (all frozen?); "
                               "check training.freeze and that the student is not a frozen teacher.")
-        total = self.total_steps()
+        # Under N processes the prepared loader gives each process 1/N of the batches, so the run
+        # has 1/N of the steps. The LR scheduler is left unprepared and stepped once per optimiser
+        # step: Accelerate would step it N times per step (right only for a schedule sized for one
+        # process, and wrong for max_steps).
+        loader = accelerator.prepare(self.train_data)
+        total = self.total_steps(loader)
         warmup = int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
         optimizer = torch.optim.AdamW(parameter_groups(distiller, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                        projection_lr=cfg.projection_lr))
         scheduler = make_scheduler(optimizer, kind=cfg.lr_schedule, warmup_steps=warmup, total_steps=total)
-        model, optimizer, loader, scheduler = accelerator.prepare(distiller, optimizer, self.train_data, scheduler)
+        model, optimizer = accelerator.prepare(distiller, optimizer)
+        processes = accelerator.num_processes
+        per_process = _batch_size(self.train_data)
+        effective = per_process * processes * cfg.grad_accum if per_process else None
 
         position = TrainPosition()
         checkpoints = self.output_dir / "checkpoints" if self.output_dir else None
@@ -208,6 +225,10 @@ class Trainer:
         log = MetricsLog(self.output_dir if is_main else None, tensorboard=cfg.tensorboard)
         bar = tqdm(total=total, initial=position.step, disable=not (cfg.progress and is_main),
                    desc="distil", dynamic_ncols=True)
+        if cfg.progress and is_main:
+            tqdm.write(f"kdistill: effective batch size {effective or '?'} = {per_process or '?'} per process × "
+                       f"{processes} process{'es' if processes != 1 else ''} × grad_accum {cfg.grad_accum}; "
+                       f"{total} optimiser steps", file=sys.stderr)
         skipped = 0
         running: dict[str, float] = {}
         last_metrics: dict[str, float] = {}
@@ -224,8 +245,13 @@ class Trainer:
                     position.batch_in_epoch += 1
                     with accelerator.accumulate(model):
                         try:
-                            out = model(batch, step=position.step, total_steps=total)
+                            out, failure = model(batch, step=position.step, total_steps=total), None
                         except NonFiniteLossError as exc:
+                            out, failure = None, exc
+                        if processes > 1:  # every process skips (or stops) together, or the others would hang
+                            failure = _agree_on_failure(accelerator, failure, position.step)
+                        if failure is not None:
+                            exc = failure
                             if cfg.on_nonfinite == "stop":
                                 raise NonFiniteLossError(f"{exc} Stopping (training.on_nonfinite: stop).") from None
                             warnings.warn(f"{exc} Skipping this step (training.on_nonfinite: skip).", stacklevel=1)
@@ -236,14 +262,15 @@ class Trainer:
                         if accelerator.sync_gradients and cfg.max_grad_norm:
                             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                         optimizer.step()
-                        scheduler.step()
+                        if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                            scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                     for name, value in {"loss": out.loss.detach(), **out.parts}.items():
                         running[name] = running.get(name, 0.0) + float(value) / cfg.grad_accum
                     if not accelerator.sync_gradients:
                         continue
                     position.step += 1
-                    parts = dict(running)
+                    parts = dict(running) if processes == 1 else _mean_over_processes(accelerator, running)
                     running.clear()
                     state = TrainState(position.step, total, position.epoch, parts, scheduler.get_last_lr()[0])
                     bar.update(1)
@@ -284,7 +311,7 @@ class Trainer:
             callback.on_train_end(final)
         accelerator.wait_for_everyone()
         return TrainResult(position.step, log.records, position.best_metric, position.best_step, last_metrics,
-                           self.output_dir, skipped)
+                           self.output_dir, skipped, effective, processes)
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self, model, accelerator, position: TrainPosition, log: MetricsLog, state: TrainState):
@@ -294,7 +321,12 @@ class Trainer:
         cfg = self.config
         student = accelerator.unwrap_model(model).student
         if self.metric_fn is not None:
+            # A user's function sees all the evaluation data in every process (same result everywhere).
             metrics = self.metric_fn(student, self.eval_data, accelerator.device)
+        elif accelerator.num_processes > 1 and isinstance(self.eval_data, torch.utils.data.DataLoader):
+            if getattr(self, "_sharded_eval", None) is None:  # each process evaluates 1/N of the batches
+                self._sharded_eval = accelerator.prepare_data_loader(self.eval_data)
+            metrics = _gathered_metrics(student, self._sharded_eval, accelerator)
         else:
             inputs_key = "student_inputs"
             metrics = evaluate_classifier(student, self.eval_data, device=accelerator.device, inputs_key=inputs_key)
@@ -357,6 +389,51 @@ def _check_config(cfg: TrainConfig) -> None:
         problems.append("training.epochs: must be at least 1 (or set training.max_steps)")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+def _batch_size(data) -> int | None:
+    """Examples per batch of a DataLoader (its batch sampler's size when it has one); None if unknown."""
+    size = getattr(data, "batch_size", None) or getattr(getattr(data, "batch_sampler", None), "batch_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _agree_on_failure(accelerator, failure: NonFiniteLossError | None, step: int) -> NonFiniteLossError | None:
+    """A non-finite loss in any process is a failure in every process (they skip or stop together)."""
+    flags = accelerator.gather(torch.tensor([float(failure is not None)], device=accelerator.device))
+    if failure is not None or not bool(flags.any()):
+        return failure
+    ranks = ", ".join(str(i) for i, flag in enumerate(flags.tolist()) if flag)
+    return NonFiniteLossError(f"step {step}: the loss of process {ranks} is not finite (its message names the part).")
+
+
+def _mean_over_processes(accelerator, running: dict[str, float]) -> dict[str, float]:
+    """The logged loss parts averaged over the processes: the loss of the whole (global) batch."""
+    names = sorted(running)
+    values = accelerator.reduce(torch.tensor([running[n] for n in names], dtype=torch.float64,
+                                             device=accelerator.device), reduction="mean")
+    return {name: float(values[names.index(name)]) for name in running}
+
+
+@torch.no_grad()
+def _gathered_metrics(student, sharded_loader, accelerator) -> dict[str, float]:
+    """Accuracy and macro-F1 over a loader split across the processes, the predictions gathered.
+
+    ``gather_for_metrics`` drops the examples Accelerate repeats to give every process equal batches.
+    """
+    from kdistill.train.evaluate import classification_metrics, predict
+
+    predictions, labels = [], []
+    for batch in sharded_loader:  # read to the end: Accelerate tracks the loader being read
+        prediction, label = predict(student, [batch], device=accelerator.device, inputs_key="student_inputs")
+        if label is None:
+            label = torch.full_like(prediction, -1)
+        prediction, label = accelerator.gather_for_metrics((prediction.to(accelerator.device),
+                                                            label.to(accelerator.device)))
+        predictions.append(prediction.cpu())
+        labels.append(label.cpu())
+    if not predictions or bool((torch.cat(labels) < 0).any()):
+        return {}  # no labels: nothing to score (as evaluate_classifier)
+    return classification_metrics(torch.cat(predictions), torch.cat(labels))
 
 
 _END = object()
