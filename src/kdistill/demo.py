@@ -53,7 +53,7 @@ class DemoSettings:
     max_length: int = 64
     unlabelled: bool = True
     teacher_epochs: int = 3
-    teacher_lr: float = 5e-5
+    teacher_lr: float = 1e-4
     seed: int = 0
     quick: bool = False
     output: str = "runs/demo"
@@ -187,7 +187,7 @@ def train_labels(model: nn.Module, train: Dataset, validation: Dataset, *, epoch
     config = TrainConfig(lr=lr, epochs=max(int(np.ceil(epochs)), 1), warmup=0.1, freeze=FREEZE_EMBEDDINGS,
                          seed=settings.seed, log_every=10, tensorboard=False)
     if epochs != int(epochs):
-        config.max_steps = int(epochs * len(loader))
+        config.max_steps = max(1, int(epochs * len(loader)))
     eval_loader = make_loader(validation, 128, shuffle=False)
     return Trainer(distiller, loader, config=config, eval_data=eval_loader, output_dir=output_dir).train()
 
@@ -241,7 +241,7 @@ def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, l
     config = TrainConfig(lr=settings.lr, epochs=max(int(np.ceil(settings.epochs)), 1), warmup=0.1,
                          freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10)
     if settings.epochs != int(settings.epochs):
-        config.max_steps = int(settings.epochs * len(loader))
+        config.max_steps = max(1, int(settings.epochs * len(loader)))
     eval_loader = make_loader(data.validation, 128, shuffle=False)
     result = Trainer(distiller, loader, config=config, eval_data=eval_loader, output_dir=output_dir).train()
     return student, result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -38,11 +39,12 @@ ATTENTION_MODES = ("auto", "hooks", "eager")
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
+    # A model can only be a PreTrainedModel if transformers is already imported: checking
+    # sys.modules first keeps plain-PyTorch runs from paying for importing transformers.
+    module = sys.modules.get("transformers")
+    if module is None:
         return False
-    return isinstance(model, PreTrainedModel)
+    return isinstance(model, module.PreTrainedModel)
 
 
 def hf_num_layers(model: nn.Module) -> int | None:
