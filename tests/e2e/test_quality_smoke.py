@@ -1,0 +1,114 @@
+"""benchmarks/quality.py end to end on tiny settings: a tiny teacher, the baseline and one method,
+the Markdown section, the JSON report, and a results file that a rerun resumes from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ["--tasks", "movie", "--methods", "baseline,hinton", "--layers", "3", "--subset", "64", "--epochs", "0.05",
+         "--teacher", "tiny", "--no-progress", "--json"]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality_benchmark", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(quality, capsys, *args: str) -> dict:
+    assert quality.main(list(args)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_cells(quality, tmp_path, capsys, monkeypatch,
+                                                                      one_thread):
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    results, out = tmp_path / "results.jsonl", tmp_path / "results.md"
+    out.write_text("# Results\n\nintro kept\n\n<!-- quality:begin -->\nold table\n<!-- quality:end -->\n\ntail kept\n")
+    args = [*SMOKE, "--seeds", "0", "--results", str(results), "--out", str(out)]
+
+    first = run(quality, capsys, *args)
+    assert (first["ran"], first["skipped"]) == (3, 0)
+    rows = {(r["method"], tuple(r["layers"]), r["unlabelled"]): r for r in first["rows"]}
+    assert set(rows) == {("teacher", (), None), ("baseline", (1, 3, 5), None), ("hinton", (1, 3, 5), True)}
+    teacher = rows[("teacher", (), None)]["accuracy_mean"]
+    for row in first["rows"]:
+        assert row["test_examples"] == 64 and row["seeds"] == ([] if row["method"] == "teacher" else [0])
+        assert row["teacher"].startswith("tiny-bert-")
+        assert 0.0 <= row["accuracy_mean"] <= 1.0
+        assert row["retention"] == pytest.approx(row["accuracy_mean"] / teacher)
+    cells = {c["method"]: c for c in first["cells"]}
+    # 64 labelled + 64 unlabelled sentences = 4 batches of 32; 0.05 of an epoch rounds up to one step.
+    assert cells["hinton"]["steps"] == 1 and cells["baseline"]["steps"] >= 1
+    assert cells["hinton"]["layers"] == [1, 3, 5] and cells["hinton"]["seconds"] > 0
+    assert len(results.read_text().splitlines()) == 3
+
+    text = out.read_text()
+    assert text.startswith("# Results\n\nintro kept\n\n<!-- quality:begin -->\n## Quality table")
+    assert text.endswith("<!-- quality:end -->\n\ntail kept\n") and "old table" not in text
+    assert "Command: `python benchmarks/quality.py --tasks movie --methods baseline,hinton" in text
+    assert "nproc " in text and f"torch {torch.__version__}" in text
+    assert "| movie | teacher | all 6 | – |" in text
+    assert "| movie | baseline | [1, 3, 5] | – |" in text and "| movie | hinton | [1, 3, 5] | yes |" in text
+
+    second = run(quality, capsys, *args)
+    assert (second["ran"], second["skipped"]) == (0, 3)
+    assert second["rows"] == first["rows"]
+    assert len(results.read_text().splitlines()) == 3
+
+    # An interrupted write leaves half a line; it is ignored, and the next record starts a new line.
+    with open(results, "a") as handle:
+        handle.write('{"key": "cut sh')
+    third = run(quality, capsys, *[*SMOKE, "--seeds", "0,1", "--results", str(results)])
+    assert (third["ran"], third["skipped"]) == (2, 3)
+    assert sorted((c["method"], c["seed"]) for c in third["cells"]) == [
+        ("baseline", 0), ("baseline", 1), ("hinton", 0), ("hinton", 1), ("teacher", None)]
+    assert len(quality.read_results(results)) == 5
+    assert {r["method"]: r["seeds"] for r in third["rows"]}["hinton"] == [0, 1]
+
+
+def test_cells_layers_and_the_marked_section(quality, tmp_path):
+    options = quality.Options(tasks=("movie", "sms", "vision"), methods=quality.METHODS, layers=(3, 2), seeds=(0, 1),
+                              unlabelled=(True, False))
+    cells = quality.plan_cells(options)
+    # movie: per seed and size, 2 labels-only methods once + 5 teacher-signal methods with and without
+    # the unlabelled text; sms: 7 methods; vision: baseline and hooks; plus one teacher per task.
+    assert len(cells) == 3 + 2 * 2 * (2 + 5 * 2) + 2 * 2 * 7 + 2 * 2
+    assert len(set(cells)) == len(cells)
+    assert quality.Cell("movie", "theseus", 3, None, 0) in cells and quality.Cell("sms", "hinton", 2, None, 1) in cells
+    assert quality.Cell("movie", "pkd", 2, False, 1) in cells
+    assert quality.Cell("vision", "hooks", None, None, 1) in cells
+
+    assert quality.student_layers("hinton", 3) == [1, 3, 5] and quality.student_layers("pkd", 2) == [2, 5]
+    assert quality.student_layers("distilbert", 3) == [0, 2, 4] and quality.student_layers("distilbert", 2) == [0, 3]
+    with pytest.raises(quality.ConfigError, match="--layers: 7 is not between 1"):
+        quality.student_layers("hinton", 7)
+
+    fresh = tmp_path / "new" / "results.md"
+    quality.update_marked_section(fresh, "table one")
+    assert fresh.read_text() == "# Results\n\n<!-- quality:begin -->\ntable one\n<!-- quality:end -->\n"
+    quality.update_marked_section(fresh, "table two")
+    assert fresh.read_text().count("quality:begin") == 1 and "table two" in fresh.read_text()
+    half = tmp_path / "half.md"
+    half.write_text("text\n<!-- quality:begin -->\n")
+    with pytest.raises(quality.ConfigError, match="only one of the markers"):
+        quality.update_marked_section(half, "x")
