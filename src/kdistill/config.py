@@ -141,6 +141,7 @@ class TrainingSpec(_Strict):
     on_nonfinite: Literal["stop", "skip"] = "stop"
     progress: bool = True
     tensorboard: bool = True
+    layerdrop: float = Field(default=0.0, ge=0, lt=1)
 
 
 class _TopLevel(_Strict):

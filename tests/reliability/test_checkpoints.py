@@ -6,10 +6,11 @@ run code, and the code a config does name (factories, losses) printed in the pla
 from __future__ import annotations
 
 import json
-import pickle
 
 import pytest
 import torch
+
+from kdistill.errors import CheckpointError
 
 from ._helpers import saved_student, write_config
 from ._models import CONTROL, SimulatedCrash
@@ -101,7 +102,7 @@ def test_a_pickled_payload_in_optimizer_pt_is_refused_even_with_a_matching_check
     state["sha256"]["optimizer.pt"] = sha256(step / "optimizer.pt")
     (step / "state.json").write_text(json.dumps(state))
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(CheckpointError, match=r"optimizer.pt was refused .*UnpicklingError: Weights only load failed"):
         Trainer(bert_distiller(), token_loader(8, size=16), config=quiet_config(max_steps=3, save_every=1),
                 output_dir=out).train(resume=True)
     assert not marker.exists()
@@ -141,3 +142,17 @@ def test_the_code_a_config_names_is_reported_in_the_plan(tmp_path):
     assert "source: factory reliability._models:bert" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("soft "))
     assert "reliability._models:probe_kl" in row.split()
+
+
+def test_a_save_killed_half_way_leaves_nothing_after_the_next_save(tmp_path):
+    from tiny_engine import bert_distiller, quiet_config, token_loader
+
+    from kdistill.train import Trainer
+
+    out = tmp_path / "run"
+    stale = out / "checkpoints" / ".tmp-step-0000005-99999"  # what a SIGKILL during a save leaves
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    Trainer(bert_distiller(), token_loader(8, size=16), config=quiet_config(max_steps=2, save_every=1),
+            output_dir=out).train()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]

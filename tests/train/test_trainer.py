@@ -353,3 +353,27 @@ def test_a_run_cut_by_max_steps_mid_epoch_is_evaluated_and_checkpointed(tmp_path
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-0000005"
     evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [5] and "accuracy" in result.final_metrics
+
+
+def test_layerdrop_skips_student_blocks_while_training_and_leaves_no_trace():
+    from kdistill.layerdrop import layerdrop_stats
+
+    distiller = bert_distiller(matches=[Match("logits", loss="kl", args={"temperature": 2.0}),
+                                        Match("hidden.-1", "hidden.-1")])
+    seen = {}
+
+    class Watch(Callback):
+        def on_train_end(self, state):
+            seen["stats"] = [(s.train_calls, s.skipped) for s in layerdrop_stats(distiller.student)]
+
+    Trainer(distiller, token_loader(), config=quiet_config(max_steps=12, layerdrop=0.5), callbacks=[Watch()]).train()
+    calls, skipped = zip(*seen["stats"])
+    assert min(calls) >= 12 and 0 < sum(skipped) < sum(calls)  # p = 0.5: some blocks ran, some were skipped
+    assert layerdrop_stats(distiller.student) == [None, None]  # removed after training
+    assert "forward" not in distiller.student.bert.encoder.layer[0].__dict__
+
+
+def test_layerdrop_refuses_student_attention_matches():
+    distiller = bert_distiller()  # reads the student's attn.1
+    with pytest.raises(ConfigError, match=r"training.layerdrop: 0.3 .* student's attn.1"):
+        Trainer(distiller, token_loader(), config=quiet_config(max_steps=2, layerdrop=0.3)).train()

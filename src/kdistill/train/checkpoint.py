@@ -114,8 +114,10 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, pos
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{position.step:07d}"
     tmp = directory / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # Only one process writes checkpoints, so any other temporary folder is the remains of a save
+    # that was killed half-way: never a checkpoint (it has no place in list_checkpoints), removed here.
+    for stale in directory.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
@@ -186,7 +188,13 @@ def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, schedu
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}. Was it written by another config?")
-    blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
+        blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for a forbidden object, RuntimeError for a bad zip
+        raise CheckpointError(f"checkpoint {path}: optimizer.pt was refused or is unreadable "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                              "kdistill loads optimiser states with weights_only=True and never unpickles "
+                              "code; delete this checkpoint to fall back to an earlier one.") from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])

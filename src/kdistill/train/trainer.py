@@ -46,6 +46,8 @@ class TrainConfig:
     eval_every / save_every: in steps; ``None`` = at the end of every epoch.
     metric: the evaluation key that decides "best" and early stopping.
     on_nonfinite: ``stop`` (raise, naming the loss part) or ``skip`` (drop the step and go on).
+    layerdrop: probability that each student block is skipped in a training step (LayerDrop, so
+        blocks can be cut at export with ``--keep-layers``); 0 = off. Removed again after training.
     """
 
     lr: float = 5e-5
@@ -70,6 +72,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"
     progress: bool = True
     tensorboard: bool = True
+    layerdrop: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
+        """Train to the end (``resume``: True for the last checkpoint of ``output_dir``, or a path)."""
+        if not self.config.layerdrop:
+            return self._train(resume=resume)
+        from kdistill.layerdrop import disable_layerdrop, enable_layerdrop
+
+        self._check_layerdrop()
+        enable_layerdrop(self.distiller.student, self.config.layerdrop)
+        try:
+            return self._train(resume=resume)
+        finally:  # the student leaves as a plain model: same state dict, every block runs
+            disable_layerdrop(self.distiller.student)
+
+    def _check_layerdrop(self) -> None:
+        from kdistill.refs import ATTENTION_KINDS, QKV_KINDS
+
+        reads = sorted({str(ref) for bound in self.distiller.bound for ref in bound.student_refs
+                        if ref.kind in (*ATTENTION_KINDS, *QKV_KINDS)})
+        if reads:
+            raise ConfigError(f"training.layerdrop: {self.config.layerdrop} skips whole student blocks, which then "
+                              f"compute no attention, but matches read the student's {', '.join(reads)}. Use "
+                              "layerdrop with hidden-state and logit matches only, or set training.layerdrop: 0.")
+
+    def _train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
