@@ -147,8 +147,6 @@ def _try(fn) -> str | None:
 
 
 def worker_textbrewer(args) -> dict:
-    import torch
-
     out_dir = Path(tempfile.mkdtemp(prefix="kd-textbrewer-"))
     batches = [common.model_inputs(b) for b in common.synthetic_batches(4)]
     result = {}

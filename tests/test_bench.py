@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
-from test_export import make_run, make_tokenizer, one_thread, onnx_installed, synthetic, tiny_bert, write_csv  # noqa: F401
+from test_export import make_run, make_tokenizer, onnx_installed, synthetic, tiny_bert, write_csv  # noqa: F401
 
 from kdistill.bench import (
     SECTION_END,

@@ -11,9 +11,8 @@ from kdistill import Distiller, Match, register_loss
 from kdistill.errors import ConfigError, NonFiniteLossError, RefError, ShapeError
 from kdistill.losses import LOSSES, hidden_mse, kl, soft_ce
 from kdistill.schedules import Linear, Piecewise
-from tiny_engine import one_thread, tiny_bert, token_batch  # noqa: F401
+from tiny_engine import tiny_bert, token_batch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 LENGTHS = [7, 5, 3]
 

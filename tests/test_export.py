@@ -37,15 +37,6 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 onnx_installed = pytest.mark.skipif(not export_module.onnx_available(), reason="needs onnx and onnxruntime")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two shared cores run these tiny models ~20× slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # A tiny run: a 2-layer, 32-wide BERT trained a few steps on a word-polarity task
 

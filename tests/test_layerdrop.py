@@ -13,15 +13,6 @@ from kdistill.layerdrop import disable_layerdrop, enable_layerdrop, keep_layers,
 INPUT_IDS = torch.randint(5, 30, (4, 9), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two shared cores run these tiny models ~20× slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_bert(layers: int = 4, seed: int = 0) -> transformers.BertForSequenceClassification:
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,

@@ -6,7 +6,6 @@ Imported as a plain module (``tests/`` is on ``sys.path`` under pytest's default
 
 from __future__ import annotations
 
-import pytest
 import torch
 import transformers
 from torch import nn
@@ -14,15 +13,6 @@ from torch.utils.data import Dataset
 
 VOCAB = 100
 MAX_LEN = 8
-
-
-@pytest.fixture(scope="module", autouse=False)
-def one_thread():
-    """Tiny models on two shared cores: a second intra-op thread only spins (10-50x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def bert_config(layers: int = 2, hidden: int = 32, *, dropout: float = 0.1, labels: int = 2) -> transformers.BertConfig:

@@ -11,9 +11,8 @@ import transformers
 from kdistill.adapters import HFAdapter, make_adapter
 from kdistill.errors import ConfigError, FeatureError, RefError
 from kdistill.refs import Ref, parse_ref
-from tiny_engine import bert_config, one_thread, token_batch  # noqa: F401  (one_thread is a fixture)
+from tiny_engine import bert_config, token_batch
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 LENGTHS = [7, 4, 2]  # padding in two of three rows
 

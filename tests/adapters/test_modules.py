@@ -11,9 +11,8 @@ from kdistill.adapters import FunctionAdapter, ModuleAdapter, make_adapter
 from kdistill.errors import FeatureError, RefError
 from kdistill.features import Features
 from kdistill.refs import Ref, parse_ref
-from tiny_engine import SmallCNN, one_thread  # noqa: F401
+from tiny_engine import SmallCNN
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 IMAGES = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 LABELS = torch.tensor([0, 3, 9, 3])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
@@ -30,11 +29,3 @@ def padded_batch(batch: int = 4, length: int = 8, *, seed: int = 0) -> tuple[tor
     mask[::2, 5:] = 0
     return ids, mask, torch.zeros(batch, length, dtype=torch.long)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread avoids thread spin on the shared two cores (restored after)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

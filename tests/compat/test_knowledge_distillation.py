@@ -15,7 +15,7 @@ from kdistill.compat.knowledge_distillation import (
 )
 from kdistill.errors import ConfigError
 
-from ._models import bert, padded_batch, one_torch_thread  # noqa: F401 (fixture)
+from ._models import bert, padded_batch
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2Model
 
 from kdistill.compat.legacy import HookedAttentions, LegacyCaller, LegacyOutputs, save_pretrained
 from kdistill.errors import ConfigError
-from ._models import bert, padded_batch, one_torch_thread  # noqa: F401 (fixture)
+from ._models import bert, padded_batch
 
 
 def eager_attentions(model: nn.Module, batch) -> tuple[torch.Tensor, ...]:

@@ -29,7 +29,7 @@ from kdistill.errors import ConfigError, FeatureError
 from kdistill.losses import get_loss
 from kdistill.schedules import Linear
 
-from ._models import bert, padded_batch, one_torch_thread  # noqa: F401 (fixture)
+from ._models import bert, padded_batch
 
 MODULE = "kdistill.compat.textbrewer"
 

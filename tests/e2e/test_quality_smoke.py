@@ -26,21 +26,12 @@ def quality():
     del sys.modules[spec.name]
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(quality, capsys, *args: str) -> dict:
     assert quality.main(list(args)) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_cells(quality, tmp_path, capsys, monkeypatch,
-                                                                      one_thread):
+def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_cells(quality, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     results, out = tmp_path / "results.jsonl", tmp_path / "results.md"
     out.write_text("# Results\n\nintro kept\n\n<!-- quality:begin -->\nold table\n<!-- quality:end -->\n\ntail kept\n")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from kdistill import Distiller, Match, Trainer
 from kdistill.data import make_loader
 from kdistill.train import read_metrics, save_weights
-from tiny_engine import (  # noqa: F401  (one_thread is a fixture)
+from tiny_engine import (
     Crash,
     DigitsDataset,
     SmallCNN,
@@ -19,14 +19,12 @@ from tiny_engine import (  # noqa: F401  (one_thread is a fixture)
     bert_distiller,
     crash_at,
     fixed_loss,
-    one_thread,
     quiet_config,
     tiny_bert,
     token_batch,
     token_loader,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_losses(result) -> list[float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import transformers
 from torch import nn
@@ -16,15 +15,6 @@ from kdistill.methods import Stage
 from kdistill.train import TrainConfig, Trainer
 
 VOCAB = 100
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on two shared cores: one intra-op thread runs them many times faster than two."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_bert(layers: int = 4, hidden: int = 32, heads: int = 2, *, num_labels: int = 3, mlm: bool = False,

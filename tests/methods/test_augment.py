@@ -9,7 +9,6 @@ import transformers
 from kdistill.errors import ConfigError
 from kdistill.methods.augment import augment_texts
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 
 # Token -> 2-D direction (angle in degrees); neighbours by cosine are then known by hand.
 ANGLES = {

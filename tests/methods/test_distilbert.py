@@ -12,7 +12,6 @@ from kdistill.methods import expand
 from kdistill.methods.distilbert import mlm_collator
 from kdistill.models import find_layer_list, student_from_teacher
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import VOCAB, forward_backward, make_batch, stage_distiller, tiny_bert
 
 

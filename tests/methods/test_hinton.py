@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from kdistill.methods import expand
 from kdistill.schedules import Linear
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import loader_of, make_batch, stage_distiller, tiny_bert, train_history
 
 

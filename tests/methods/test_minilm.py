@@ -11,7 +11,6 @@ from kdistill.errors import ConfigError
 from kdistill.methods import expand
 from kdistill.models import student_from_config
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import forward_backward, make_batch, stage_distiller, tiny_bert
 
 

@@ -9,7 +9,6 @@ from kdistill import Distiller
 from kdistill.errors import ConfigError
 from kdistill.methods import expand
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import forward_backward, make_batch, tiny_bert
 
 

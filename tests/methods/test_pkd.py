@@ -12,7 +12,6 @@ from kdistill.methods.pkd import pkd_layer_map
 from kdistill.models import find_layer_list, student_from_teacher
 from kdistill.schedules import Linear
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import forward_backward, make_batch, stage_distiller, tiny_bert
 
 

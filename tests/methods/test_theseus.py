@@ -13,7 +13,6 @@ from kdistill.methods.theseus import TheseusModule, curriculum_rate, group_layer
 from kdistill.models import find_layer_list, student_from_teacher
 from kdistill.schedules import Linear
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import loader_of, make_batch, stage_distiller, tiny_bert, tiny_distilbert, tiny_gpt2, train_history
 
 INPUTS = {"input_ids": torch.randint(1, 100, (2, 6), generator=torch.Generator().manual_seed(0)),

@@ -9,7 +9,6 @@ from kdistill.errors import ConfigError
 from kdistill.methods import expand
 from kdistill.methods.tinybert import SharedLinear
 
-from ._helpers import one_thread  # noqa: F401  (autouse fixture)
 from ._helpers import forward_backward, loader_of, make_batch, stage_distiller, tiny_bert, train_history
 
 

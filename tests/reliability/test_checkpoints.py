@@ -16,16 +16,6 @@ from ._helpers import saved_student, write_config
 from ._models import CONTROL, SimulatedCrash
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_a_fresh_probe():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    CONTROL.update(calls=0, nan_at=None, crash_once_exists=None)
-    yield
-    CONTROL.update(calls=0, nan_at=None, crash_once_exists=None)
-    torch.set_num_threads(before)
-
-
 def _config(tmp_path, out, **training):
     return write_config(tmp_path, out, teacher={"args": {"dropout": 0.1}}, data={"batch_size": 8},
                         training={"save_every": 1, "keep_last": 3, **training})

@@ -11,20 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from ._helpers import run_kdistill, write_config
 from ._models import CONTROL
-
-
-@pytest.fixture(autouse=True)
-def one_thread_and_a_fresh_probe():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    CONTROL.update(calls=0, nan_at=None, crash_once_exists=None)
-    yield
-    CONTROL.update(calls=0, nan_at=None, crash_once_exists=None)
-    torch.set_num_threads(before)
 
 
 # Call 1 of the probe loss is Distiller.prepare's check on the first batch; call 3 is step index 1.

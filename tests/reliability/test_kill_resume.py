@@ -18,20 +18,11 @@ import shutil
 import signal
 import time
 
-import pytest
 import torch
 
 from ._helpers import saved_student, start_kdistill, write_config
 
 STEPS = 16  # 64 reviews / batch 8 = 8 steps per epoch, 2 epochs
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _config(tmp_path, out):
@@ -59,7 +50,7 @@ def _optimizer_state(run_dir):
     return blob["optimizer"]["state"]
 
 
-def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, one_thread, monkeypatch):
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(tmp_path, monkeypatch):
     from kdistill.config import load_config
     from kdistill.run import run
 

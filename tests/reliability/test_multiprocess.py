@@ -31,14 +31,6 @@ TOLERANCE = 1e-5
 B = 4  # per-process batch; 64 training reviews -> 16 batches -> 8 optimiser steps per epoch
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class PairedBatches:
     """Batches ``n·k … n·k + n − 1`` of ``inner`` as one batch: the global batch of ``n`` processes."""
 
@@ -76,7 +68,7 @@ def reference_run(config_path: Path, out: Path):
     return trainer.train(), part.student, initial, parts.loaders["validation"]
 
 
-def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, one_thread):
+def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path):
     out = tmp_path / "two"
     config = write_config(tmp_path, out, training={"epochs": 2})
     launched = start_kdistill("run", str(config), "--processes", "2")
@@ -144,7 +136,7 @@ def test_two_processes_match_one_process_on_the_same_global_batches(tmp_path, on
     assert gathered["macro_f1"] == pytest.approx(whole["macro_f1"], abs=1e-12)
 
 
-def test_two_processes_share_one_teacher_cache_written_by_the_main_process(tmp_path, one_thread):
+def test_two_processes_share_one_teacher_cache_written_by_the_main_process(tmp_path):
     """`cache: teacher` under 2 processes: the main process fills the cache once before training,
     both read it, and the losses equal the live-teacher reference to float16 precision."""
     out = tmp_path / "two"

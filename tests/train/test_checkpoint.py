@@ -15,16 +15,14 @@ from kdistill import Trainer
 from kdistill.errors import CheckpointError, ConfigError
 from kdistill.train import latest_good_checkpoint, list_checkpoints
 from kdistill.train.checkpoint import load_checkpoint, rng_state, set_rng_state, verify_checkpoint
-from tiny_engine import (  # noqa: F401  (one_thread is a fixture)
+from tiny_engine import (
     Crash,
     bert_distiller,
     crash_at,
-    one_thread,
     quiet_config,
     token_loader,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 FILES = {"model.safetensors", "optimizer.pt", "rng.safetensors", "state.json"}
 
 

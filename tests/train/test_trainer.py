@@ -16,16 +16,14 @@ from kdistill import Callback, Match, TrainConfig, Trainer
 from kdistill.errors import ConfigError, NonFiniteLossError
 from kdistill.train import read_metrics
 from kdistill.train.optim import WarmupDecay, parameter_groups
-from tiny_engine import (  # noqa: F401  (one_thread is a fixture)
+from tiny_engine import (
     TokenDataset,
     bert_distiller,
-    one_thread,
     quiet_config,
     student_params,
     token_loader,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOGIT_MATCHES = [Match("logits", loss="kl", args={"temperature": 2.0})]
 
