@@ -322,3 +322,23 @@ def test_onnx_int8_weight_type_int8(run_dir, tmp_path):
     assert small.files["model.onnx"] < result.files["model.onnx"]
     with pytest.raises(ConfigError, match="unknown weight type 'int4'"):
         export(run_dir, tmp_path / "s4", "onnx-int8", weight_type="int4", log=None)
+
+
+@onnx_installed
+def test_onnx_int8_keeps_the_first_blocks_feed_forward_in_fp32_unless_told(run_dir, tmp_path):
+    import onnx
+
+    kept = export(run_dir, tmp_path / "kept", "onnx-int8", log=None)
+    assert [name.split("/encoder/")[1] for name in kept.fp32_nodes] == [
+        "layer.0/intermediate/dense/MatMul", "layer.0/output/dense/MatMul"]
+    graph = onnx.load(str(tmp_path / "kept" / "model.onnx")).graph
+    plain = {node.name for node in graph.node if node.op_type == "MatMul"}
+    assert set(kept.fp32_nodes) <= plain and kept.per_channel is True
+    assert json.loads((tmp_path / "kept" / "export.json").read_text())["fp32_nodes"] == kept.fp32_nodes
+
+    everything = export(run_dir, tmp_path / "all", "onnx-int8", keep_fp32=(), per_channel=False, log=None)
+    assert everything.fp32_nodes == []
+    graph = onnx.load(str(tmp_path / "all" / "model.onnx")).graph
+    weight_matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(weight_matmuls) == len([n for n in onnx.load(str(tmp_path / "kept" / "model.onnx")).graph.node
+                                       if n.op_type == "MatMulInteger"]) + 2
