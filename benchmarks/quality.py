@@ -42,7 +42,8 @@ Every method trains with the demo's optimiser settings (AdamW, lr ``--lr``, 10% 
 test split; retention = student ÷ teacher; wall time covers every training stage of one seed.
 
 Resumable: each finished (task, method, layers, unlabelled, seed) cell is appended to ``--results``
-(JSON lines, keyed also by the teacher, epochs, lr and subset), and a rerun skips it. ``--out`` writes
+(JSON lines, keyed also by the teacher, epochs, lr and subset), and a rerun skips it (``--table-only``
+runs nothing and tabulates what is there, naming the cells not run yet). ``--out`` writes
 the table, the command, the machine and the date between ``<!-- quality:begin -->`` and
 ``<!-- quality:end -->`` of a Markdown file (atomically; the rest of the file is kept).
 """
@@ -138,6 +139,7 @@ class Options:
     results: Path = Path("runs/quality/results.jsonl")
     out: Path | None = None
     progress: bool = True
+    table_only: bool = False
 
     def settings(self, seed: int = 0, layers: Sequence[int] = (1, 3, 5)) -> demo.DemoSettings:
         return demo.DemoSettings(layers=list(layers), epochs=self.epochs, lr=self.lr, seed=seed,
@@ -619,8 +621,11 @@ def run_benchmark(options: Options) -> dict:
     ids = {task: teacher_id(task, options) for task in options.tasks}
     keys = {cell: cell_key(cell, options, ids[cell.task]) for cell in cells}
     pending = [cell for cell in cells if keys[cell] not in done]
-    log(f"quality: {len(cells)} cells, {len(cells) - len(pending)} already in {options.results}, "
-        f"{len(pending)} to run")
+    missing = [describe(cell) for cell in pending] if options.table_only else []
+    if options.table_only:
+        pending = []
+    log(f"quality: {len(cells)} cells, {len(cells) - len(pending) - len(missing)} already in {options.results}, "
+        f"{len(pending)} to run" + (f", {len(missing)} not run (--table-only)" if missing else ""))
     bar = tqdm(total=len(pending), desc="quality cells", disable=not options.progress, position=0)
     try:
         for task_name in options.tasks:
@@ -644,7 +649,8 @@ def run_benchmark(options: Options) -> dict:
     finally:
         bar.close()
     records = [done[keys[cell]] for cell in cells if keys[cell] in done]
-    return {"rows": aggregate(records), "cells": records, "ran": len(pending), "skipped": len(cells) - len(pending)}
+    return {"rows": aggregate(records), "cells": records, "ran": len(pending),
+            "skipped": len(cells) - len(pending) - len(missing), "missing": missing}
 
 
 def describe(cell: Cell) -> str:
@@ -776,6 +782,9 @@ def render(report: dict, command: str, date: str) -> str:
         if any(r["teacher"].startswith("tiny-") for r in task_rows):
             title = title.replace("all-MiniLM-L6-v2 teacher", "tiny random BERT teacher (smoke run)")
         sections.append(f"### {title}\n\n" + markdown_table(HEADER, format_rows(task_rows)))
+    if report.get("missing"):
+        sections.append(f"Not run yet ({len(report['missing'])} cells of this command): "
+                        + "; ".join(report["missing"]) + ".")
     summary = best_lines(rows)
     if summary:
         sections.append("Best per task and size (means over seeds):\n\n" + "\n".join(summary))
@@ -839,6 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the rows and cells as JSON on stdout")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: the table of the cells already in --results, naming those not run yet")
     return parser
 
 
@@ -858,7 +869,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(tasks=args.tasks, methods=args.methods, layers=layers, seeds=seeds,
                    unlabelled=tuple(v == "on" for v in args.unlabelled), epochs=args.epochs, lr=args.lr,
                    subset=args.subset, teacher=args.teacher, results=Path(args.results),
-                   out=Path(args.out) if args.out else None, progress=not args.no_progress)
+                   out=Path(args.out) if args.out else None, progress=not args.no_progress,
+                   table_only=args.table_only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -76,6 +76,13 @@ def test_smoke_run_writes_the_table_and_a_rerun_skips_finished_cells(quality, tm
     assert len(quality.read_results(results)) == 5
     assert {r["method"]: r["seeds"] for r in third["rows"]}["hinton"] == [0, 1]
 
+    # --table-only runs nothing and names the cells of the command that are not in the file yet.
+    fourth = run(quality, capsys, *[*SMOKE, "--seeds", "0,1,2", "--results", str(results), "--table-only",
+                                    "--out", str(out)])
+    assert (fourth["ran"], fourth["skipped"]) == (0, 5)
+    assert fourth["missing"] == ["movie baseline 3 layers seed 2", "movie hinton 3 layers +unlabelled seed 2"]
+    assert "Not run yet (2 cells of this command): movie baseline 3 layers seed 2;" in out.read_text()
+
 
 def test_cells_layers_and_the_marked_section(quality, tmp_path):
     options = quality.Options(tasks=("movie", "sms", "vision"), methods=quality.METHODS, layers=(3, 2), seeds=(0, 1),
