@@ -59,6 +59,7 @@ class DemoSettings:
     output: str = "runs/demo"
     baseline: bool = True
     latency: bool = True
+    layerdrop: float = 0.0
 
     def teacher_settings(self) -> dict:
         return {"epochs": self.teacher_epochs, "lr": self.teacher_lr, "batch_size": self.batch_size,
@@ -239,7 +240,7 @@ def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, l
                               if uses_only_logits else _LiveTeacherCollator(data.train.pad_token_id))
     distiller = Distiller(teacher, student, stage.matches, hard_label_weight=stage.hard_label_weight)
     config = TrainConfig(lr=settings.lr, epochs=max(int(np.ceil(settings.epochs)), 1), warmup=0.1,
-                         freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10)
+                         freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10, layerdrop=settings.layerdrop)
     if settings.epochs != int(settings.epochs):
         config.max_steps = max(1, int(settings.epochs * len(loader)))
     eval_loader = make_loader(data.validation, 128, shuffle=False)
@@ -408,6 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-unlabelled", action="store_true",
                         help="distil on the labelled training sentences only (no teacher-labelled extra text)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the labels-only baseline student")
+    parser.add_argument("--layerdrop", type=float, default=defaults.layerdrop,
+                        help="LayerDrop probability for the student's blocks, so it can be cut with "
+                             "`kdistill export RUN --keep-layers` (default: 0, off)")
     parser.epilog = "example:\n  kdistill demo\n  kdistill demo --layers 2,5 --output runs/demo-2layers\n  kdistill demo --quick"
 
 
@@ -419,7 +423,7 @@ def quick_settings(settings: DemoSettings) -> DemoSettings:
 def main(args: argparse.Namespace) -> int:
     settings = DemoSettings(method=args.method, layers=[int(x) for x in args.layers.split(",")], epochs=args.epochs,
                             lr=args.lr, seed=args.seed, output=args.output, unlabelled=not args.no_unlabelled,
-                            baseline=not args.no_baseline)
+                            baseline=not args.no_baseline, layerdrop=args.layerdrop)
     if args.quick:
         settings = quick_settings(settings)
     summary = run_demo(settings)
