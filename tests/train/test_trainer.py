@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from kdistill import Callback, Match, TrainConfig, Trainer
 from kdistill.errors import ConfigError, NonFiniteLossError
 from kdistill.train import read_metrics
-from kdistill.train.optim import WarmupDecay, parameter_groups
+from kdistill.train.optim import WarmupDecay, make_adamw, parameter_groups
 from tiny_engine import (
     TokenDataset,
     bert_distiller,
@@ -141,6 +141,44 @@ def test_no_decay_groups_and_projection_learning_rate():
     assert by_name["projections.m1.weight"] == (0.1, 5e-3)
     assert by_name["projections.m1.bias"] == (0.0, 5e-3)
     assert len(by_name) == len(list(distiller.parameters()))
+
+
+def test_adamw_is_fused_on_the_cpu_and_agrees_with_the_default_update():
+    torch.manual_seed(0)
+    weights = [torch.randn(50, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(5)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        groups = [{"params": params[:1], "weight_decay": 0.1, "lr": 1e-2}, {"params": params[1:], "weight_decay": 0.0, "lr": 1e-2}]
+        optimizer = make_adamw(groups) if fused else torch.optim.AdamW(groups, foreach=False)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for start, fused, plain in zip(weights, *results):
+        assert not torch.equal(fused, start)
+        assert torch.allclose(fused, plain, rtol=0, atol=1e-12)
+
+
+def test_adamw_falls_back_to_the_default_update_where_fused_is_unsupported():
+    params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert make_adamw([{"params": params, "lr": 1e-3, "weight_decay": 0.0}]).defaults["fused"] is None
+
+
+def test_the_trainer_steps_a_fused_adamw(monkeypatch):
+    seen = []
+    original = torch.optim.AdamW.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("fused"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    Trainer(bert_distiller(), token_loader(4), config=quiet_config(max_steps=1)).train()
+    assert seen == [True]
 
 
 # ------------------------------------------------------------------ learning rate

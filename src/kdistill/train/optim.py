@@ -52,6 +52,23 @@ def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float,
     return result
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def make_adamw(groups: list[dict]) -> torch.optim.AdamW:
+    """AdamW over ``groups``, torch's fused kernel wherever every parameter allows it.
+
+    The fused kernel does the whole update in one pass over each tensor instead of about ten:
+    on the CPU it measured 3.3–3.6× faster than the default update on a 30,522 × 256 embedding
+    matrix plus 40 256 × 256 blocks (``docs/speed.md``), which matters when the word embeddings
+    are trained. It needs floating-point parameters on the CPU or a CUDA device; anything else
+    (MPS, XLA, meta) gets torch's default implementation. The two agree to rounding.
+    """
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(groups, fused=True if fused else None)
+
+
 @dataclass
 class WarmupDecay:
     """LR multiplier: linear warm-up over ``warmup_steps``, then linear/cosine decay to 0 or constant.

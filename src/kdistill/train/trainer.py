@@ -31,7 +31,7 @@ from kdistill.train.checkpoint import (
 )
 from kdistill.train.evaluate import evaluate_classifier
 from kdistill.train.logging import MetricsLog
-from kdistill.train.optim import freeze_parameters, make_scheduler, parameter_groups
+from kdistill.train.optim import freeze_parameters, make_adamw, make_scheduler, parameter_groups
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
@@ -235,8 +235,8 @@ class Trainer:
         loader = accelerator.prepare(self.train_data)
         total = self.total_steps(loader)
         warmup = int(cfg.warmup * total) if cfg.warmup < 1 else int(cfg.warmup)
-        optimizer = torch.optim.AdamW(parameter_groups(distiller, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                       projection_lr=cfg.projection_lr))
+        optimizer = make_adamw(parameter_groups(distiller, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                projection_lr=cfg.projection_lr))
         scheduler = make_scheduler(optimizer, kind=cfg.lr_schedule, warmup_steps=warmup, total_steps=total)
         model, optimizer = accelerator.prepare(distiller, optimizer)
         processes = accelerator.num_processes
