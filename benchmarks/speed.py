@@ -340,7 +340,8 @@ def worker_e2e_kdistill(args) -> dict:
     tokenizer = load_tokenizer(minilm_teacher_path())
     dataset = TokenizedDataset(texts, None, tokenizer, max_length=common.SEQ)
     distiller = Distiller(teacher, student, common.kdistill_matches())  # attention auto: hooks
-    loader = make_loader(dataset, common.BATCH, shuffle=True, seed=0, bucket=True)
+    loader = make_loader(dataset, common.BATCH, shuffle=True, seed=0, bucket=not args.no_bucket,
+                         bucket_size_multiplier=args.bucket_multiplier)
     if not args.no_cache:
         cache = TeacherCache(out / "cache", distiller, dataset=dataset)
         loader = cached_loader(loader, cache)
@@ -372,7 +373,8 @@ def worker_e2e_kdistill(args) -> dict:
             "settings": "attention from hooked q/k (SDPA kept), "
                         + ("no cache, " if args.no_cache else "teacher cache (filled in epoch 1), ")
                         + ("word embeddings trained, " if args.train_embeddings else "frozen word embeddings, ")
-                        + "length-bucketed batches, AdamW + linear warm-up/decay, clip 1.0, checkpoint once per epoch"}
+                        + ("random batches padded per batch, " if args.no_bucket else "length-bucketed batches, ")
+                        + "AdamW + linear warm-up/decay, clip 1.0, checkpoint once per epoch"}
 
 
 WORKERS = {
@@ -394,6 +396,8 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--texts", default=None)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--train-embeddings", action="store_true")
+    parser.add_argument("--no-bucket", action="store_true")
+    parser.add_argument("--bucket-multiplier", type=int, default=50)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
@@ -786,7 +790,9 @@ def section_e2e(args, log) -> dict:
         out.mkdir()
         extra = ["--epochs", str(epochs), "--out", str(work), *threads]
         if method == "kdistill":
-            options = ["--train-embeddings"] if args.e2e_train_embeddings else []
+            options = (["--train-embeddings"] if args.e2e_train_embeddings else []) + \
+                      (["--no-cache"] if args.e2e_no_cache else []) + (["--no-bucket"] if args.e2e_no_bucket else []) + \
+                      ["--bucket-multiplier", str(args.e2e_bucket_multiplier)]
             runs[method] = run_worker(sys.executable, "e2e-kdistill",
                                       [*extra, *options, "--texts", str(work / "texts.json")], timeout=1800)
         else:
@@ -848,6 +854,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--subset", type=int, default=1024, help="e2e: training sentences (all: 10568)")
     parser.add_argument("--e2e-train-embeddings", action="store_true",
                         help="e2e: kdistill trains its word embeddings too (slower; compare the final loss)")
+    parser.add_argument("--e2e-no-cache", action="store_true", help="e2e: kdistill without the teacher cache")
+    parser.add_argument("--e2e-no-bucket", action="store_true", help="e2e: kdistill with random batches, not length-bucketed")
+    parser.add_argument("--e2e-bucket-multiplier", type=int, default=50,
+                        help="e2e: kdistill's length buckets hold this many batches")
     parser.add_argument("--cache-examples", type=int, default=None, help="cache: sentences per epoch")
     parser.add_argument("--compile", action="store_true", help="fastpaths: also measure torch.compile")
     parser.add_argument("--peer-venv", default=str(PEER_VENV), help="scratch venv for the peers")

@@ -518,13 +518,14 @@ def make_loader(
     shuffle: bool,
     seed: int = 0,
     bucket: bool = True,
+    bucket_size_multiplier: int = 50,
     num_workers: int = 0,
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` whose ``batch_sampler`` supports ``set_epoch`` and ``skip``.
 
     ``bucket=True`` needs ``dataset.lengths`` (a :class:`TokenizedDataset` has them) and uses a
-    :class:`LengthBucketSampler`. ``bucket=False``: plain seeded random batches when shuffling,
+    :class:`LengthBucketSampler` whose sorted chunks hold ``bucket_size_multiplier`` batches. ``bucket=False``: plain seeded random batches when shuffling,
     the dataset order when not. A TokenizedDataset is collated with its own pad ids; other
     datasets (images, tensors) use PyTorch's default collation.
     """
@@ -534,7 +535,8 @@ def make_loader(
             f"data.bucket: {type(dataset).__name__} has no 'lengths' to bucket by; set bucket to false."
         )
     if bucket:
-        batch_sampler: Any = LengthBucketSampler(lengths, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+        batch_sampler: Any = LengthBucketSampler(lengths, batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last,
+                                                 bucket_size_multiplier=bucket_size_multiplier)
     elif shuffle:
         placeholder = np.zeros(len(dataset), dtype=np.int64)  # lengths unused with buckets of one batch
         batch_sampler = LengthBucketSampler(
