@@ -54,6 +54,7 @@ class DemoSettings:
     unlabelled: bool = True
     teacher_epochs: int = 3
     teacher_lr: float = 1e-4
+    teacher_seed: int = 0
     seed: int = 0
     quick: bool = False
     output: str = "runs/demo"
@@ -62,9 +63,14 @@ class DemoSettings:
     layerdrop: float = 0.0
 
     def teacher_settings(self) -> dict:
-        return {"epochs": self.teacher_epochs, "lr": self.teacher_lr, "batch_size": self.batch_size,
-                "max_length": self.max_length, "split": SPLIT, "split_seed": SPLIT_SEED,
-                "freeze": FREEZE_EMBEDDINGS, "quick": self.quick}
+        """What determines the fine-tuned teacher: its cache key. ``seed`` (the student's) is not in it:
+        every student seed distils the same teacher, fine-tuned with ``teacher_seed``."""
+        settings = {"epochs": self.teacher_epochs, "lr": self.teacher_lr, "batch_size": self.batch_size,
+                    "max_length": self.max_length, "split": SPLIT, "split_seed": SPLIT_SEED,
+                    "freeze": FREEZE_EMBEDDINGS, "quick": self.quick}
+        if self.teacher_seed != 0:  # keys of teachers cached before the field existed stay valid
+            settings["seed"] = self.teacher_seed
+        return settings
 
 
 def cache_root() -> Path:
@@ -172,10 +178,10 @@ def fine_tune_teacher(settings: DemoSettings, data: DemoData, teacher_path: Path
         return load_hf_model(folder, num_labels=2), True
     log(f"teacher: fine-tuning all-MiniLM-L6-v2 on {len(data.train)} sentences "
         f"({settings.teacher_epochs} epochs, word embeddings frozen); cached in {folder}")
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(settings.teacher_seed)
     teacher = load_hf_model(teacher_path, num_labels=2)
     train_labels(teacher, data.train, data.validation, epochs=settings.teacher_epochs, lr=settings.teacher_lr,
-                 settings=settings, desc="teacher")
+                 settings=replace(settings, seed=settings.teacher_seed), desc="teacher")
     save_model_folder(teacher, folder, data.tokenizer)
     return teacher, False
 

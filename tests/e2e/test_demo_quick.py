@@ -27,3 +27,18 @@ def test_demo_quick_runs_end_to_end(tmp_path, monkeypatch, capsys):
     # The fine-tuned teacher is cached: a second run reuses it.
     assert main(["demo", "--quick", "--output", str(tmp_path / "again"), "--no-baseline"]) == 0
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["teacher_reused"] is True
+
+
+def test_the_teacher_cache_key_ignores_the_student_seed_and_follows_the_teacher_seed(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from kdistill import demo, packaged
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path))
+    path = packaged.minilm_teacher_path()
+    base = demo.DemoSettings()
+    assert "seed" not in base.teacher_settings()  # teachers cached before teacher_seed existed keep their key
+    folder = demo.teacher_cache_dir(base, path)
+    assert demo.teacher_cache_dir(replace(base, seed=3), path) == folder
+    other = demo.teacher_cache_dir(replace(base, teacher_seed=1), path)
+    assert other != folder and other.parent == folder.parent == tmp_path / "demo-teacher"
