@@ -36,6 +36,9 @@ Text rows (``--methods``; students with ``--layers`` blocks copied from the 6-la
   fine-tune — Hinton KD on the logits (as ``hinton``) for ``--epochs``.
 - ``pkd``: PKD-skip — normalised [CLS] distances on M−1 layer pairs (β = 100), soft CE (T = 5,
   α = 0.5, no T²) and hard CE; live teacher.
+- ``multiteacher``: two teachers — the task's teacher and the same fine-tune with teacher seed 1
+  (cached beside it) — whose probabilities at T = 2 are averaged into the soft targets (α = 0.5, T²),
+  as ``hinton`` with one teacher; both teachers live.
 
 Every method trains with the demo's optimiser settings (AdamW, lr ``--lr``, 10% warm-up, batch 32,
 64 tokens, word embeddings frozen, length-bucketed batches). Accuracy is the final student's on the
@@ -86,7 +89,7 @@ from kdistill.models import count_parameters, load_tokenizer, save_model_folder,
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier, save_weights  # noqa: E402
 from kdistill.train.checkpoint import atomic_write_text  # noqa: E402
 
-TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd")
+TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "multiteacher")
 VISION_METHODS = ("baseline", "hooks")
 METHODS = TEXT_METHODS + ("hooks",)
 TASKS = ("movie", "sms", "vision")
@@ -101,7 +104,10 @@ METHOD_ARGS: dict[str, dict[str, Any]] = {
     "theseus": {"replace_rate": 0.5, "successor_only_fraction": 0.5},
     "minilm": {"version": 2, "data": "unlabelled"},
     "pkd": {},  # skip strategy, T=5, alpha=0.5, beta=100 on the reference scale
+    "multiteacher": HINTON_ARGS,  # the two teachers' probabilities averaged at T, then as hinton
 }
+# multiteacher's second teacher: the task's teacher fine-tuned again, the same way, with this seed.
+SECOND_TEACHER_SEED = 1
 # Methods whose only training signal is the labels: the unlabelled sentences can teach them nothing.
 LABELS_ONLY = ("baseline", "theseus")
 
@@ -194,6 +200,8 @@ def cell_key(cell: Cell, options: Options, teacher_id: str) -> str:
         fields.update(epochs=options.epochs, lr=options.lr if cell.task != "vision" else VISION_STUDENT["lr"])
     if cell.size is not None:
         fields["layers"] = student_layers(cell.method, cell.size)
+    if cell.method == "multiteacher":
+        fields["second_teacher_seed"] = SECOND_TEACHER_SEED
     return json.dumps(fields, sort_keys=True)
 
 
@@ -244,6 +252,16 @@ class TextTask:
     unlabelled: TokenizedDataset | None
     logits: dict[str, np.ndarray]
     teacher_seconds: float | None  # None: taken from the cache
+    load_second_teacher: Callable[[], nn.Module] | None = None
+    _second_teacher: nn.Module | None = None
+
+    def second_teacher(self) -> nn.Module:
+        """multiteacher's second teacher, fine-tuned (or read from its cache) on first use."""
+        if self._second_teacher is None:
+            if self.load_second_teacher is None:
+                raise ConfigError(f"multiteacher: no second teacher for the task {self.name!r}.")
+            self._second_teacher = self.load_second_teacher().eval()
+        return self._second_teacher
 
 
 def task_records(task: str) -> list[tuple[str, int]]:
@@ -293,7 +311,7 @@ def teacher_id(task: str, options: Options) -> str:
     return f"minilm-{task}-{folder.name}"
 
 
-def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings) -> nn.Module:
+def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings, seed: int = 0) -> nn.Module:
     """A random 6-layer, 32-wide BERT with the MiniLM tokenizer, trained briefly: for smoke runs only.
 
     Six layers (not two) so the students' layer choices ([1, 3, 5], [2, 5]) exist in it.
@@ -303,10 +321,10 @@ def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings) ->
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=TINY_TEACHER["hidden"],
                         num_hidden_layers=TINY_TEACHER["layers"], num_attention_heads=TINY_TEACHER["heads"],
                         intermediate_size=TINY_TEACHER["intermediate"], max_position_embeddings=128, num_labels=2)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     teacher = BertForSequenceClassification(config)
     demo.train_labels(teacher, data.train, data.validation, epochs=TINY_TEACHER["epochs"], lr=TINY_TEACHER["lr"],
-                      settings=dataclasses.replace(settings, seed=0), desc="tiny teacher")
+                      settings=dataclasses.replace(settings, seed=seed), desc="tiny teacher")
     return teacher.eval()
 
 
@@ -329,10 +347,10 @@ def minilm_teacher(task: str, data: demo.DemoData, settings: demo.DemoSettings, 
     full = data if subset is None else text_data(task, tokenizer, settings, None)
     log(f"{task} teacher: fine-tuning all-MiniLM-L6-v2 on {len(full.train)} messages "
         f"({settings.teacher_epochs} epochs, word embeddings frozen); cached in {folder}")
-    torch.manual_seed(0)
+    torch.manual_seed(settings.teacher_seed)
     teacher = load_hf_model(path, num_labels=2)
     demo.train_labels(teacher, full.train, full.validation, epochs=settings.teacher_epochs, lr=settings.teacher_lr,
-                      settings=dataclasses.replace(settings, seed=0), desc=f"{task} teacher")
+                      settings=dataclasses.replace(settings, seed=settings.teacher_seed), desc=f"{task} teacher")
     save_model_folder(teacher, folder, tokenizer)
     return teacher.eval(), folder, False
 
@@ -358,8 +376,15 @@ def load_text_task(task: str, options: Options, ident: str) -> TextTask:
             logits[name] = demo.teacher_logits(teacher, dataset, desc=f"teacher labels {name}")
     log(f"{task}: train {len(data.train)} / validation {len(data.validation)} / test {len(data.test)}, "
         f"unlabelled {len(data.unlabelled) if data.unlabelled else 0}")
+    second = dataclasses.replace(settings, teacher_seed=SECOND_TEACHER_SEED)
+    if options.teacher == "tiny":
+        def load_second() -> nn.Module:
+            return tiny_teacher(tokenizer, data, settings, seed=SECOND_TEACHER_SEED)
+    else:
+        def load_second() -> nn.Module:
+            return minilm_teacher(task, data, second, options.subset, tokenizer)[0]
     return TextTask(task, teacher, ident, data.train, data.validation, data.test,
-                    data.unlabelled, logits, teacher_seconds)
+                    data.unlabelled, logits, teacher_seconds, load_second)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,9 +407,9 @@ class TextOnly(Dataset):
         return item
 
 
-def text_stages(method: str, teacher: nn.Module, student: nn.Module, seed: int,
+def text_stages(method: str, teacher: nn.Module | dict[str, nn.Module], student: nn.Module, seed: int,
                 epochs: float) -> tuple[list[Stage], Callable | None]:
-    """The method's stages (and Theseus' wrapper) for this teacher and student."""
+    """The method's stages (and Theseus' wrapper) for this teacher (several for multiteacher) and student."""
     args = dict(METHOD_ARGS[method])
     if method == "theseus":
         args["seed"] = seed
@@ -398,14 +423,16 @@ def text_stages(method: str, teacher: nn.Module, student: nn.Module, seed: int,
     return stages, recipe.student_wrapper
 
 
-def stage_loader(task: TextTask, stage: Stage, unlabelled: bool | None, settings: demo.DemoSettings):
+def stage_loader(task: TextTask, stage: Stage, unlabelled: bool | None, settings: demo.DemoSettings,
+                 *, live: bool = False):
     """Batches of one stage: the labelled training set, plus the unlabelled sentences where the stage
-    has a teacher signal to learn them from; teacher logits from the cache when the stage reads no more."""
+    has a teacher signal to learn them from; the task teacher's cached logits when the stage reads no
+    more (``live``: never, e.g. when several teachers are read)."""
     extra = task.unlabelled if unlabelled and stage.matches else None
     if stage.data == "unlabelled":  # text alone (MiniLM's relation stage)
         parts: list[Dataset] = [TextOnly(task.train)] + ([TextOnly(extra)] if extra is not None else [])
         collate: Callable = Collator(task.train.pad_token_id)
-    elif stage.matches and all(m.teacher == "logits" for m in stage.matches):
+    elif not live and stage.matches and all(m.teacher == "logits" for m in stage.matches):
         parts = [demo.WithTeacherLogits(task.train, task.logits["train"])]
         if extra is not None:
             parts.append(demo.WithTeacherLogits(extra, task.logits["unlabelled"]))
@@ -436,8 +463,8 @@ def remove_hooks(distiller: Distiller) -> None:
             hooks.remove()
 
 
-def run_stages(teacher: nn.Module, trained: nn.Module, stages: Sequence[tuple[Stage, Any, TrainConfig]],
-               eval_loader) -> int:
+def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,
+               stages: Sequence[tuple[Stage, Any, TrainConfig]], eval_loader) -> int:
     """Train ``trained`` through each (stage, loader, config); returns the optimiser steps taken."""
     steps = 0
     for stage, loader, config in stages:
@@ -463,15 +490,17 @@ def train_text_cell(task: TextTask, cell: Cell, options: Options) -> tuple[nn.Mo
         result = demo.train_labels(student, task.train, task.validation, epochs=options.epochs, lr=options.lr,
                                    settings=settings, desc="baseline")
         return student, {"steps": result.steps, "layers": layers}
-    stages, wrapper = text_stages(cell.method, task.teacher, student, cell.seed, options.epochs)
+    multi = cell.method == "multiteacher"
+    teachers = {"first": task.teacher, "second": task.second_teacher()} if multi else task.teacher
+    stages, wrapper = text_stages(cell.method, teachers, student, cell.seed, options.epochs)
     trained = wrapper(task.teacher, student) if wrapper is not None else student
     planned = []
     for stage in stages:
-        loader = stage_loader(task, stage, cell.unlabelled, settings)
+        loader = stage_loader(task, stage, cell.unlabelled, settings, live=multi)
         epochs = stage.epochs if stage.epochs is not None else options.epochs
         planned.append((stage, loader, train_config(settings, epochs, len(loader), freeze=demo.FREEZE_EMBEDDINGS,
                                                     progress=options.progress, overrides=stage.training)))
-    steps = run_stages(task.teacher, trained, planned, eval_loader)
+    steps = run_stages(teachers, trained, planned, eval_loader)
     model = trained.export() if wrapper is not None else student
     return model, {"steps": steps, "layers": layers}
 

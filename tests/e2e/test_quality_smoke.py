@@ -88,9 +88,9 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
     options = quality.Options(tasks=("movie", "sms", "vision"), methods=quality.METHODS, layers=(3, 2), seeds=(0, 1),
                               unlabelled=(True, False))
     cells = quality.plan_cells(options)
-    # movie: per seed and size, 2 labels-only methods once + 5 teacher-signal methods with and without
-    # the unlabelled text; sms: 7 methods; vision: baseline and hooks; plus one teacher per task.
-    assert len(cells) == 3 + 2 * 2 * (2 + 5 * 2) + 2 * 2 * 7 + 2 * 2
+    # movie: per seed and size, 2 labels-only methods once + 6 teacher-signal methods with and without
+    # the unlabelled text; sms: 8 methods; vision: baseline and hooks; plus one teacher per task.
+    assert len(cells) == 3 + 2 * 2 * (2 + 6 * 2) + 2 * 2 * 8 + 2 * 2
     assert len(set(cells)) == len(cells)
     assert quality.Cell("movie", "theseus", 3, None, 0) in cells and quality.Cell("sms", "hinton", 2, None, 1) in cells
     assert quality.Cell("movie", "pkd", 2, False, 1) in cells
@@ -110,3 +110,26 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
     half.write_text("text\n<!-- quality:begin -->\n")
     with pytest.raises(quality.ConfigError, match="only one of the markers"):
         quality.update_marked_section(half, "x")
+
+
+def test_multiteacher_row_distils_from_two_different_teachers(quality, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = quality.Distiller
+
+    def spy(teacher, student, *args, **kwargs):
+        seen.append(teacher)
+        return real(teacher, student, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "Distiller", spy)
+    args = [*SMOKE, "--methods", "multiteacher", "--seeds", "0", "--results", str(tmp_path / "r.jsonl")]
+    report = run(quality, capsys, *args)
+    cell = next(c for c in report["cells"] if c["method"] == "multiteacher")
+    assert cell["steps"] == 1 and cell["unlabelled"] is True
+    (teachers,) = seen
+    assert sorted(teachers) == ["first", "second"]
+    first, second = (dict(teachers[name].named_parameters()) for name in ("first", "second"))
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[name], second[name]) for name in first)  # fine-tuned with another seed
+    key = json.loads(cell["key"])
+    assert key["second_teacher_seed"] == quality.SECOND_TEACHER_SEED
