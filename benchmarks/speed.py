@@ -722,6 +722,22 @@ def section_fastpaths(args, log) -> dict:
     result["inference_mode_over_no_grad"] = common.ratios(teacher_rates, "no_grad")["inference_mode"]
     print(f"teacher forward, inference_mode/no_grad: {result['inference_mode_over_no_grad']:.3f}")
 
+    # The optimiser update alone on the student's parameters (word embeddings included): torch's
+    # default for-loop AdamW, the foreach one, and the fused one the Trainer uses (make_adamw).
+    from kdistill.train.optim import make_adamw
+
+    params = [torch.nn.Parameter(p.detach().clone()) for p in student.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    updates = {"for-loop": torch.optim.AdamW(params, lr=common.LR, foreach=False),
+               "foreach": torch.optim.AdamW(params, lr=common.LR, foreach=True),
+               "fused (Trainer)": make_adamw([{"params": params, "lr": common.LR}])}
+    update_rates = _alternate_steps({k: (lambda i, o=o: o.step()) for k, o in updates.items()},
+                                    max(steps, 5), rounds)
+    result["adamw_update_ratios"] = common.ratios(update_rates, "for-loop")
+    print("AdamW update of the student's parameters, ratio to the for-loop one: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in result["adamw_update_ratios"].items()))
+
     # Freeing unread hidden states: what they hold per step.
     with torch.no_grad():
         out = teacher(**inputs, output_hidden_states=True)
