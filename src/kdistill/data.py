@@ -525,8 +525,9 @@ def make_loader(
     """A DataLoader over ``dataset`` whose ``batch_sampler`` supports ``set_epoch`` and ``skip``.
 
     ``bucket=True`` needs ``dataset.lengths`` (a :class:`TokenizedDataset` has them) and uses a
-    :class:`LengthBucketSampler` whose sorted chunks hold ``bucket_size_multiplier`` batches. ``bucket=False``: plain seeded random batches when shuffling,
-    the dataset order when not. A TokenizedDataset is collated with its own pad ids; other
+    :class:`LengthBucketSampler` whose sorted chunks hold ``bucket_size_multiplier`` batches
+    (smaller: more random batches, more padding). ``bucket=False``: plain seeded random batches
+    when shuffling, the dataset order when not. A TokenizedDataset is collated with its own pad ids; other
     datasets (images, tensors) use PyTorch's default collation.
     """
     lengths = getattr(dataset, "lengths", None)

@@ -61,8 +61,9 @@ def make_adamw(groups: list[dict]) -> torch.optim.AdamW:
     The fused kernel does the whole update in one pass over each tensor instead of about ten:
     on the CPU it measured 5.5× faster than torch's default (for-loop) update on the parameters of
     a 3-layer, 256-wide BERT (``benchmarks/speed.py --section fastpaths``; ``docs/speed.md``),
-    which matters when the 7.8 M-parameter word embeddings are trained. It needs floating-point parameters on the CPU or a CUDA device; anything else
-    (MPS, XLA, meta) gets torch's default implementation. The two agree to rounding.
+    which matters when the 7.8 M-parameter word embeddings are trained. It needs floating-point
+    parameters on the CPU or a CUDA device; anything else (MPS, XLA, meta) gets torch's default
+    implementation. The two agree to rounding.
     """
     params = [p for group in groups for p in group["params"]]
     fused = bool(params) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
