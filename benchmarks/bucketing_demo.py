@@ -1,0 +1,73 @@
+"""Length bucketing on the demo task: does sorting batches by length cost the student accuracy?
+
+    PYTHONPATH=src python benchmarks/bucketing_demo.py --multipliers 50,4,1 --epochs 1 --threads 1
+
+Distils the demo's 3-block student ([1, 3, 5] of the fine-tuned, cached MiniLM teacher; Hinton T=2,
+α=0.5 on the cached teacher logits, labelled sentences only, the demo's optimiser settings) once per
+``bucket_size_multiplier``: each chunk of multiplier × 32 shuffled sentences is sorted by length and
+cut into batches (1 = plain random batches; 50 = the demo's default). Prints the test and
+validation accuracy and the wall time of each; one accuracy on the 1,057 test sentences carries
+±1.1 points of standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from kdistill import demo, packaged  # noqa: E402
+from kdistill.data import LengthBucketSampler  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--multipliers", default="50,4,1", help="comma list of bucket_size_multiplier values")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = demo.DemoSettings(unlabelled=False, epochs=args.epochs, seed=args.seed, baseline=False, latency=False)
+    teacher_path = packaged.minilm_teacher_path()
+    data = demo.load_demo_data(base, teacher_path)
+    teacher, _ = demo.fine_tune_teacher(base, data, teacher_path, print)
+    logits = {"train": demo.cached_teacher_logits(teacher, data.train, demo.teacher_cache_dir(base, teacher_path),
+                                                  "train")}
+    default_loader = demo.make_loader_with
+    rows = []
+    try:
+        for multiplier in (int(v) for v in args.multipliers.split(",")):
+            def loader_with(dataset, settings, collate_fn, multiplier=multiplier):
+                sampler = LengthBucketSampler(dataset.lengths, settings.batch_size, seed=settings.seed, shuffle=True,
+                                              bucket_size_multiplier=multiplier)
+                return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
+
+            demo.make_loader_with = loader_with
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as folder:
+                student, _ = demo.distil_student(base, teacher, data, logits, Path(folder))
+            row = (multiplier, demo.accuracy(student, data.test), demo.accuracy(student, data.validation),
+                   time.perf_counter() - started)
+            rows.append(row)
+            print(f"multiplier {row[0]}: test {row[1]:.2%}, validation {row[2]:.2%}, {row[3]:.0f} s", flush=True)
+    finally:
+        demo.make_loader_with = default_loader
+    print("\n| bucket_size_multiplier | test accuracy | validation accuracy | wall s |\n|---|---|---|---|")
+    for multiplier, test, validation, seconds in rows:
+        print(f"| {multiplier} | {test:.2%} | {validation:.2%} | {seconds:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
