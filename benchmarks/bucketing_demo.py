@@ -19,31 +19,24 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(ROOT / "src"))
+for folder in (ROOT / "src", ROOT / "benchmarks"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from kdistill import demo, packaged  # noqa: E402
+import _demo_task  # noqa: E402
+from kdistill import demo  # noqa: E402
 from kdistill.data import LengthBucketSampler  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--multipliers", default="50,4,1", help="comma list of bucket_size_multiplier values")
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+    _demo_task.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    base = demo.DemoSettings(unlabelled=False, epochs=args.epochs, seed=args.seed, baseline=False, latency=False)
-    teacher_path = packaged.minilm_teacher_path()
-    data = demo.load_demo_data(base, teacher_path)
-    teacher, _ = demo.fine_tune_teacher(base, data, teacher_path, print)
-    logits = {"train": demo.cached_teacher_logits(teacher, data.train, demo.teacher_cache_dir(base, teacher_path),
-                                                  "train")}
+    task = _demo_task.load(args)
+    base, data, teacher, logits = task.settings, task.data, task.teacher, task.logits
     default_loader = demo.make_loader_with
     rows = []
     try:
