@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -252,16 +253,7 @@ class TextTask:
     unlabelled: TokenizedDataset | None
     logits: dict[str, np.ndarray]
     teacher_seconds: float | None  # None: taken from the cache
-    load_second_teacher: Callable[[], nn.Module] | None = None
-    _second_teacher: nn.Module | None = None
-
-    def second_teacher(self) -> nn.Module:
-        """multiteacher's second teacher, fine-tuned (or read from its cache) on first use."""
-        if self._second_teacher is None:
-            if self.load_second_teacher is None:
-                raise ConfigError(f"multiteacher: no second teacher for the task {self.name!r}.")
-            self._second_teacher = self.load_second_teacher().eval()
-        return self._second_teacher
+    second_teacher: Callable[[], nn.Module]  # multiteacher's, fine-tuned (or read from its cache) on first call
 
 
 def task_records(task: str) -> list[tuple[str, int]]:
@@ -378,13 +370,11 @@ def load_text_task(task: str, options: Options, ident: str) -> TextTask:
         f"unlabelled {len(data.unlabelled) if data.unlabelled else 0}")
     second = dataclasses.replace(settings, teacher_seed=SECOND_TEACHER_SEED)
     if options.teacher == "tiny":
-        def load_second() -> nn.Module:
-            return tiny_teacher(tokenizer, data, settings, seed=SECOND_TEACHER_SEED)
+        second_teacher = functools.cache(lambda: tiny_teacher(tokenizer, data, second, seed=SECOND_TEACHER_SEED))
     else:
-        def load_second() -> nn.Module:
-            return minilm_teacher(task, data, second, options.subset, tokenizer)[0]
+        second_teacher = functools.cache(lambda: minilm_teacher(task, data, second, options.subset, tokenizer)[0])
     return TextTask(task, teacher, ident, data.train, data.validation, data.test,
-                    data.unlabelled, logits, teacher_seconds, load_second)
+                    data.unlabelled, logits, teacher_seconds, second_teacher)
 
 
 # ---------------------------------------------------------------------------------------------
