@@ -36,6 +36,13 @@ Text rows (``--methods``; students with ``--layers`` blocks copied from the 6-la
   fine-tune — Hinton KD on the logits (as ``hinton``) for ``--epochs``.
 - ``pkd``: PKD-skip — normalised [CLS] distances on M−1 layer pairs (β = 100), soft CE (T = 5,
   α = 0.5, no T²) and hard CE; live teacher.
+- ``tinybert-general``: TinyBERT's two stages chained in one recipe (``stage: both``). General: the
+  *pre-trained* all-MiniLM-L6-v2 (not fine-tuned) teaches a student copied from its own blocks, with
+  the intermediate matches only, on the task's text and the unlabelled sentences as raw text, for
+  ``min(1, --epochs)`` epochs; then the ``tinybert`` task stage with the fine-tuned teacher.
+- ``minilm-assistant``: MiniLM v2 through a teacher assistant copied from round(√(6·size)) teacher
+  blocks (2 → [1, 3, 5], 3 → [1, 2, 3, 5]): relations teacher → assistant, then assistant → student
+  (each ``min(1, --epochs)`` epochs of text), then Hinton KD from the teacher as ``minilm``.
 - ``multiteacher``: two teachers — the task's teacher and the same fine-tune with teacher seed 1
   (cached beside it) — whose probabilities at T = 2 are averaged into the soft targets (α = 0.5, T²),
   as ``hinton`` with one teacher; both teachers live.
@@ -48,7 +55,8 @@ Resumable: each finished (task, method, layers, unlabelled, seed) cell is append
 (JSON lines, keyed also by the teacher, epochs, lr and subset), and a rerun skips it (``--table-only``
 runs nothing and tabulates what is there, naming the cells not run yet). ``--out`` writes
 the table, the command, the machine and the date between ``<!-- quality:begin -->`` and
-``<!-- quality:end -->`` of a Markdown file (atomically; the rest of the file is kept).
+``<!-- quality:end -->`` of a Markdown file (atomically; the rest of the file is kept);
+``--section NAME`` uses ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` instead.
 """
 
 from __future__ import annotations
@@ -86,16 +94,23 @@ from kdistill.distiller import Distiller  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
 from kdistill.matches import Match  # noqa: E402
 from kdistill.methods import Stage, expand  # noqa: E402
-from kdistill.models import count_parameters, load_tokenizer, save_model_folder, student_from_teacher  # noqa: E402
+from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,  # noqa: E402
+                             student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier, save_weights  # noqa: E402
 from kdistill.train.checkpoint import atomic_write_text  # noqa: E402
 
-TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "multiteacher")
+TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "multiteacher",
+                "tinybert-general", "minilm-assistant")
 VISION_METHODS = ("baseline", "hooks")
 METHODS = TEXT_METHODS + ("hooks",)
 TASKS = ("movie", "sms", "vision")
 TEACHERS = ("minilm", "tiny")
-BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
+
+
+def markers(section: str = "quality") -> tuple[str, str]:
+    """The comments around a generated section of a Markdown file (``--section``)."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+
 
 HINTON_ARGS = {"temperature": 2.0, "alpha": 0.5}  # the demo's default (DemoSettings.method_args)
 METHOD_ARGS: dict[str, dict[str, Any]] = {
@@ -106,6 +121,10 @@ METHOD_ARGS: dict[str, dict[str, Any]] = {
     "minilm": {"version": 2, "data": "unlabelled"},
     "pkd": {},  # skip strategy, T=5, alpha=0.5, beta=100 on the reference scale
     "multiteacher": HINTON_ARGS,  # the two teachers' probabilities averaged at T, then as hinton
+    # TinyBERT's two stages chained: general (the pre-trained MiniLM teaches, unlabelled text), then task.
+    "tinybert-general": {"stage": "both", "general_teacher": "pretrained"},
+    # MiniLM through a teacher assistant (assistant_layers): teacher -> assistant -> student, then KD.
+    "minilm-assistant": {"version": 2, "data": "unlabelled"},
 }
 # multiteacher's second teacher: the task's teacher fine-tuned again, the same way, with this seed.
 SECOND_TEACHER_SEED = 1
@@ -164,6 +183,12 @@ class Cell:
     seed: int | None = None
 
 
+def assistant_layers(size: int, teacher_layers: int = 6) -> list[int]:
+    """minilm-assistant's assistant: round(√(teacher · student)) blocks, so that each link of the chain
+    shrinks the depth by about the same factor (6 → 3 → 2, 6 → 4 → 3), spread as a student's."""
+    return student_layers("minilm", round(math.sqrt(teacher_layers * size)), teacher_layers)
+
+
 def student_layers(method: str, size: int, teacher_layers: int = 6) -> list[int]:
     """Teacher blocks the student copies: spread evenly and ending at the last ([1, 3, 5], [2, 5]);
     DistilBERT's own choice starts at the first and takes every other ([0, 2, 4], [0, 3])."""
@@ -203,6 +228,8 @@ def cell_key(cell: Cell, options: Options, teacher_id: str) -> str:
         fields["layers"] = student_layers(cell.method, cell.size)
     if cell.method == "multiteacher":
         fields["second_teacher_seed"] = SECOND_TEACHER_SEED
+    if cell.method == "minilm-assistant":
+        fields["assistant_layers"] = assistant_layers(cell.size)
     return json.dumps(fields, sort_keys=True)
 
 
@@ -254,6 +281,7 @@ class TextTask:
     logits: dict[str, np.ndarray]
     teacher_seconds: float | None  # None: taken from the cache
     second_teacher: Callable[[], nn.Module]  # multiteacher's, fine-tuned (or read from its cache) on first call
+    pretrained: Callable[[], nn.Module]  # the teacher before fine-tuning (tinybert-general's general stage)
 
 
 def task_records(task: str) -> list[tuple[str, int]]:
@@ -303,10 +331,12 @@ def teacher_id(task: str, options: Options) -> str:
     return f"minilm-{task}-{folder.name}"
 
 
-def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings, seed: int = 0) -> nn.Module:
+def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings, seed: int = 0,
+                 epochs: float = TINY_TEACHER["epochs"]) -> nn.Module:
     """A random 6-layer, 32-wide BERT with the MiniLM tokenizer, trained briefly: for smoke runs only.
 
-    Six layers (not two) so the students' layer choices ([1, 3, 5], [2, 5]) exist in it.
+    Six layers (not two) so the students' layer choices ([1, 3, 5], [2, 5]) exist in it. ``epochs=0``:
+    untrained, the stand-in for a pre-trained model.
     """
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -315,8 +345,9 @@ def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings, se
                         intermediate_size=TINY_TEACHER["intermediate"], max_position_embeddings=128, num_labels=2)
     torch.manual_seed(seed)
     teacher = BertForSequenceClassification(config)
-    demo.train_labels(teacher, data.train, data.validation, epochs=TINY_TEACHER["epochs"], lr=TINY_TEACHER["lr"],
-                      settings=dataclasses.replace(settings, seed=seed), desc="tiny teacher")
+    if epochs:
+        demo.train_labels(teacher, data.train, data.validation, epochs=epochs, lr=TINY_TEACHER["lr"],
+                          settings=dataclasses.replace(settings, seed=seed), desc="tiny teacher")
     return teacher.eval()
 
 
@@ -330,8 +361,6 @@ def minilm_teacher(task: str, data: demo.DemoData, settings: demo.DemoSettings, 
         full = data if subset is None or cached else text_data(task, tokenizer, settings, None)
         teacher, reused = demo.fine_tune_teacher(settings, full, path, log)
         return teacher.eval(), folder, reused
-    from kdistill.models import load_hf_model
-
     folder = sms_teacher_dir(settings, path)
     if (folder / "config.json").exists():
         log(f"{task} teacher: reusing the fine-tuned teacher cached in {folder}")
@@ -371,10 +400,12 @@ def load_text_task(task: str, options: Options, ident: str) -> TextTask:
     second = dataclasses.replace(settings, teacher_seed=SECOND_TEACHER_SEED)
     if options.teacher == "tiny":
         second_teacher = functools.cache(lambda: tiny_teacher(tokenizer, data, second, seed=SECOND_TEACHER_SEED))
+        pretrained = functools.cache(lambda: tiny_teacher(tokenizer, data, settings, epochs=0))
     else:
         second_teacher = functools.cache(lambda: minilm_teacher(task, data, second, options.subset, tokenizer)[0])
+        pretrained = functools.cache(lambda: load_hf_model(packaged.minilm_teacher_path(), num_labels=2).eval())
     return TextTask(task, teacher, ident, data.train, data.validation, data.test,
-                    data.unlabelled, logits, teacher_seconds, second_teacher)
+                    data.unlabelled, logits, teacher_seconds, second_teacher, pretrained)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,18 +429,23 @@ class TextOnly(Dataset):
 
 
 def text_stages(method: str, teacher: nn.Module | dict[str, nn.Module], student: nn.Module, seed: int,
-                epochs: float) -> tuple[list[Stage], Callable | None]:
-    """The method's stages (and Theseus' wrapper) for this teacher (several for multiteacher) and student."""
+                epochs: float, size: int) -> tuple[list[Stage], Callable | None]:
+    """The method's stages (and Theseus' wrapper) for this teacher (several for multiteacher) and student.
+
+    Stages on raw text (general distillation, MiniLM's relations) run ``min(1, epochs)`` epochs.
+    """
     args = dict(METHOD_ARGS[method])
     if method == "theseus":
         args["seed"] = seed
-    recipe = expand(method, teacher, student, **args)
-    stages = list(recipe.stages)
-    if method == "minilm":
-        relation = next(s for s in stages if s.name == "distil")
+    if method == "minilm-assistant":
+        args["assistant"] = {"layers": assistant_layers(size)}
+    recipe = expand(method.split("-")[0], teacher, student, **args)
+    stages = [dataclasses.replace(s, epochs=min(1.0, epochs)) if s.data == "unlabelled" else s
+              for s in recipe.stages]
+    if method.startswith("minilm"):
+        relations = [s for s in stages if s.name.startswith("distil")]
         prediction = expand("hinton", teacher, student, **HINTON_ARGS).stages[0]
-        stages = [dataclasses.replace(relation, epochs=min(1.0, epochs)),
-                  dataclasses.replace(prediction, name="prediction")]
+        stages = [*relations, dataclasses.replace(prediction, name="prediction")]
     return stages, recipe.student_wrapper
 
 
@@ -453,13 +489,26 @@ def remove_hooks(distiller: Distiller) -> None:
             hooks.remove()
 
 
+def chain_learners(stages: Sequence[Stage], student: nn.Module, assistant: nn.Module | None) -> list[nn.Module]:
+    """The model each stage trains (as ``kdistill run``): in a chain teacher -> assistant -> student, the
+    stages the teacher teaches train the assistant until the assistant has taught; all others the student."""
+    learners, taught_by_assistant = [], False
+    for stage in stages:
+        taught_by_assistant = taught_by_assistant or stage.teacher == "assistant"
+        trains_assistant = assistant is not None and stage.teacher == "teacher" and not taught_by_assistant
+        learners.append(assistant if trains_assistant else student)
+    return learners
+
+
 def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,
-               stages: Sequence[tuple[Stage, Any, TrainConfig]], eval_loader) -> int:
-    """Train ``trained`` through each (stage, loader, config); returns the optimiser steps taken."""
+               stages: Sequence[tuple], eval_loader) -> int:
+    """Train through each (stage, loader, config[, stage teacher, stage student]): by default ``teacher``
+    teaches ``trained``; returns the optimiser steps taken."""
     steps = 0
-    for stage, loader, config in stages:
-        distiller = Distiller(teacher, trained, stage.matches, hard_label_weight=stage.hard_label_weight)
-        follow = getattr(trained, "follow", None)
+    for stage, loader, config, *models in stages:
+        stage_teacher, learner = models or (teacher, trained)
+        distiller = Distiller(stage_teacher, learner, stage.matches, hard_label_weight=stage.hard_label_weight)
+        follow = getattr(learner, "follow", None)
         handle = follow(distiller) if callable(follow) else None  # Theseus counts the Trainer's steps
         try:
             steps += Trainer(distiller, loader, config=config, eval_data=eval_loader).train().steps
@@ -482,17 +531,28 @@ def train_text_cell(task: TextTask, cell: Cell, options: Options) -> tuple[nn.Mo
         return student, {"steps": result.steps, "layers": layers}
     multi = cell.method == "multiteacher"
     teachers = {"first": task.teacher, "second": task.second_teacher()} if multi else task.teacher
-    stages, wrapper = text_stages(cell.method, teachers, student, cell.seed, options.epochs)
+    if cell.method == "tinybert-general":  # the general stage's student starts from the pre-trained blocks
+        torch.manual_seed(cell.seed)
+        student = student_from_teacher(task.pretrained(), layers)
+    stages, wrapper = text_stages(cell.method, teachers, student, cell.seed, options.epochs, cell.size)
     trained = wrapper(task.teacher, student) if wrapper is not None else student
+    extra: dict[str, Any] = {"layers": layers}
+    assistant = None
+    if cell.method == "minilm-assistant":
+        extra["assistant_layers"] = assistant_layers(cell.size)
+        assistant = student_from_teacher(task.teacher, extra["assistant_layers"])
+    chain = {"teacher": teachers, "assistant": assistant,
+             "pretrained": task.pretrained() if any(s.teacher == "pretrained" for s in stages) else None}
     planned = []
-    for stage in stages:
-        loader = stage_loader(task, stage, cell.unlabelled, settings, live=multi)
+    for stage, learner in zip(stages, chain_learners(stages, trained, assistant)):
+        loader = stage_loader(task, stage, cell.unlabelled, settings, live=multi or stage.teacher != "teacher")
         epochs = stage.epochs if stage.epochs is not None else options.epochs
-        planned.append((stage, loader, train_config(settings, epochs, len(loader), freeze=demo.FREEZE_EMBEDDINGS,
-                                                    progress=options.progress, overrides=stage.training)))
-    steps = run_stages(teachers, trained, planned, eval_loader)
+        config = train_config(settings, epochs, len(loader), freeze=demo.FREEZE_EMBEDDINGS,
+                              progress=options.progress, overrides=stage.training)
+        planned.append((stage, loader, config, chain[stage.teacher], learner))
+    extra["steps"] = run_stages(teachers, trained, planned, eval_loader)
     model = trained.export() if wrapper is not None else student
-    return model, {"steps": steps, "layers": layers}
+    return model, extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,15 +873,16 @@ def render(report: dict, command: str, date: str) -> str:
     return "\n\n".join(sections)
 
 
-def update_marked_section(path: Path, body: str) -> None:
-    """Put ``body`` between the quality markers of ``path`` (added at the end if absent), atomically."""
+def update_marked_section(path: Path, body: str, section: str = "quality") -> None:
+    """Put ``body`` between the ``section`` markers of ``path`` (added at the end if absent), atomically."""
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    block = f"{BEGIN}\n{body}\n{END}"
-    begin, end = text.find(BEGIN), text.find(END)
+    opening, closing = markers(section)
+    block = f"{opening}\n{body}\n{closing}"
+    begin, end = text.find(opening), text.find(closing)
     if begin >= 0 and end > begin:
-        text = text[:begin] + block + text[end + len(END):]
+        text = text[:begin] + block + text[end + len(closing):]
     elif begin >= 0 or end >= 0:
-        raise ConfigError(f"--out: '{path}' holds only one of the markers {BEGIN} / {END}; fix the file by hand.")
+        raise ConfigError(f"--out: '{path}' holds only one of the markers {opening} / {closing}; fix the file by hand.")
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "# Results\n\n") + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -864,6 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", default="runs/quality/results.jsonl",
                         help="JSON-lines file of finished cells; a rerun skips them")
     parser.add_argument("--out", default=None, help="Markdown file whose quality section is written (docs/results.md)")
+    parser.add_argument("--section", default="quality",
+                        help="name of the marked section --out writes: <!-- NAME:begin --> ... <!-- NAME:end --> "
+                             "(default: quality), so several tables can live in one file")
     parser.add_argument("--json", action="store_true", help="print the rows and cells as JSON on stdout")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -907,7 +971,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = render(report, command, date)
     if options.out is not None:
-        update_marked_section(options.out, text)
+        update_marked_section(options.out, text, args.section)
         log(f"quality: table written to {options.out}")
     if args.json:
         print(json.dumps({"command": command, "machine": machine_line(), "date": date, **report}, indent=2))

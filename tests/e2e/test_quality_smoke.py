@@ -88,9 +88,9 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
     options = quality.Options(tasks=("movie", "sms", "vision"), methods=quality.METHODS, layers=(3, 2), seeds=(0, 1),
                               unlabelled=(True, False))
     cells = quality.plan_cells(options)
-    # movie: per seed and size, 2 labels-only methods once + 6 teacher-signal methods with and without
-    # the unlabelled text; sms: 8 methods; vision: baseline and hooks; plus one teacher per task.
-    assert len(cells) == 3 + 2 * 2 * (2 + 6 * 2) + 2 * 2 * 8 + 2 * 2
+    # movie: per seed and size, 2 labels-only methods once + 8 teacher-signal methods with and without
+    # the unlabelled text; sms: 10 methods; vision: baseline and hooks; plus one teacher per task.
+    assert len(cells) == 3 + 2 * 2 * (2 + 8 * 2) + 2 * 2 * 10 + 2 * 2
     assert len(set(cells)) == len(cells)
     assert quality.Cell("movie", "theseus", 3, None, 0) in cells and quality.Cell("sms", "hinton", 2, None, 1) in cells
     assert quality.Cell("movie", "pkd", 2, False, 1) in cells
@@ -106,6 +106,11 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
     assert fresh.read_text() == "# Results\n\n<!-- quality:begin -->\ntable one\n<!-- quality:end -->\n"
     quality.update_marked_section(fresh, "table two")
     assert fresh.read_text().count("quality:begin") == 1 and "table two" in fresh.read_text()
+    quality.update_marked_section(fresh, "chains", "quality-chains")
+    quality.update_marked_section(fresh, "table three")
+    text = fresh.read_text()
+    assert text.count("quality:begin") == text.count("quality-chains:begin") == 1
+    assert "table three" in text and "<!-- quality-chains:begin -->\nchains\n<!-- quality-chains:end -->" in text
     half = tmp_path / "half.md"
     half.write_text("text\n<!-- quality:begin -->\n")
     with pytest.raises(quality.ConfigError, match="only one of the markers"):
@@ -133,3 +138,35 @@ def test_multiteacher_row_distils_from_two_different_teachers(quality, tmp_path,
     assert any(not torch.equal(first[name], second[name]) for name in first)  # fine-tuned with another seed
     key = json.loads(cell["key"])
     assert key["second_teacher_seed"] == quality.SECOND_TEACHER_SEED
+
+
+def test_chained_rows_train_each_stage_with_its_own_teacher_and_learner(quality, tmp_path, capsys, monkeypatch):
+    """tinybert-general: the untrained (pre-trained stand-in) teacher teaches the general stage, the
+    fine-tuned one the task stage; minilm-assistant: teacher -> assistant, assistant -> student, then KD."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = quality.Distiller
+
+    def spy(teacher, student, *args, **kwargs):
+        seen.append((teacher, student))
+        return real(teacher, student, *args, **kwargs)
+
+    monkeypatch.setattr(quality, "Distiller", spy)
+    args = [*SMOKE, "--methods", "tinybert-general,minilm-assistant", "--layers", "2", "--seeds", "0",
+            "--results", str(tmp_path / "r.jsonl")]
+    report = run(quality, capsys, *args)
+    cells = {c["method"]: c for c in report["cells"]}
+    assert cells["minilm-assistant"]["assistant_layers"] == quality.assistant_layers(2) == [1, 3, 5]
+    assert quality.assistant_layers(3) == [1, 2, 3, 5]
+    assert json.loads(cells["minilm-assistant"]["key"])["assistant_layers"] == [1, 3, 5]
+
+    (general_teacher, general_student), (task_teacher, task_student), *assistant_chain = seen
+    assert general_student is task_student and general_teacher is not task_teacher
+    assert task_teacher.config.num_hidden_layers == general_teacher.config.num_hidden_layers == 6
+    assert not torch.equal(general_teacher.bert.encoder.layer[0].attention.self.query.weight,
+                           task_teacher.bert.encoder.layer[0].attention.self.query.weight)
+    (t1, assistant), (t2, student), (t3, student_again) = assistant_chain
+    assert t1 is task_teacher and t3 is task_teacher and t2 is assistant
+    assert assistant.config.num_hidden_layers == 3 and student.config.num_hidden_layers == 2
+    assert student is student_again
+    assert cells["minilm-assistant"]["steps"] == 3 and cells["tinybert-general"]["steps"] == 2
