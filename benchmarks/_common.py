@@ -160,6 +160,47 @@ def raw_step(teacher, student, optimizer, batch):
 # Timing and reporting
 
 
+class AnonPeak:
+    """The peak of ``RssAnon`` (private, anonymous memory: tensors, Python objects), sampled every
+    ``interval`` seconds by a daemon thread, MiB.
+
+    ``VmHWM`` also counts file-backed pages mapped into the process: shared libraries and
+    memory-mapped files such as a teacher cache. Those are clean page cache the kernel can drop
+    and share, so a process that maps a 100 MB file shows 100 MB more ``VmHWM`` without needing
+    it. The kernel keeps no high-water mark of ``RssAnon``, hence the sampling (a peak shorter
+    than ``interval`` can be missed).
+    """
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.peak = _rss_anon_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, _rss_anon_mb())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_anon_mb())
+        return self.peak
+
+
+def _rss_anon_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MiB.
 

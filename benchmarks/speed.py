@@ -405,8 +405,10 @@ def worker_main(argv: list[str]) -> None:
     import logging
 
     logging.disable(logging.WARNING)
+    anon = common.AnonPeak()
     result = WORKERS[args.method](args)
     result["peak_rss_mb"] = common.peak_rss_mb()
+    result["peak_anon_mb"] = anon.stop()
     common.print_json("worker", result)
 
 
@@ -491,12 +493,13 @@ def section_peers(args, log) -> dict:
         ok = [r for r in runs if "rate" in r]
         if method in problems or not ok:
             reason = problems.get(method) or (runs[0].get("error") if runs else "not run")
-            rows.append([method, "—", "—", "—", f"unavailable: {reason}"])
+            rows.append([method, "—", "—", "—", "—", f"unavailable: {reason}"])
             summary[method] = {"unavailable": reason}
             continue
         paired = [r["rate"] / b["rate"] for r, b in zip(runs, results["raw"]) if "rate" in r and "rate" in b]
         ratio = statistics.median(paired) if paired else float("nan")
         rss = max(r["peak_rss_mb"] for r in ok)
+        anon = max(r["peak_anon_mb"] for r in ok)
         note = ""
         if "as_is" in ok[0]:
             note = (f"as the seed wrote it: {ok[0]['as_is'] or 'runs'}; + eager attention: "
@@ -504,9 +507,10 @@ def section_peers(args, log) -> dict:
                     f"measured with shim: {ok[0]['shim']}")
         elif method.startswith("kdistill"):
             note = f"attention {ok[0]['attention']}"
-        rows.append([method, f"{statistics.mean(r['rate'] for r in ok):.3f}", f"{ratio:.3f}", f"{rss:.0f}", note])
-        summary[method] = {"ratio_to_raw": ratio, "peak_rss_mb": rss, **{k: ok[0][k] for k in ("as_is", "as_is_eager", "shim_sdpa", "shim") if k in ok[0]}}
-    print(common.table(rows, ["method", "steps/s", "ratio to raw", "peak RSS MiB", "notes"]))
+        rows.append([method, f"{statistics.mean(r['rate'] for r in ok):.3f}", f"{ratio:.3f}", f"{rss:.0f}",
+                     f"{anon:.0f}", note])
+        summary[method] = {"ratio_to_raw": ratio, "peak_rss_mb": rss, "peak_anon_mb": anon, **{k: ok[0][k] for k in ("as_is", "as_is_eager", "shim_sdpa", "shim") if k in ok[0]}}
+    print(common.table(rows, ["method", "steps/s", "ratio to raw", "peak RSS MiB", "peak anonymous MiB", "notes"]))
     return summary
 
 
@@ -814,7 +818,8 @@ def section_e2e(args, log) -> dict:
         else:
             runs[method] = run_worker(python, "e2e-textbrewer", [*extra, "--data", str(work / "ids.npz")], timeout=1800)
         res = runs[method]
-        log(f"  {method}: " + (f"{res['wall_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MiB" if "wall_s" in res
+        log(f"  {method}: " + (f"{res['wall_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MiB "
+                               f"(anonymous {res['peak_anon_mb']:.0f} MiB)" if "wall_s" in res
                                else f"FAILED: {res.get('error')}"))
 
     # The final distillation loss of both students, by the same code, on the same held-out sentences.
@@ -837,12 +842,13 @@ def section_e2e(args, log) -> dict:
     rows = []
     for method, res in runs.items():
         if "wall_s" not in res:
-            rows.append([method, "—", "—", "—", "—", f"unavailable: {res.get('error')}"])
+            rows.append([method, "—", "—", "—", "—", "—", f"unavailable: {res.get('error')}"])
             continue
         rows.append([method, f"{res['wall_s']:.1f}", f"{res['first_step_s']:.2f}", f"{res['peak_rss_mb']:.0f}",
+                     f"{res['peak_anon_mb']:.0f}",
                      f"{res.get('heldout_distillation_loss', float('nan')):.4f}", res["settings"]])
-    print(common.table(rows, ["method", f"time s ({args.clock})", "first step s", "peak RSS MiB", "held-out loss",
-                              "settings"]))
+    print(common.table(rows, ["method", f"time s ({args.clock})", "first step s", "peak RSS MiB",
+                              "peak anonymous MiB", "held-out loss", "settings"]))
     summary = {"runs": runs, "subset": subset, "epochs": epochs}
     if all("wall_s" in runs.get(m, {}) for m in order):
         summary["speedup_over_textbrewer"] = runs["textbrewer"]["wall_s"] / runs["kdistill"]["wall_s"]
