@@ -344,6 +344,8 @@ def worker_e2e_kdistill(args) -> dict:
                          bucket_size_multiplier=args.bucket_multiplier)
     if not args.no_cache:
         cache = TeacherCache(out / "cache", distiller, dataset=dataset)
+        if args.fill_sorted:  # one teacher pass over length-sorted batches: no padding, then any batches
+            cache.fill(make_loader(dataset, args.fill_batch, shuffle=False))
         loader = cached_loader(loader, cache)
 
     class Stamps(Callback):
@@ -371,7 +373,9 @@ def worker_e2e_kdistill(args) -> dict:
     return {"wall_s": wall, "steps": len(stamps.times), "first_step_s": stamps.times[0] - start,
             "train_loss_last_epoch": statistics.mean(stamps.losses[-per_epoch:]), "epoch_steps_per_s": epoch_rates,
             "settings": "attention from hooked q/k (SDPA kept), "
-                        + ("no cache, " if args.no_cache else "teacher cache (filled in epoch 1), ")
+                        + ("no cache, " if args.no_cache else
+                           f"teacher cache (filled first, length-sorted batches of {args.fill_batch}), " if args.fill_sorted
+                           else "teacher cache (filled in epoch 1), ")
                         + ("word embeddings trained, " if args.train_embeddings else "frozen word embeddings, ")
                         + ("random batches padded per batch, " if args.no_bucket else "length-bucketed batches, ")
                         + "AdamW + linear warm-up/decay, clip 1.0, checkpoint once per epoch"}
@@ -398,6 +402,8 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--train-embeddings", action="store_true")
     parser.add_argument("--no-bucket", action="store_true")
     parser.add_argument("--bucket-multiplier", type=int, default=50)
+    parser.add_argument("--fill-sorted", action="store_true")
+    parser.add_argument("--fill-batch", type=int, default=64)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args(argv)
     common.set_threads(args.threads)
@@ -812,6 +818,7 @@ def section_e2e(args, log) -> dict:
         if method == "kdistill":
             options = (["--train-embeddings"] if args.e2e_train_embeddings else []) + \
                       (["--no-cache"] if args.e2e_no_cache else []) + (["--no-bucket"] if args.e2e_no_bucket else []) + \
+                      (["--fill-sorted", "--fill-batch", str(args.e2e_fill_batch)] if args.e2e_fill_sorted else []) + \
                       ["--bucket-multiplier", str(args.e2e_bucket_multiplier)]
             runs[method] = run_worker(sys.executable, "e2e-kdistill",
                                       [*extra, *options, "--texts", str(work / "texts.json")], timeout=1800)
@@ -878,6 +885,10 @@ def main(argv: list[str] | None = None) -> dict:
                         help="e2e: kdistill trains its word embeddings too (slower; compare the final loss)")
     parser.add_argument("--e2e-no-cache", action="store_true", help="e2e: kdistill without the teacher cache")
     parser.add_argument("--e2e-no-bucket", action="store_true", help="e2e: kdistill with random batches, not length-bucketed")
+    parser.add_argument("--e2e-fill-sorted", action="store_true",
+                        help="e2e: kdistill fills its teacher cache in one pass over length-sorted batches "
+                             "before training (so the training batches can be random without padded teacher work)")
+    parser.add_argument("--e2e-fill-batch", type=int, default=64, help="e2e: batch size of that teacher pass")
     parser.add_argument("--e2e-bucket-multiplier", type=int, default=50,
                         help="e2e: kdistill's length buckets hold this many batches")
     parser.add_argument("--cache-examples", type=int, default=None, help="cache: sentences per epoch")
