@@ -360,7 +360,7 @@ def worker_e2e_kdistill(args) -> dict:
     stamps = Stamps()
     freeze = [] if args.train_embeddings else ["*word_embeddings*"]
     config = TrainConfig(epochs=args.epochs, lr=common.LR, weight_decay=common.WEIGHT_DECAY, warmup=0.1,
-                         max_grad_norm=1.0, freeze=freeze, progress=False, tensorboard=False)
+                         max_grad_norm=1.0, freeze=freeze, progress=False, tensorboard=False, unpad=args.unpad)
     Trainer(distiller, loader, config=config, output_dir=out / "kdistill", callbacks=[stamps]).train()
     wall = common.clock() - start
     torch.save(student.state_dict(), out / "kdistill-student.pt")
@@ -378,6 +378,7 @@ def worker_e2e_kdistill(args) -> dict:
                            else "teacher cache (filled in epoch 1), ")
                         + ("word embeddings trained, " if args.train_embeddings else "frozen word embeddings, ")
                         + ("random batches padded per batch, " if args.no_bucket else "length-bucketed batches, ")
+                        + ("linears on real tokens only (unpad), " if args.unpad else "")
                         + "AdamW + linear warm-up/decay, clip 1.0, checkpoint once per epoch"}
 
 
@@ -403,6 +404,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--no-bucket", action="store_true")
     parser.add_argument("--bucket-multiplier", type=int, default=50)
     parser.add_argument("--fill-sorted", action="store_true")
+    parser.add_argument("--unpad", action="store_true")
     parser.add_argument("--fill-batch", type=int, default=64)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args(argv)
@@ -819,6 +821,7 @@ def section_e2e(args, log) -> dict:
             options = (["--train-embeddings"] if args.e2e_train_embeddings else []) + \
                       (["--no-cache"] if args.e2e_no_cache else []) + (["--no-bucket"] if args.e2e_no_bucket else []) + \
                       (["--fill-sorted", "--fill-batch", str(args.e2e_fill_batch)] if args.e2e_fill_sorted else []) + \
+                      (["--unpad"] if args.e2e_unpad else []) + \
                       ["--bucket-multiplier", str(args.e2e_bucket_multiplier)]
             runs[method] = run_worker(sys.executable, "e2e-kdistill",
                                       [*extra, *options, "--texts", str(work / "texts.json")], timeout=1800)
@@ -889,6 +892,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="e2e: kdistill fills its teacher cache in one pass over length-sorted batches "
                              "before training (so the training batches can be random without padded teacher work)")
     parser.add_argument("--e2e-fill-batch", type=int, default=64, help="e2e: batch size of that teacher pass")
+    parser.add_argument("--e2e-unpad", action="store_true",
+                        help="e2e: kdistill's linears skip the padding rows (TrainConfig(unpad=True))")
     parser.add_argument("--e2e-bucket-multiplier", type=int, default=50,
                         help="e2e: kdistill's length buckets hold this many batches")
     parser.add_argument("--cache-examples", type=int, default=None, help="cache: sentences per epoch")

@@ -142,6 +142,7 @@ class TrainingSpec(_Strict):
     progress: bool = True
     tensorboard: bool = True
     layerdrop: float = Field(default=0.0, ge=0, lt=1)
+    unpad: bool = False
 
 
 class _TopLevel(_Strict):

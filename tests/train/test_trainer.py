@@ -122,6 +122,31 @@ def test_frozen_parameters_do_not_change():
     assert "projections.m1.weight" in changed
 
 
+def test_unpad_trains_the_same_student_and_leaves_plain_models():
+    """training.unpad: the linears of student and teacher skip padding rows, the steps stay the same."""
+    runs = []
+    for unpad in (False, True):
+        distiller = bert_distiller(dropout=0.0)
+        Trainer(distiller, token_loader(4), config=quiet_config(max_steps=4, unpad=unpad)).train()
+        runs.append(student_params(distiller))
+        models = [distiller.student, *distiller.teachers.values()]
+        assert all("forward" not in m.__dict__ for model in models for m in model.modules())
+    plain, unpadded = runs
+    for name in plain:
+        torch.testing.assert_close(unpadded[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_unpad_needs_transformer_blocks():
+    from tiny_engine import SmallCNN
+
+    from kdistill import Distiller
+
+    distiller = Distiller(SmallCNN(seed=0), SmallCNN((8, 16, 16), seed=1), [Match("logits", loss="kl")])
+    images = [{"pixel_values": torch.randn(3, 8, 8), "labels": torch.tensor(1)} for _ in range(4)]
+    with pytest.raises(ConfigError, match="training.unpad: true needs transformer blocks"):
+        Trainer(distiller, DataLoader(images, batch_size=2), config=quiet_config(max_steps=1, unpad=True)).train()
+
+
 def test_a_freeze_pattern_matching_nothing_is_a_config_error():
     distiller = bert_distiller()
     config = quiet_config(max_steps=1, freeze=["*word_embeddings*", "*wrod_embeddings*"])

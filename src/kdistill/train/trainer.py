@@ -6,6 +6,7 @@ The loop reads top to bottom: forward, backward, clip, step, log, evaluate, save
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from kdistill.distiller import Distiller
@@ -48,6 +50,10 @@ class TrainConfig:
     on_nonfinite: ``stop`` (raise, naming the loss part) or ``skip`` (drop the step and go on).
     layerdrop: probability that each student block is skipped in a training step (LayerDrop, so
         blocks can be cut at export with ``--keep-layers``); 0 = off. Removed again after training.
+    unpad: the linear layers of the student's and the teachers' blocks skip padding rows
+        (:mod:`kdistill.unpad`; exact for attention-only transformers). Worth it on random batches
+        padded to their longest example; length-bucketed batches have little padding left.
+        Removed again after training.
     """
 
     lr: float = 5e-5
@@ -73,6 +79,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     layerdrop: float = 0.0
+    unpad: bool = False
 
 
 @dataclass(frozen=True)
@@ -181,16 +188,23 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
         """Train to the end (``resume``: True for the last checkpoint of ``output_dir``, or a path)."""
-        if not self.config.layerdrop:
-            return self._train(resume=resume)
         from kdistill.layerdrop import disable_layerdrop, enable_layerdrop
+        from kdistill.unpad import disable_unpadding, enable_unpadding
 
-        self._check_layerdrop()
-        enable_layerdrop(self.distiller.student, self.config.layerdrop)
-        try:
+        with contextlib.ExitStack() as undo:  # the models leave as plain models: same state dict, every block runs
+            if self.config.layerdrop:
+                self._check_layerdrop()
+                enable_layerdrop(self.distiller.student, self.config.layerdrop)
+                undo.callback(disable_layerdrop, self.distiller.student)
+            if self.config.unpad:
+                for model in [self.distiller.student, *self.distiller.teachers.values()]:
+                    try:
+                        changed = isinstance(model, nn.Module) and enable_unpadding(model)
+                    except ConfigError as exc:
+                        raise ConfigError(f"training.unpad: true needs transformer blocks, but {exc}") from None
+                    if changed:
+                        undo.callback(disable_unpadding, model)
             return self._train(resume=resume)
-        finally:  # the student leaves as a plain model: same state dict, every block runs
-            disable_layerdrop(self.distiller.student)
 
     def _check_layerdrop(self) -> None:
         from kdistill.refs import ATTENTION_KINDS, QKV_KINDS
