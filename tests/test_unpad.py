@@ -73,3 +73,19 @@ def test_no_padding_no_mask_and_disable_leave_the_model_as_it_was():
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     disable_unpadding(model)  # twice: a no-op
+
+
+def test_query_key_and_value_share_one_packed_input(monkeypatch):
+    model = tiny_bert(layers=2, dropout=0.0)
+    enable_unpadding(model)
+    calls = []
+    real = torch.Tensor.index_select
+
+    def counting(self, dim, index):
+        calls.append(tuple(self.shape))
+        return real(self, dim, index)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", counting)
+    model(**token_batch(4, 7, lengths=LENGTHS))
+    # per block: q/k/v input once, attention output, intermediate and output dense inputs
+    assert len(calls) == 2 * 4, calls

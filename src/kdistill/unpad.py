@@ -37,26 +37,35 @@ _STATE = "_kdistill_unpad"
 
 
 class _Rows:
-    """The real-token rows of the current call: flat indices into (batch × length)."""
+    """The real-token rows of the current call: flat indices into (batch × length), and the last
+    input packed (query, key and value read the same hidden states: packed once, saved once)."""
 
     def __init__(self) -> None:
-        self.shape: tuple[int, int] | None = None
-        self.index: Tensor | None = None
+        self.set(None)
 
     def set(self, mask: Tensor | None) -> None:
-        self.shape = self.index = None
+        self.shape: tuple[int, int] | None = None
+        self.index: Tensor | None = None
+        self.last: tuple[Tensor, Tensor] | None = None
         if mask is None or mask.dim() != 2 or bool(mask.all()):
             return
         self.shape = (mask.shape[0], mask.shape[1])
         self.index = mask.reshape(-1).nonzero().squeeze(1)
+
+    def pack(self, input: Tensor) -> Tensor:
+        if self.last is not None and self.last[0] is input:
+            return self.last[1]
+        packed = input.reshape(-1, input.shape[-1]).index_select(0, self.index)
+        self.last = (input, packed)
+        return packed
 
 
 def _packed_forward(self: nn.Linear, input: Tensor) -> Tensor:
     rows: _Rows = getattr(self, _STATE)
     if rows.index is None or input.dim() != 3 or tuple(input.shape[:2]) != rows.shape:
         return nn.Linear.forward(self, input)
-    batch, length, width = input.shape
-    real = nn.Linear.forward(self, input.reshape(batch * length, width).index_select(0, rows.index))
+    batch, length, _ = input.shape
+    real = nn.Linear.forward(self, rows.pack(input))
     out = real.new_zeros(batch * length, real.shape[-1]).index_copy(0, rows.index, real)
     return out.view(batch, length, real.shape[-1])
 
