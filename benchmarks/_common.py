@@ -190,15 +190,21 @@ class AnonPeak:
         return self.peak
 
 
-def _rss_anon_mb() -> float:
+def _status_mb(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status in MiB (None where there is no such file or field)."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("RssAnon:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
+
+
+def _rss_anon_mb() -> float:
+    value = _status_mb("RssAnon")
+    return float("nan") if value is None else value
 
 
 def peak_rss_mb() -> float:
@@ -207,14 +213,8 @@ def peak_rss_mb() -> float:
     ``VmHWM`` of /proc/self/status: ``ru_maxrss`` of a child started by fork + exec still counts the
     parent's memory at the fork, which would give every subprocess the driver's peak.
     """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    value = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if value is None else value
 
 
 _CLOCK = time.perf_counter
