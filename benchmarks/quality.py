@@ -850,9 +850,9 @@ def machine_line() -> str:
             f"python {platform.python_version()}")
 
 
-def render(report: dict, command: str, date: str) -> str:
+def render(report: dict, command: str, date: str, heading: str = "Quality table") -> str:
     rows = report["rows"]
-    sections = [f"## Quality table\n\nCommand: `{command}`  \nMachine: {machine_line()}  \nDate: {date}"]
+    sections = [f"## {heading}\n\nCommand: `{command}`  \nMachine: {machine_line()}  \nDate: {date}"]
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = sorted((r for r in rows if r["task"] == task),
                            key=lambda r: (r["method"] != "teacher", -len(r["layers"]), r["method"] != "baseline",
@@ -928,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--section", default="quality",
                         help="name of the marked section --out writes: <!-- NAME:begin --> ... <!-- NAME:end --> "
                              "(default: quality), so several tables can live in one file")
+    parser.add_argument("--heading", default="Quality table", help="title of the table's section")
     parser.add_argument("--json", action="store_true", help="print the rows and cells as JSON on stdout")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -969,7 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_benchmark(options)
     command = "python benchmarks/quality.py " + shlex.join(argv)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = render(report, command, date)
+    text = render(report, command, date, args.heading)
     if options.out is not None:
         update_marked_section(options.out, text, args.section)
         log(f"quality: table written to {options.out}")
