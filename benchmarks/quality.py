@@ -85,11 +85,11 @@ if str(ROOT / "src") not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import ConcatDataset, Dataset  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from kdistill import demo, packaged  # noqa: E402
-from kdistill.data import Collator, TokenizedDataset, make_loader, split_records  # noqa: E402
+from kdistill.data import TokenizedDataset, make_loader, split_records  # noqa: E402
 from kdistill.distiller import Distiller  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
 from kdistill.matches import Match  # noqa: E402
@@ -112,14 +112,10 @@ def markers(section: str = "quality") -> tuple[str, str]:
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
-HINTON_ARGS = {"temperature": 2.0, "alpha": 0.5}  # the demo's default (DemoSettings.method_args)
+HINTON_ARGS = demo.DEMO_METHOD_ARGS["hinton"]  # the demo's default
 METHOD_ARGS: dict[str, dict[str, Any]] = {
-    "hinton": HINTON_ARGS,
-    "tinybert": {},  # task stage: intermediate layers for the first half, prediction (T=1) after
-    "distilbert": {"task": "classification"},
+    **demo.DEMO_METHOD_ARGS,  # hinton, minilm, tinybert, distilbert, pkd (skip, T=5, alpha=0.5, beta=100)
     "theseus": {"replace_rate": 0.5, "successor_only_fraction": 0.5},
-    "minilm": {"version": 2, "data": "unlabelled"},
-    "pkd": {},  # skip strategy, T=5, alpha=0.5, beta=100 on the reference scale
     "multiteacher": HINTON_ARGS,  # the two teachers' probabilities averaged at T, then as hinton
     # TinyBERT's two stages chained: general (the pre-trained MiniLM teaches, unlabelled text), then task.
     "tinybert-general": {"stage": "both", "general_teacher": "pretrained"},
@@ -412,22 +408,6 @@ def load_text_task(task: str, options: Options, ident: str) -> TextTask:
 # Text tasks: one student
 
 
-class TextOnly(Dataset):
-    """A tokenised dataset whose items have ``labels = -100``: the teacher is their only target."""
-
-    def __init__(self, dataset: TokenizedDataset):
-        self.dataset = dataset
-        self.lengths = dataset.lengths
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[index]
-        item["labels"] = -100
-        return item
-
-
 def text_stages(method: str, teacher: nn.Module | dict[str, nn.Module], student: nn.Module, seed: int,
                 epochs: float, size: int) -> tuple[list[Stage], Callable | None]:
     """The method's stages (and Theseus' wrapper) for this teacher (several for multiteacher) and student.
@@ -451,24 +431,10 @@ def text_stages(method: str, teacher: nn.Module | dict[str, nn.Module], student:
 
 def stage_loader(task: TextTask, stage: Stage, unlabelled: bool | None, settings: demo.DemoSettings,
                  *, live: bool = False):
-    """Batches of one stage: the labelled training set, plus the unlabelled sentences where the stage
-    has a teacher signal to learn them from; the task teacher's cached logits when the stage reads no
-    more (``live``: never, e.g. when several teachers are read)."""
-    extra = task.unlabelled if unlabelled and stage.matches else None
-    if stage.data == "unlabelled":  # text alone (MiniLM's relation stage)
-        parts: list[Dataset] = [TextOnly(task.train)] + ([TextOnly(extra)] if extra is not None else [])
-        collate: Callable = Collator(task.train.pad_token_id)
-    elif not live and stage.matches and all(m.teacher == "logits" for m in stage.matches):
-        parts = [demo.WithTeacherLogits(task.train, task.logits["train"])]
-        if extra is not None:
-            parts.append(demo.WithTeacherLogits(extra, task.logits["unlabelled"]))
-        collate = demo.CachedTeacherCollator(task.train.pad_token_id)
-    else:
-        parts = [task.train] + ([TextOnly(extra)] if extra is not None else [])
-        collate = Collator(task.train.pad_token_id)
-    dataset = ConcatDataset(parts)
-    dataset.lengths = demo.concat_lengths(parts)
-    return demo.make_loader_with(dataset, settings, collate)
+    """Batches of one stage, as the demo's (:func:`kdistill.demo.stage_loader`); ``unlabelled``: whether
+    the task's unlabelled sentences join the stages that have a teacher signal for them."""
+    return demo.stage_loader(stage, task.train, task.unlabelled if unlabelled else None, task.logits, settings,
+                             live=live)
 
 
 def train_config(settings: demo.DemoSettings, epochs: float, batches: int, *, freeze: list[str],
@@ -479,14 +445,6 @@ def train_config(settings: demo.DemoSettings, epochs: float, batches: int, *, fr
     if epochs != int(epochs):
         config.max_steps = max(1, int(epochs * batches))
     return dataclasses.replace(config, **(overrides or {}))
-
-
-def remove_hooks(distiller: Distiller) -> None:
-    """Forward hooks the adapters put on the models (the teacher is reused by every cell)."""
-    for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
-        hooks = getattr(adapter, "hooks", None)
-        if hooks is not None:
-            hooks.remove()
 
 
 def chain_learners(stages: Sequence[Stage], student: nn.Module, assistant: nn.Module | None) -> list[nn.Module]:
@@ -513,7 +471,7 @@ def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,
         try:
             steps += Trainer(distiller, loader, config=config, eval_data=eval_loader).train().steps
         finally:
-            remove_hooks(distiller)
+            demo.remove_hooks(distiller)
             if handle is not None:
                 handle.remove()
     return steps

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from kdistill import packaged
 from kdistill.data import Collator, LengthBucketSampler, TokenizedDataset, make_loader, split_records
 from kdistill.distiller import Distiller
+from kdistill.errors import ConfigError
 from kdistill.features import Features
-from kdistill.methods import expand
+from kdistill.methods import Stage, expand
 from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,
                              student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier
@@ -39,13 +40,26 @@ SPLIT = (0.8, 0.1, 0.1)
 SPLIT_SEED = 0
 FREEZE_EMBEDDINGS = ["*word_embeddings*"]
 
+# What ``kdistill demo --method M`` runs: each method's options for this classification task
+# (benchmarks/quality.py trains its rows with the same ones). minilm: the v2 relations of the last
+# layer on the text, then Hinton KD on the teacher's logits instead of the recipe's labels-only
+# fine-tuning. Methods that need a second teacher or a wrapper (multiteacher, theseus) are for
+# `kdistill run` and the quality table.
+DEMO_METHOD_ARGS: dict[str, dict[str, Any]] = {
+    "hinton": {"temperature": 2.0, "alpha": 0.5},
+    "minilm": {"version": 2, "data": "unlabelled"},
+    "tinybert": {},  # task stage: intermediate layers for the first half, prediction (T=1) after
+    "distilbert": {"task": "classification"},
+    "pkd": {},
+}
+
 
 @dataclass
 class DemoSettings:
     """Every knob of the demo; the defaults are the measured best on 2 CPU cores."""
 
     method: str = "hinton"
-    method_args: dict[str, Any] = field(default_factory=lambda: {"temperature": 2.0, "alpha": 0.5})
+    method_args: dict[str, Any] | None = None  # None: DEMO_METHOD_ARGS[method]
     layers: list[int] = field(default_factory=lambda: [1, 3, 5])
     epochs: float = 2
     lr: float = 1e-4
@@ -61,6 +75,14 @@ class DemoSettings:
     baseline: bool = True
     latency: bool = True
     layerdrop: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method_args is None:
+            if self.method not in DEMO_METHOD_ARGS:
+                raise ConfigError(f"demo --method: '{self.method}' is not one the demo runs; choose one of "
+                                  f"{', '.join(DEMO_METHOD_ARGS)} (multiteacher and theseus: use `kdistill run` "
+                                  "or benchmarks/quality.py).")
+            self.method_args = dict(DEMO_METHOD_ARGS[self.method])
 
     def teacher_settings(self) -> dict:
         """What determines the fine-tuned teacher: its cache key. ``seed`` (the student's) is not in it:
@@ -229,38 +251,91 @@ def cached_teacher_logits(teacher: nn.Module, dataset: TokenizedDataset, teacher
 # Student
 
 
+def demo_stages(settings: DemoSettings, teacher: nn.Module, student: nn.Module) -> list[Stage]:
+    """The stages ``settings.method`` trains the student through. Stages on raw text (MiniLM's
+    relations) run ``min(1, epochs)`` epochs; minilm ends with Hinton KD (see DEMO_METHOD_ARGS)."""
+    recipe = expand(settings.method, teacher, student, **settings.method_args)
+    if recipe.student_wrapper is not None or recipe.assistant:
+        raise ConfigError(f"demo --method {settings.method}: this recipe wraps the student or chains an "
+                          "assistant; the demo trains one student directly. Use `kdistill run`.")
+    stages = [replace(s, epochs=min(1.0, settings.epochs)) if s.data == "unlabelled" else s for s in recipe.stages]
+    if settings.method == "minilm":
+        relations = [s for s in stages if s.matches]
+        prediction = expand("hinton", teacher, student, **DEMO_METHOD_ARGS["hinton"]).stages[0]
+        stages = [*relations, replace(prediction, name="prediction")]
+    return stages
+
+
+def stage_loader(stage: Stage, train: TokenizedDataset, unlabelled: TokenizedDataset | None,
+                 logits: dict[str, np.ndarray], settings: DemoSettings, *, live: bool = False):
+    """Length-bucketed batches of one stage: the labelled training set, plus the unlabelled sentences
+    where the stage has a teacher signal to learn them from. ``data: unlabelled`` stages read text
+    alone; stages reading only logits get the teacher's cached logits (unless ``live``)."""
+    extra = unlabelled if stage.matches else None
+    if stage.data == "unlabelled":
+        parts: list[Dataset] = [TextOnly(train)] + ([TextOnly(extra)] if extra is not None else [])
+        collate: Any = Collator(train.pad_token_id)
+    elif not live and stage.matches and all(m.teacher == "logits" for m in stage.matches):
+        parts = [WithTeacherLogits(train, logits["train"])]
+        if extra is not None:
+            parts.append(WithTeacherLogits(extra, logits["unlabelled"]))
+        collate = CachedTeacherCollator(train.pad_token_id)
+    else:
+        parts = [train] + ([TextOnly(extra)] if extra is not None else [])
+        collate = Collator(train.pad_token_id)
+    dataset = ConcatDataset(parts)
+    dataset.lengths = concat_lengths(parts)
+    return make_loader_with(dataset, settings, collate)
+
+
+def remove_hooks(distiller: Distiller) -> None:
+    """Forward hooks the adapters put on the models (the teacher outlives every stage)."""
+    for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
+        hooks = getattr(adapter, "hooks", None)
+        if hooks is not None:
+            hooks.remove()
+
+
 def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, logits: dict[str, np.ndarray],
                    output_dir: Path):
-    """Distil a student copied from ``settings.layers`` of the teacher, with the chosen method."""
+    """Distil a student copied from ``settings.layers`` of the teacher, through every stage of the
+    chosen method; the last stage's run folder is ``output_dir``, earlier ones ``output_dir-<stage>``."""
     torch.manual_seed(settings.seed)
     student = student_from_teacher(teacher, settings.layers)
-    recipe = expand(settings.method, teacher, student, **settings.method_args)
-    stage = recipe.stages[-1]
-    uses_only_logits = all(m.teacher == "logits" for m in stage.matches)
-    parts = [WithTeacherLogits(data.train, logits["train"])]
-    if data.unlabelled is not None:
-        parts.append(WithTeacherLogits(data.unlabelled, logits["unlabelled"]))
-    train = ConcatDataset(parts)
-    train.lengths = concat_lengths(parts)
-    loader = make_loader_with(train, settings, CachedTeacherCollator(data.train.pad_token_id)
-                              if uses_only_logits else _LiveTeacherCollator(data.train.pad_token_id))
-    distiller = Distiller(teacher, student, stage.matches, hard_label_weight=stage.hard_label_weight)
-    config = TrainConfig(lr=settings.lr, epochs=max(int(np.ceil(settings.epochs)), 1), warmup=0.1,
-                         freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10, layerdrop=settings.layerdrop)
-    if settings.epochs != int(settings.epochs):
-        config.max_steps = max(1, int(settings.epochs * len(loader)))
+    stages = demo_stages(settings, teacher, student)
     eval_loader = make_loader(data.validation, 128, shuffle=False)
-    result = Trainer(distiller, loader, config=config, eval_data=eval_loader, output_dir=output_dir).train()
+    result = None
+    for index, stage in enumerate(stages):
+        loader = stage_loader(stage, data.train, data.unlabelled, logits, settings)
+        epochs = stage.epochs if stage.epochs is not None else settings.epochs
+        config = TrainConfig(lr=settings.lr, epochs=max(int(np.ceil(epochs)), 1), warmup=0.1,
+                             freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10, layerdrop=settings.layerdrop)
+        if epochs != int(epochs):
+            config.max_steps = max(1, int(epochs * len(loader)))
+        config = replace(config, **stage.training)
+        folder = output_dir if index == len(stages) - 1 else output_dir.with_name(f"{output_dir.name}-{stage.name}")
+        distiller = Distiller(teacher, student, stage.matches, hard_label_weight=stage.hard_label_weight)
+        try:
+            result = Trainer(distiller, loader, config=config, eval_data=eval_loader, output_dir=folder).train()
+        finally:
+            remove_hooks(distiller)
     return student, result
 
 
-class _LiveTeacherCollator(CachedTeacherCollator):
-    """For methods reading more than logits: drop the cached logits, the teacher runs live."""
+class TextOnly(Dataset):
+    """A tokenised dataset whose items have ``labels = -100``: the teacher is their only target."""
 
-    def __call__(self, examples):
-        for example in examples:
-            example.pop("teacher_logits")
-        return self.collator(examples)
+    def __init__(self, dataset: TokenizedDataset):
+        self.dataset = dataset
+        self.lengths = dataset.lengths
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        item["labels"] = -100
+        return item
 
 
 def make_loader_with(dataset: Dataset, settings: DemoSettings, collate_fn):
@@ -416,8 +491,9 @@ def write_demo_report(output: Path, summary: dict) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoSettings()
-    parser.add_argument("--method", default=defaults.method,
-                        help=f"distillation method for the student (default: {defaults.method}; see `kdistill methods`)")
+    parser.add_argument("--method", default=defaults.method, choices=list(DEMO_METHOD_ARGS),
+                        help=f"distillation method for the student (default: {defaults.method}; minilm: the "
+                             "best in the quality table, about twice the time; see docs/methods.md)")
     parser.add_argument("--layers", default=",".join(map(str, defaults.layers)),
                         help="teacher blocks the student is copied from, e.g. 1,3,5 (3 layers) or 2,5 (2 layers)")
     parser.add_argument("--epochs", type=float, default=defaults.epochs,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import types
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from kdistill.models import find_layer_list

@@ -42,3 +42,30 @@ def test_the_teacher_cache_key_ignores_the_student_seed_and_follows_the_teacher_
     assert demo.teacher_cache_dir(replace(base, seed=3), path) == folder
     other = demo.teacher_cache_dir(replace(base, teacher_seed=1), path)
     assert other != folder and other.parent == folder.parent == tmp_path / "demo-teacher"
+
+
+def test_demo_minilm_runs_its_relation_stage_then_hinton_kd(tmp_path, monkeypatch):
+    """--method minilm: the q/k/v relations on text (its own run folder), then KD on the logits."""
+    from kdistill import demo
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    output = tmp_path / "minilm"
+    assert main(["demo", "--quick", "--method", "minilm", "--output", str(output), "--no-baseline"]) == 0
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["settings"]["method_args"] == demo.DEMO_METHOD_ARGS["minilm"]
+    relation = (output / "student-run-distil" / "metrics.jsonl").read_text()
+    assert "query_relation" in relation and "value_relation" in relation
+    prediction = (output / "student-run" / "metrics.jsonl").read_text()
+    assert '"soft"' in prediction and "relation" not in prediction
+
+
+def test_demo_methods_are_checked_before_anything_loads():
+    import pytest
+
+    from kdistill import demo
+    from kdistill.errors import ConfigError
+
+    assert demo.DemoSettings(method="tinybert").method_args == {}
+    assert demo.DemoSettings(method="hinton", method_args={"temperature": 4.0}).method_args == {"temperature": 4.0}
+    with pytest.raises(ConfigError, match="'theseus' is not one the demo runs; choose one of hinton, minilm"):
+        demo.DemoSettings(method="theseus")
