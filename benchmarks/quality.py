@@ -93,7 +93,7 @@ from kdistill.data import TokenizedDataset, make_loader, split_records  # noqa: 
 from kdistill.distiller import Distiller  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
 from kdistill.matches import Match  # noqa: E402
-from kdistill.methods import Stage, expand  # noqa: E402
+from kdistill.methods import Stage, chain_learners, expand  # noqa: E402
 from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,  # noqa: E402
                              student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier, save_weights  # noqa: E402
@@ -445,17 +445,6 @@ def train_config(settings: demo.DemoSettings, epochs: float, batches: int, *, fr
     if epochs != int(epochs):
         config.max_steps = max(1, int(epochs * batches))
     return dataclasses.replace(config, **(overrides or {}))
-
-
-def chain_learners(stages: Sequence[Stage], student: nn.Module, assistant: nn.Module | None) -> list[nn.Module]:
-    """The model each stage trains (as ``kdistill run``): in a chain teacher -> assistant -> student, the
-    stages the teacher teaches train the assistant until the assistant has taught; all others the student."""
-    learners, taught_by_assistant = [], False
-    for stage in stages:
-        taught_by_assistant = taught_by_assistant or stage.teacher == "assistant"
-        trains_assistant = assistant is not None and stage.teacher == "teacher" and not taught_by_assistant
-        learners.append(assistant if trains_assistant else student)
-    return learners
 
 
 def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,

@@ -46,7 +46,7 @@ from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
-from kdistill.methods import Recipe, Stage
+from kdistill.methods import Recipe, Stage, chain_learners
 from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.schedules import maybe_schedule, schedule_to_dict
 from kdistill.train.checkpoint import atomic_write_text
@@ -514,7 +514,7 @@ def build(config: RunConfig) -> RunParts:
     out = Path(config.output_dir)
     chain = {"teacher": teacher, "assistant": assistant}
     stages = []
-    taught_by_assistant = False
+    learners = chain_learners(recipe.stages, trained, assistant)
     for i, stage in enumerate(recipe.stages):
         if stage.data not in loaders:
             hint = ("set data.unlabelled to a text file (one text per line) or a CSV/JSON-lines file"
@@ -523,11 +523,7 @@ def build(config: RunConfig) -> RunParts:
         stage_teacher = chain.get(stage.teacher)
         if stage_teacher is None:
             raise ConfigError(f"method '{recipe.method}' stage '{stage.name}': no '{stage.teacher}' model in this run.")
-        # A chain teacher -> assistant -> student: stages taught by the teacher train the assistant until
-        # the assistant has taught; every later stage (e.g. a final fine-tuning) trains the student.
-        taught_by_assistant = taught_by_assistant or stage.teacher == "assistant"
-        train_assistant = assistant is not None and stage.teacher == "teacher" and not taught_by_assistant
-        stage_student = assistant if train_assistant else trained
+        stage_student = learners[i]
         check_refs(stage.matches, stage_origins[i], stage_teacher, stage_student)
         directory = out if len(recipe.stages) == 1 else out / "stages" / f"{i + 1}-{stage.name}"
         stages.append(StageParts(i, stage, stage_teacher, stage_student, loaders[stage.data], stage_origins[i],

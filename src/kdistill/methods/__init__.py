@@ -108,6 +108,18 @@ def match_to_dict(match: Match) -> dict:
     return out
 
 
+def chain_learners(stages: list[Stage], student: nn.Module, assistant: nn.Module | None) -> list[nn.Module]:
+    """The model each stage trains. In a chain teacher -> assistant -> student, the stages the teacher
+    teaches train the assistant until the assistant has taught; every other stage (e.g. a final
+    fine-tuning) trains the student."""
+    learners, taught_by_assistant = [], False
+    for stage in stages:
+        taught_by_assistant = taught_by_assistant or stage.teacher == "assistant"
+        trains_assistant = assistant is not None and stage.teacher == "teacher" and not taught_by_assistant
+        learners.append(assistant if trains_assistant else student)
+    return learners
+
+
 def expand(name: str, teacher: nn.Module | None = None, student: nn.Module | None = None, *,
            path: str = "method", **options: Any) -> Recipe:
     """Expand method ``name`` for these models (layer counts are read from them where given)."""
@@ -123,4 +135,4 @@ from kdistill.methods import pkd as _pkd  # noqa: E402,F401  (registers)
 from kdistill.methods import theseus as _theseus  # noqa: E402,F401  (registers)
 from kdistill.methods import tinybert as _tinybert  # noqa: E402,F401  (registers)
 
-__all__ = ["METHODS", "Recipe", "Stage", "expand", "match_to_dict", "register_method"]
+__all__ = ["METHODS", "Recipe", "Stage", "chain_learners", "expand", "match_to_dict", "register_method"]
