@@ -165,7 +165,7 @@ class Options:
 
     def settings(self, seed: int = 0, layers: Sequence[int] = (1, 3, 5)) -> demo.DemoSettings:
         return demo.DemoSettings(layers=list(layers), epochs=self.epochs, lr=self.lr, seed=seed,
-                                 unlabelled=True in self.unlabelled)
+                                 unlabelled=True in self.unlabelled, progress=self.progress)
 
 
 @dataclass(frozen=True)

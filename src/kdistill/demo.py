@@ -75,6 +75,7 @@ class DemoSettings:
     baseline: bool = True
     latency: bool = True
     layerdrop: float = 0.0
+    progress: bool = True  # progress bars of the training runs
 
     def __post_init__(self) -> None:
         if self.method_args is None:
@@ -214,7 +215,7 @@ def train_labels(model: nn.Module, train: Dataset, validation: Dataset, *, epoch
     distiller = Distiller(None, model, hard_label_weight=1.0)
     loader = make_loader(train, settings.batch_size, shuffle=True, seed=settings.seed)
     config = TrainConfig(lr=lr, epochs=max(int(np.ceil(epochs)), 1), warmup=0.1, freeze=FREEZE_EMBEDDINGS,
-                         seed=settings.seed, log_every=10, tensorboard=False)
+                         seed=settings.seed, log_every=10, tensorboard=False, progress=settings.progress)
     if epochs != int(epochs):
         config.max_steps = max(1, int(epochs * len(loader)))
     eval_loader = make_loader(validation, 128, shuffle=False)
@@ -309,7 +310,8 @@ def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, l
         loader = stage_loader(stage, data.train, data.unlabelled, logits, settings)
         epochs = stage.epochs if stage.epochs is not None else settings.epochs
         config = TrainConfig(lr=settings.lr, epochs=max(int(np.ceil(epochs)), 1), warmup=0.1,
-                             freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10, layerdrop=settings.layerdrop)
+                             freeze=FREEZE_EMBEDDINGS, seed=settings.seed, log_every=10, layerdrop=settings.layerdrop,
+                             progress=settings.progress)
         if epochs != int(epochs):
             config.max_steps = max(1, int(epochs * len(loader)))
         config = replace(config, **stage.training)
