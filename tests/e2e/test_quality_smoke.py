@@ -89,12 +89,12 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
                               unlabelled=(True, False))
     cells = quality.plan_cells(options)
     # movie: per seed and size, 2 labels-only methods once + 8 teacher-signal methods with and without
-    # the unlabelled text; sms: 10 methods; vision: baseline and hooks; plus one teacher per task.
-    assert len(cells) == 3 + 2 * 2 * (2 + 8 * 2) + 2 * 2 * 10 + 2 * 2
+    # the unlabelled text; sms: 10 methods; vision: baseline, hinton and hooks; plus one teacher per task.
+    assert len(cells) == 3 + 2 * 2 * (2 + 8 * 2) + 2 * 2 * 10 + 2 * 3
     assert len(set(cells)) == len(cells)
     assert quality.Cell("movie", "theseus", 3, None, 0) in cells and quality.Cell("sms", "hinton", 2, None, 1) in cells
     assert quality.Cell("movie", "pkd", 2, False, 1) in cells
-    assert quality.Cell("vision", "hooks", None, None, 1) in cells
+    assert quality.Cell("vision", "hooks", None, None, 1) in cells and quality.Cell("vision", "hinton", None, None, 0) in cells
 
     assert quality.student_layers("hinton", 3) == [1, 3, 5] and quality.student_layers("pkd", 2) == [2, 5]
     assert quality.student_layers("distilbert", 3) == [0, 2, 4] and quality.student_layers("distilbert", 2) == [0, 3]
@@ -170,3 +170,35 @@ def test_chained_rows_train_each_stage_with_its_own_teacher_and_learner(quality,
     assert assistant.config.num_hidden_layers == 3 and student.config.num_hidden_layers == 2
     assert student is student_again
     assert cells["minilm-assistant"]["steps"] == 3 and cells["tinybert-general"]["steps"] == 2
+
+
+def test_vision_rows_distil_a_cnn_through_hooks(quality, tmp_path, capsys, monkeypatch):
+    """The vision rows on random 28×28 images standing in for Fashion-MNIST (a Debian package CI lacks):
+    the teacher trains, each row trains its student with the matches it names, and every cell is recorded."""
+    from kdistill.run import ImageDataset
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    generator = torch.Generator().manual_seed(0)
+
+    def fake_splits(subset):
+        return {name: ImageDataset(torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+                for name, n in (("train", 256), ("validation", 64), ("test", 64))}
+
+    monkeypatch.setattr(quality, "fashion_splits", fake_splits)
+    stages = []
+    real = quality.run_stages
+
+    def spy(teacher, student, planned, eval_loader):
+        stages.extend(stage for stage, *_ in planned)
+        return real(teacher, student, planned, eval_loader)
+
+    monkeypatch.setattr(quality, "run_stages", spy)
+    report = run(quality, capsys, "--tasks", "vision", "--methods", "baseline,hinton,hooks", "--seeds", "0",
+                 "--subset", "256", "--epochs", "1", "--no-progress", "--json", "--results", str(tmp_path / "r.jsonl"))
+    assert report["ran"] == 4  # the teacher and three students
+    assert [[m.name for m in s.matches] for s in stages] == [[], ["soft"], ["hint", "soft"]]
+    assert [s.hard_label_weight for s in stages] == [1.0, 0.5, 0.5]
+    cells = {c["method"]: c for c in report["cells"]}
+    assert set(cells) == {"teacher", "baseline", "hinton", "hooks"}
+    assert all(0.0 <= c["accuracy"] <= 1.0 and c["test_examples"] == 64 for c in cells.values())
+    assert cells["hooks"]["parameters"] == cells["baseline"]["parameters"] < cells["teacher"]["parameters"]
