@@ -742,8 +742,12 @@ def format_rows(rows: Sequence[dict]) -> list[list[str]]:
         wall = f"{seconds / 60:.1f} min" if seconds is not None else "cached"
         retention = f"{row['retention']:.1%}" if row["retention"] is not None else "–"
         table.append([row["task"], row["method"], layers, unlabelled, accuracy, f"{row['macro_f1_mean']:.3f}",
-                      retention, wall, f"{row['parameters'] / 1e6:.2f}M", str(len(row["seeds"]) or "–")])
+                      retention, wall, parameter_count(row["parameters"]), str(len(row["seeds"]) or "–")])
     return table
+
+
+def parameter_count(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 100_000 else f"{count / 1e3:.1f}k"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
