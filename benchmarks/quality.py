@@ -19,7 +19,8 @@ Tasks (``--tasks``):
   (T = 4, α = 0.5), ``hooks`` distils through forward hooks — an
   MSE hint between the second conv blocks (``module:features.1``, 16 → 64 channels through a learned
   projection; weight 0.1, which beat 1.0 in a short trial) plus Hinton KD on the logits (T = 4, α = 0.5).
-  Students: AdamW, lr 2e-3, batch 128, ``--epochs``; the teacher: 5 epochs.
+  Students: AdamW, lr 2e-3, batch 128, ``--epochs``; the teacher: 5 epochs. ``--vision-temperature``
+  sets T of both KD rows (their cells are then keyed by it).
 
 Text rows (``--methods``; students with ``--layers`` blocks copied from the 6-layer teacher: 3 → blocks
 [1, 3, 5], 2 → [2, 5]; ``distilbert`` keeps its own every-other choice: [0, 2, 4], [0, 3]):
@@ -163,6 +164,7 @@ class Options:
     out: Path | None = None
     progress: bool = True
     table_only: bool = False
+    vision_temperature: float = VISION_KD["temperature"]  # T of the vision rows' soft targets
 
     def settings(self, seed: int = 0, layers: Sequence[int] = (1, 3, 5)) -> demo.DemoSettings:
         return demo.DemoSettings(layers=list(layers), epochs=self.epochs, lr=self.lr, seed=seed,
@@ -225,6 +227,9 @@ def cell_key(cell: Cell, options: Options, teacher_id: str) -> str:
         fields["layers"] = student_layers(cell.method, cell.size)
     if cell.method == "multiteacher":
         fields["second_teacher_seed"] = SECOND_TEACHER_SEED
+    kd_vision_row = cell.task == "vision" and cell.method in ("hinton", "hooks")
+    if kd_vision_row and options.vision_temperature != VISION_KD["temperature"]:
+        fields["temperature"] = options.vision_temperature  # keys of the default's cells stay as they were
     if cell.method == "minilm-assistant":
         fields["assistant_layers"] = assistant_layers(cell.size)
     return json.dumps(fields, sort_keys=True)
@@ -598,7 +603,7 @@ def train_vision_cell(task: VisionTask, cell: Cell, options: Options) -> tuple[n
     student = SmallCNN(CNN_STUDENT_WIDTHS)
     loader = image_loader(task.train, VISION_STUDENT["batch_size"], shuffle=True, seed=cell.seed)
     alpha = VISION_KD["alpha"]
-    soft = Match("logits", "logits", "kl", alpha, args={"temperature": VISION_KD["temperature"], "t2_scale": True},
+    soft = Match("logits", "logits", "kl", alpha, args={"temperature": options.vision_temperature, "t2_scale": True},
                  name="soft")
     if cell.method == "baseline":
         stage = Stage("labels", [], hard_label_weight=1.0)
@@ -885,6 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: quality), so several tables can live in one file")
     parser.add_argument("--heading", default="Quality table", help="title of the table's section")
     parser.add_argument("--json", action="store_true", help="print the rows and cells as JSON on stdout")
+    parser.add_argument("--vision-temperature", type=float, default=VISION_KD["temperature"],
+                        help=f"T of the vision rows' soft targets (default {VISION_KD['temperature']:g})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--table-only", action="store_true",
@@ -905,11 +912,13 @@ def options_from_args(args: argparse.Namespace) -> Options:
         raise ConfigError(f"--epochs: {args.epochs} must be positive.")
     if args.subset is not None and args.subset < 1:
         raise ConfigError(f"--subset: {args.subset} must be at least 1.")
+    if args.vision_temperature <= 0:
+        raise ConfigError(f"--vision-temperature: {args.vision_temperature} must be positive.")
     return Options(tasks=args.tasks, methods=args.methods, layers=layers, seeds=seeds,
                    unlabelled=tuple(v == "on" for v in args.unlabelled), epochs=args.epochs, lr=args.lr,
                    subset=args.subset, teacher=args.teacher, results=Path(args.results),
                    out=Path(args.out) if args.out else None, progress=not args.no_progress,
-                   table_only=args.table_only)
+                   table_only=args.table_only, vision_temperature=args.vision_temperature)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,7 +94,8 @@ def test_cells_layers_and_the_marked_section(quality, tmp_path):
     assert len(set(cells)) == len(cells)
     assert quality.Cell("movie", "theseus", 3, None, 0) in cells and quality.Cell("sms", "hinton", 2, None, 1) in cells
     assert quality.Cell("movie", "pkd", 2, False, 1) in cells
-    assert quality.Cell("vision", "hooks", None, None, 1) in cells and quality.Cell("vision", "hinton", None, None, 0) in cells
+    assert quality.Cell("vision", "hooks", None, None, 1) in cells
+    assert quality.Cell("vision", "hinton", None, None, 0) in cells
 
     assert quality.student_layers("hinton", 3) == [1, 3, 5] and quality.student_layers("pkd", 2) == [2, 5]
     assert quality.student_layers("distilbert", 3) == [0, 2, 4] and quality.student_layers("distilbert", 2) == [0, 3]
@@ -181,7 +182,8 @@ def test_vision_rows_distil_a_cnn_through_hooks(quality, tmp_path, capsys, monke
     generator = torch.Generator().manual_seed(0)
 
     def fake_splits(subset):
-        return {name: ImageDataset(torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+        return {name: ImageDataset(torch.randn(n, 1, 28, 28, generator=generator),
+                                   torch.randint(0, 10, (n,), generator=generator))
                 for name, n in (("train", 256), ("validation", 64), ("test", 64))}
 
     monkeypatch.setattr(quality, "fashion_splits", fake_splits)
@@ -202,3 +204,11 @@ def test_vision_rows_distil_a_cnn_through_hooks(quality, tmp_path, capsys, monke
     assert set(cells) == {"teacher", "baseline", "hinton", "hooks"}
     assert all(0.0 <= c["accuracy"] <= 1.0 and c["test_examples"] == 64 for c in cells.values())
     assert cells["hooks"]["parameters"] == cells["baseline"]["parameters"] < cells["teacher"]["parameters"]
+    assert {s.matches[-1].args["temperature"] for s in stages[1:]} == {4.0}
+
+    stages.clear()  # another temperature: new cells for the KD rows, the baseline and teacher are kept
+    again = run(quality, capsys, "--tasks", "vision", "--methods", "baseline,hinton", "--seeds", "0", "--subset", "256",
+                "--epochs", "1", "--vision-temperature", "1", "--no-progress", "--json",
+                "--results", str(tmp_path / "r.jsonl"))
+    assert (again["ran"], again["skipped"]) == (1, 2)
+    assert [s.matches[0].args["temperature"] for s in stages] == [1.0]
