@@ -288,9 +288,8 @@ def test_refs_out_of_range_are_all_reported_with_the_layer_count(teacher_folder,
 def test_more_classes_than_the_classifier_has(teacher_folder, tmp_path):
     data = tmp_path / "three.csv"
     data.write_text("text,label\ngood film,0\nbad film,1\ndull film,2\n")
-    config = hf_config(teacher_folder, tmp_path / "x", data={"train": str(data), "max_length": 8})
-    with pytest.raises(DataError) as info:
-        build(config)
+    with pytest.raises(DataError) as info:  # known from the teacher's config.json: before any weight loads
+        hf_config(teacher_folder, tmp_path / "x", data={"train": str(data), "max_length": 8})
     assert str(info.value) == ("teacher: its classifier has 2 outputs but the data has 3 classes; set "
                                "teacher.num_labels: 3 (or check data.label).")
 

@@ -114,6 +114,7 @@ class DataSpec(_Strict):
     unlabelled: str | None = None
     bucket: bool = True
     limit: int | None = Field(default=None, ge=1)
+    missing_text: Literal["error", "skip"] = "error"
 
 
 class TrainingSpec(_Strict):
@@ -290,7 +291,18 @@ def config_from_dict(raw: Mapping, overrides: Sequence[str] = (), *, base_dir: s
         raise ConfigError(format_problems(errors, source))
     assert config is not None
     config._source = source
+    check_data(config)
     return config
+
+
+def check_data(config: RunConfig) -> None:
+    """Read the data files whole (no tokenizer, no weights): a missing text, a label the teacher
+    does not know or a label outside the models' classes is a DataError naming the record now,
+    not after the models load. Packaged (builtin) sets are checked when the run builds its data."""
+    if config.data.builtin is None:
+        from kdistill.run_data import read_tables
+
+        read_tables(config)
 
 
 def format_problems(errors: list[str], source: str | None) -> str:
@@ -613,6 +625,8 @@ class _Checker:
         elif len(sources) > 1:
             self.add(f"{where}: give only one of 'builtin', 'path' or 'train'/'validation'/'test' files; "
                      f"this has {' and '.join(sources)}.")
+        elif sources != ["train"]:
+            self.cut_data(spec, sources[0], where)
         if spec.split is not None:
             if spec.train is not None:
                 self.add(f"{where}.split: applies to 'path' or 'builtin' data, not to separate train/validation/test files.")
@@ -657,6 +671,25 @@ class _Checker:
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
+
+    def cut_data(self, spec: DataSpec, source: str, where: str) -> None:
+        """Data cut by ``split`` (a ``path`` or a ``builtin`` set): every key it would ignore is an error."""
+        if spec.validation is not None:
+            self.add(f"{where}.validation: '{source}' data is cut into train/validation by 'split', so a validation "
+                     "file would be ignored; remove it, or give 'train', 'validation' and 'test' files instead.")
+        if spec.test is not None:
+            if source == "builtin":
+                self.add(f"{where}.test: a 'builtin' set is cut into train/validation/test by 'split'; a test file "
+                         "would be ignored. Give your own 'train'/'validation'/'test' files instead.")
+            elif spec.split is not None and len(spec.split) == 3:
+                self.add(f"{where}.split: {spec.split} cuts a test split too, but data.test names a test file; give "
+                         "two fractions [train, validation] (e.g. [0.9, 0.1]), or drop data.test.")
+        if source == "builtin":
+            defaults = DataSpec.model_fields
+            for key in ("text", "label", "format"):
+                if getattr(spec, key) != defaults[key].default:
+                    self.add(f"{where}.{key}: the builtin set '{spec.builtin}' has its own columns and format, so "
+                             f"'{key}' would be ignored; remove it.")
 
     def text_columns(self, value: Any, where: str) -> list[str] | None:
         columns = [value] if isinstance(value, str) else value

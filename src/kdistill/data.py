@@ -150,12 +150,18 @@ def _read_hf_folder(path: Path) -> list[Record]:
 # Columns and labels
 
 
+MISSING_TEXT = ("error", "skip")
+
+
 @dataclass(frozen=True)
 class TextTable:
     """Texts (strings, or pairs for two text columns) and integer labels picked from records.
 
     ``label_names[i]`` is the original value of label id ``i`` when labels were strings
-    (ids follow the sorted order of the names); ``None`` when the labels were integers.
+    (ids follow the sorted order of the names, or the ``label_names`` passed in); ``None`` when
+    the labels were integers. ``records[i]`` is the position in the file of the record that
+    gave ``texts[i]``; ``skipped`` lists the positions of records left out for a missing text
+    (``missing_text="skip"``).
     """
 
     texts: list[Text]
@@ -163,9 +169,22 @@ class TextTable:
     label_names: list[str] | None
     text_columns: tuple[str, ...]
     label_column: str | None
+    records: list[int] | None = None
+    skipped: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+def is_missing_text(value: Any) -> bool:
+    """The one rule for a missing text, in every format: no value (JSON ``null``, a column a
+    ``datasets`` row leaves empty), a float NaN (JSON ``NaN``, pandas' empty cell) or a string that is
+    empty or only white space (an empty CSV cell). The string ``"nan"`` is a text like any other."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
 
 
 def text_table(
@@ -175,37 +194,52 @@ def text_table(
     label: str | None = "label",
     label_names: Sequence[str] | None = None,
     source: str = "data",
+    missing_text: str = "error",
 ) -> TextTable:
     """Pick one text column (or a pair such as ``["question", "sentence"]``) and an optional label.
 
     Labels: ints are kept (integer-looking strings, as CSV gives them, count as ints); other
-    strings become ids in sorted order. Pass the ``label_names`` of the training table when
-    reading validation or test data so ids agree. ``source`` (a file name) goes into errors.
+    strings become ids in sorted order, or in the order of ``label_names`` when given (the
+    training table's names for validation or test data, or the teacher's own). ``source`` (a
+    file name) goes into errors. A record whose text is missing (:func:`is_missing_text`) is a
+    :class:`DataError` naming it (``missing_text="error"``), or is left out and counted in
+    ``skipped`` (``missing_text="skip"``).
     """
     text_columns = (text,) if isinstance(text, str) else tuple(text)
     if len(text_columns) not in (1, 2):
         raise ConfigError(f"data.text: give one text column or a pair, not {len(text_columns)}: {list(text_columns)}.")
+    if missing_text not in MISSING_TEXT:
+        raise ConfigError(f"data.missing_text: {missing_text!r} is not a valid choice. Choose one of: "
+                          f"{', '.join(MISSING_TEXT)}.")
     columns = list(text_columns) + ([label] if label is not None else [])
     for column in columns:
-        _require_column(records, column, source)
+        require_column(records, column, source)
 
     texts: list[Text] = []
+    kept: list[int] = []
+    skipped: list[int] = []
     for row, record in enumerate(records):
-        values = []
-        for column in text_columns:
-            value = record[column]
-            if value is None:
-                raise DataError(f"{source}: record {row} has no value in text column '{column}'.")
-            values.append(str(value))
+        empty = [column for column in text_columns if is_missing_text(record[column])]
+        if empty:
+            if missing_text == "skip":
+                skipped.append(row)
+                continue
+            raise DataError(
+                f"{source}: record {row} has no text in '{empty[0]}' (got {record[empty[0]]!r}); "
+                "a missing, NaN, empty or blank text is refused. Fix the record, or set "
+                "data.missing_text: skip to leave such records out (the plan counts them)."
+            )
+        values = [str(record[column]) for column in text_columns]
         texts.append(values[0] if len(values) == 1 else (values[0], values[1]))
+        kept.append(row)
 
     if label is None:
-        return TextTable(texts, None, None, text_columns, None)
-    labels, names = _encode_labels([record[label] for record in records], label, label_names, source)
-    return TextTable(texts, labels, names, text_columns, label)
+        return TextTable(texts, None, None, text_columns, None, kept, tuple(skipped))
+    labels, names = encode_labels([records[row][label] for row in kept], label, label_names, source, kept)
+    return TextTable(texts, labels, names, text_columns, label, kept, tuple(skipped))
 
 
-def _require_column(records: Sequence[Mapping[str, Any]], column: str, source: str) -> None:
+def require_column(records: Sequence[Mapping[str, Any]], column: str, source: str) -> None:
     for row, record in enumerate(records):
         if column not in record:
             existing = sorted(record)
@@ -231,17 +265,24 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _encode_labels(
-    values: list[Any], column: str, label_names: Sequence[str] | None, source: str
+def label_values_are_ints(values: Sequence[Any]) -> bool:
+    """Whether every label is an integer (or an integer-looking string, as CSV gives them)."""
+    return all(_as_int(value) is not None for value in values)
+
+
+def encode_labels(
+    values: list[Any], column: str, label_names: Sequence[str] | None, source: str,
+    rows: Sequence[int] | None = None,
 ) -> tuple[list[int], list[str] | None]:
-    for row, value in enumerate(values):
-        if value is None or (isinstance(value, str) and not value.strip()):
+    rows = list(range(len(values))) if rows is None else list(rows)
+    for row, value in zip(rows, values):
+        if value is None or (isinstance(value, str) and not value.strip()) or (
+                isinstance(value, float) and math.isnan(value)):
             raise DataError(f"{source}: record {row} has an empty '{column}'; every labelled record needs one.")
     if label_names is None:
-        as_ints = [_as_int(value) for value in values]
-        if all(number is not None for number in as_ints):
-            return as_ints, None  # type: ignore[return-value]
-        for row, value in enumerate(values):
+        if label_values_are_ints(values):
+            return [_as_int(value) for value in values], None  # type: ignore[misc]
+        for row, value in zip(rows, values):
             if isinstance(value, float):
                 raise DataError(
                     f"{source}: record {row} has the label {value} in '{column}'; labels must be classes "
@@ -250,7 +291,7 @@ def _encode_labels(
         label_names = sorted({str(value) for value in values})
     ids = {name: index for index, name in enumerate(label_names)}
     labels = []
-    for row, value in enumerate(values):
+    for row, value in zip(rows, values):
         if str(value) not in ids:
             raise DataError(
                 f"{source}: record {row} has the label '{value}', unknown to the training labels "

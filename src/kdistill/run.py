@@ -48,6 +48,7 @@ from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage, chain_learners
 from kdistill.refs import LAYER_KINDS, parse_ref
+from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
 from kdistill.schedules import maybe_schedule, schedule_to_dict
 from kdistill.train.checkpoint import atomic_write_text
 
@@ -73,15 +74,6 @@ class StageParts:
     origins: list[str]
     directory: Path
     distiller: Distiller | None = None
-
-
-@dataclass
-class DataParts:
-    datasets: dict[str, Dataset]
-    label_names: list[str] | None
-    num_classes: int | None
-    sources: dict[str, str]
-    kind: str  # "text" or "image"
 
 
 @dataclass
@@ -200,133 +192,6 @@ def layer_count(model: nn.Module) -> int | None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-
-
-class ImageDataset(Dataset):
-    """Images (N, C, H, W) float32 and labels; items are ``{"inputs", "labels", "index"}``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"inputs": self.images[index], "labels": int(self.labels[index]), "index": index}
-
-
-def _builtin_records(name: str) -> list[tuple[Any, int]]:
-    from kdistill import packaged
-
-    if name == "movie_reviews":
-        return packaged.movie_reviews()
-    if name == "sms_spam":
-        return packaged.sms_spam()
-    if name == "digits":
-        images, labels = packaged.digits()
-        images = images / 16.0
-    else:
-        train_images, train_labels = packaged.fashion_mnist("train")
-        test_images, test_labels = packaged.fashion_mnist("test")
-        images = np.concatenate([train_images, test_images]).astype("float32") / 255.0
-        labels = np.concatenate([train_labels, test_labels])
-    return list(zip(images, labels.tolist()))
-
-
-def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> DataParts:
-    """Datasets per split (train, validation, test where given; unlabelled when configured)."""
-    from kdistill import data as kdata
-
-    spec = config.data
-    ratios = spec.split or [0.8, 0.1, 0.1]
-    sources: dict[str, str] = {}
-    if spec.builtin is not None:
-        pairs = kdata.split_records(_builtin_records(spec.builtin), ratios=ratios, seed=config.data_seed())
-        if spec.limit:
-            pairs = {k: v[: spec.limit] for k, v in pairs.items()}
-        pairs = {k: v for k, v in pairs.items() if v}
-        sources = {k: f"builtin '{spec.builtin}' ({ratios} split, seed {config.data_seed()})" for k in pairs}
-        if spec.builtin in IMAGE_DATA:
-            datasets = {}
-            for split, items in pairs.items():
-                images = torch.as_tensor(np.stack([x for x, _ in items]))[:, None]
-                datasets[split] = ImageDataset(images.float(), torch.tensor([y for _, y in items]))
-            return DataParts(datasets, None, 10, sources, "image")
-        records = {k: [{"text": t, "label": y} for t, y in v] for k, v in pairs.items()}
-        text, label = "text", "label"
-    else:
-        text, label = spec.text, spec.label
-        if spec.path is not None:
-            loaded = kdata.load_records(spec.path, format=spec.format)
-            records = kdata.split_records(loaded, ratios=ratios, seed=config.data_seed())
-            records = {k: v for k, v in records.items() if v}
-            sources = {k: f"{spec.path} ({ratios} split, seed {config.data_seed()})" for k in records}
-        else:
-            records = {}
-            for split in ("train", "validation", "test"):
-                file = getattr(spec, split)
-                if file is not None:
-                    records[split] = kdata.load_records(file, format=spec.format)
-                    sources[split] = file
-        if spec.limit:
-            records = {k: v[: spec.limit] for k, v in records.items()}
-
-    tables = {}
-    label_names = None
-    for split in ("train", "validation", "test"):
-        if split not in records:
-            continue
-        table = kdata.text_table(records[split], text=text, label=label, label_names=label_names,
-                                 source=sources.get(split, split))
-        if split == "train":
-            label_names = table.label_names
-        tables[split] = table
-    datasets: dict[str, Dataset] = {
-        split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
-                                      student_tokenizer=student_tokenizer)
-        for split, table in tables.items()
-    }
-    if spec.unlabelled is not None:
-        texts = _unlabelled_texts(spec)
-        datasets["unlabelled"] = kdata.TokenizedDataset(texts, None, tokenizer, max_length=spec.max_length,
-                                                        student_tokenizer=student_tokenizer)
-        sources["unlabelled"] = spec.unlabelled
-    num_classes = None
-    if "train" in tables and tables["train"].labels is not None:
-        num_classes = len(label_names) if label_names else max(tables["train"].labels) + 1
-    return DataParts(datasets, label_names, num_classes, sources, "text")
-
-
-def _unlabelled_texts(spec) -> list:
-    from kdistill import data as kdata
-
-    path = Path(spec.unlabelled)
-    if path.suffix.lower() == ".txt":
-        texts = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if not texts:
-            raise DataError(f"data.unlabelled: '{path}' holds no text.")
-    else:
-        texts = kdata.text_table(kdata.load_records(path, format=spec.format), text=spec.text, label=None,
-                                 source=str(path)).texts
-    return texts[: spec.limit] if spec.limit else texts
-
-
-def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
-    from kdistill.data import make_loader
-
-    spec = config.data
-    bucket = spec.bucket and data.kind == "text"
-    loaders = {}
-    for split, dataset in data.datasets.items():
-        train = split in ("train", "unlabelled")
-        size = spec.batch_size if train else (spec.eval_batch_size or spec.batch_size)
-        loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket)
-    return loaders
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,8 +356,8 @@ def build(config: RunConfig) -> RunParts:
         if config.data.student_tokenizer:
             student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
     data = build_data(config, tokenizer, student_tokenizer)
-    _check_classes(config, data, teacher, student)
     loaders = make_loaders(config, data)
+    _check_classes(config, data, loaders, teacher, student)
 
     layer_map = None
     if any(m.teacher.endswith(".*") for m in config.matches):
@@ -536,15 +401,28 @@ def build(config: RunConfig) -> RunParts:
     return parts
 
 
-def _check_classes(config: RunConfig, data: DataParts, teacher: nn.Module, student: nn.Module) -> None:
-    if data.num_classes is None:
+def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, DataLoader], teacher: nn.Module,
+                   student: nn.Module) -> None:
+    """Every label of every split is a class of both models (their real output widths)."""
+    from kdistill.labels import check_label_range
+    from kdistill.train.evaluate import class_count
+
+    if data.num_classes is None or "train" not in loaders:
         return
-    for role, model in (("teacher", teacher), ("student", student)):
-        labels = getattr(getattr(model, "config", None), "num_labels", None)
-        if is_hf_model(model) and type(model).__name__.endswith("ForSequenceClassification") and labels is not None:
-            if data.num_classes > labels:
-                raise DataError(f"{role}: its classifier has {labels} outputs but the data has {data.num_classes} "
-                                f"classes; set {role}.num_labels: {data.num_classes} (or check data.label).")
+    batch = next(iter(loaders["train"]))
+    for role, model, key in (("teacher", teacher, None), ("student", student, "student_inputs")):
+        classes = class_count(model, batch, inputs_key=key)
+        if classes is None:
+            continue
+        fix = (f"set {role}.num_labels: {data.num_classes} (or check data.label)"
+               if is_hf_model(model) else "check data.label and the model's output size")
+        if data.num_classes > classes:
+            raise DataError(f"{role}: its classifier has {classes} outputs but the data has {data.num_classes} "
+                            f"classes; {fix}.")
+        for split, table in data.tables.items():
+            check_label_range(table.labels, classes, source=data.sources.get(split, split),
+                              column=config.data.label or "label", records=table.records,
+                              what=f"the {role}'s {classes} classes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1005,6 +883,11 @@ def plan(config: RunConfig) -> str:
             lines.append(f"  text: {spec.text}; label: {spec.label}{classes}")
         else:
             lines.append(f"  text and label of '{spec.builtin}'{classes}")
+        if data.labels_how:
+            lines.append(f"  labels: {data.labels_how}")
+        if data.skipped:
+            counts = ", ".join(f"{split} {count}" for split, count in data.skipped.items())
+            lines.append(f"  records left out for a missing text (data.missing_text: skip): {counts}")
         train = data.datasets.get("train")
         truncated = int((train.teacher.lengths >= spec.max_length).sum()) if train is not None else 0
         lines.append(f"  max_length: {spec.max_length} tokens, longer texts truncated "

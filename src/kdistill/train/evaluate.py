@@ -35,6 +35,28 @@ def predict(model: nn.Module, batches: Iterable, *, device: torch.device | str |
     return torch.cat(predictions), (torch.cat(labels) if labels else None)
 
 
+@torch.no_grad()
+def class_count(model: nn.Module, batch, *, inputs_key: str | None = None) -> int | None:
+    """How many classes ``model`` predicts: a Hugging Face sequence classifier's ``num_labels``, else
+    the width of its logits on ``batch`` (one forward); None for a model whose logits are not
+    classes (a Hugging Face base or language model)."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):  # a Hugging Face model
+        if type(model).__name__.endswith("ForSequenceClassification"):
+            return getattr(config, "num_labels", None)
+        return None
+    source = batch[inputs_key] if inputs_key and isinstance(batch, Mapping) and inputs_key in batch else batch
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    try:
+        args, kwargs = model_inputs(_to(source, device))
+        logits = output_logits(model(*args, **kwargs))
+    finally:
+        model.train(was_training)
+    return int(logits.shape[-1]) if logits.dim() >= 1 else None
+
+
 def classification_metrics(predictions: Tensor, labels: Tensor) -> dict[str, float]:
     """accuracy and macro-F1 over the classes present in labels or predictions."""
     accuracy = (predictions == labels).float().mean().item()

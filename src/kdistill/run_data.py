@@ -1,0 +1,250 @@
+"""A run's data from its config: the splits, their texts and labels, datasets and loaders.
+
+    tables = read_tables(config)                 # no tokenizer, no weights: what `validate` checks
+    data = build_data(config, tokenizer, None)   # the same tables, tokenised
+    loaders = make_loaders(config, data)
+
+Which files make which split:
+
+- ``train`` / ``validation`` / ``test`` files: one split each;
+- ``path`` + ``split``: the file is shuffled with ``data.seed`` and cut into train/validation
+  (two fractions, default [0.9, 0.1] when a ``test`` file is given) or train/validation/test
+  (three fractions, default [0.8, 0.1, 0.1]); a ``test`` file beside it is the test split;
+- ``builtin``: a packaged data set cut the same way.
+
+Labels are encoded once for all splits by :mod:`kdistill.labels` (the teacher's own mapping first)
+and every id is checked against the models' classes; texts follow the one missing-text rule of
+:func:`kdistill.data.is_missing_text` (``data.missing_text``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdistill.config import IMAGE_DATA, RunConfig
+from kdistill.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class DataParts:
+    datasets: dict[str, Dataset]
+    label_names: list[str] | None
+    num_classes: int | None
+    sources: dict[str, str]
+    kind: str  # "text" or "image"
+    labels_how: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)  # split -> TextTable (text data)
+
+
+@dataclass
+class Tables:
+    """The text splits of a run before tokenisation (see :func:`read_tables`)."""
+
+    tables: dict[str, Any]  # split -> kdistill.data.TextTable
+    sources: dict[str, str]
+    label_names: list[str] | None
+    num_classes: int | None
+    labels_how: str
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return {split: len(table.skipped) for split, table in self.tables.items() if table.skipped}
+
+
+class ImageDataset(Dataset):
+    """Images (N, C, H, W) float32 and labels; items are ``{"inputs", "labels", "index"}``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"inputs": self.images[index], "labels": int(self.labels[index]), "index": index}
+
+
+def split_ratios(spec) -> list[float]:
+    """The fractions ``path``/``builtin`` data is cut into (see the module docstring)."""
+    if spec.split is not None:
+        return list(spec.split)
+    return [0.9, 0.1] if spec.test is not None else [0.8, 0.1, 0.1]
+
+
+def _builtin_records(name: str) -> list[tuple[Any, int]]:
+    from kdistill import packaged
+
+    if name == "movie_reviews":
+        return packaged.movie_reviews()
+    if name == "sms_spam":
+        return packaged.sms_spam()
+    if name == "digits":
+        images, labels = packaged.digits()
+        images = images / 16.0
+    else:
+        train_images, train_labels = packaged.fashion_mnist("train")
+        test_images, test_labels = packaged.fashion_mnist("test")
+        images = np.concatenate([train_images, test_images]).astype("float32") / 255.0
+        labels = np.concatenate([train_labels, test_labels])
+    return list(zip(images, labels.tolist()))
+
+
+def _image_data(config: RunConfig) -> DataParts:
+    from kdistill import data as kdata
+
+    spec = config.data
+    ratios = split_ratios(spec)
+    pairs = kdata.split_records(_builtin_records(spec.builtin), ratios=ratios, seed=config.data_seed())
+    if spec.limit:
+        pairs = {k: v[: spec.limit] for k, v in pairs.items()}
+    pairs = {k: v for k, v in pairs.items() if v}
+    sources = {k: f"builtin '{spec.builtin}' ({ratios} split, seed {config.data_seed()})" for k in pairs}
+    datasets: dict[str, Dataset] = {}
+    for split, items in pairs.items():
+        images = torch.as_tensor(np.stack([x for x, _ in items]))[:, None]
+        datasets[split] = ImageDataset(images.float(), torch.tensor([y for _, y in items]))
+    return DataParts(datasets, None, 10, sources, "image", "class ids of the packaged images (10 classes)")
+
+
+def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], Any, str | None]:
+    """Records per split, where each split came from, the text column(s) and the label column."""
+    from kdistill import data as kdata
+
+    spec = config.data
+    seed = config.data_seed()
+    records: dict[str, list] = {}
+    sources: dict[str, str] = {}
+    if spec.builtin is not None or spec.path is not None:
+        ratios = split_ratios(spec)
+        if spec.builtin is not None:
+            loaded = [{"text": t, "label": y} for t, y in _builtin_records(spec.builtin)]
+            origin, text, label = f"builtin '{spec.builtin}'", "text", "label"
+        else:
+            loaded = kdata.load_records(spec.path, format=spec.format)
+            origin, text, label = spec.path, spec.text, spec.label
+        cut = kdata.split_records(loaded, ratios=ratios, seed=seed)
+        for split, part in cut.items():
+            if part:
+                records[split] = part
+                sources[split] = f"{origin} ({ratios} split, seed {seed})"
+        if spec.test is not None:  # a test file beside a path cut into train/validation
+            records["test"] = kdata.load_records(spec.test, format=spec.format)
+            sources["test"] = spec.test
+    else:
+        text, label = spec.text, spec.label
+        for split in SPLITS:
+            file = getattr(spec, split)
+            if file is not None:
+                records[split] = kdata.load_records(file, format=spec.format)
+                sources[split] = file
+    if spec.limit:
+        records = {k: v[: spec.limit] for k, v in records.items()}
+    return records, sources, text, label
+
+
+def read_tables(config: RunConfig) -> Tables:
+    """Read every text split of ``config`` and encode its labels; needs no tokenizer and no weights.
+
+    Raises :class:`DataError` for a missing text (unless ``data.missing_text: skip``), a label the
+    teacher does not know, or a label outside the models' classes — naming the file and record.
+    """
+    from kdistill import data as kdata
+    from kdistill import labels as klabels
+
+    records, sources, text, label = _text_records(config)
+    missing = config.data.missing_text
+    if label is None:
+        tables = {split: kdata.text_table(rows, text=text, label=None, source=sources[split], missing_text=missing)
+                  for split, rows in records.items()}
+        return Tables(tables, sources, None, None, "unlabelled data")
+    # Texts first (which records stay), then the labels of the kept records, encoded once for all splits.
+    plain = {split: kdata.text_table(rows, text=text, label=None, source=sources[split], missing_text=missing)
+             for split, rows in records.items()}
+    values = {}
+    for split, rows in records.items():
+        kdata.require_column(rows, label, sources[split])
+        values[split] = [rows[row][label] for row in plain[split].records]
+    encoding = klabels.choose_encoding(values, klabels.teacher_labels(config.teacher), column=label, sources=sources)
+    tables = {}
+    for split, table in plain.items():
+        ids, names = kdata.encode_labels(values[split], label, encoding.names, sources[split], table.records)
+        tables[split] = kdata.TextTable(table.texts, ids, names, table.text_columns, label, table.records,
+                                        table.skipped)
+    # The bound is the teacher's classifier size or the names; otherwise (integer labels, a teacher
+    # whose size config.json does not tell) build() checks against the loaded models' outputs.
+    classes = encoding.classes if encoding.classes is not None else (len(encoding.names) if encoding.names else None)
+    meaning = encoding.names or (list(encoding.teacher_names) if encoding.teacher_names else None)
+    train_classes = max(tables["train"].labels, default=-1) + 1 if "train" in tables else 0
+    if encoding.classes is not None and train_classes > encoding.classes:
+        raise DataError(f"teacher: its classifier has {encoding.classes} outputs but the data has {train_classes} "
+                        f"classes; set teacher.num_labels: {train_classes} (or check data.label).")
+    for split, table in tables.items():
+        klabels.check_label_range(table.labels, classes, source=sources[split], column=label,
+                                  records=table.records, names=meaning)
+    if classes is None and "train" in tables:
+        classes = max(tables["train"].labels, default=-1) + 1
+    return Tables(tables, sources, encoding.names, classes, encoding.how)
+
+
+def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> DataParts:
+    """Datasets per split (train, validation, test where given; unlabelled when configured)."""
+    from kdistill import data as kdata
+
+    spec = config.data
+    if spec.builtin in IMAGE_DATA:
+        return _image_data(config)
+    read = read_tables(config)
+    datasets: dict[str, Dataset] = {
+        split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
+                                      student_tokenizer=student_tokenizer)
+        for split, table in read.tables.items()
+    }
+    sources = dict(read.sources)
+    if spec.unlabelled is not None:
+        texts = _unlabelled_texts(spec)
+        datasets["unlabelled"] = kdata.TokenizedDataset(texts, None, tokenizer, max_length=spec.max_length,
+                                                        student_tokenizer=student_tokenizer)
+        sources["unlabelled"] = spec.unlabelled
+    return DataParts(datasets, read.label_names, read.num_classes, sources, "text", read.labels_how, read.skipped,
+                     read.tables)
+
+
+def _unlabelled_texts(spec) -> list:
+    from kdistill import data as kdata
+
+    path = Path(spec.unlabelled)
+    if path.suffix.lower() == ".txt":
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        texts = [line.strip() for line in lines if not kdata.is_missing_text(line)]
+        if not texts:
+            raise DataError(f"data.unlabelled: '{path}' holds no text.")
+    else:
+        texts = kdata.text_table(kdata.load_records(path, format=spec.format), text=spec.text, label=None,
+                                 source=str(path), missing_text=spec.missing_text).texts
+    return texts[: spec.limit] if spec.limit else texts
+
+
+def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
+    from kdistill.data import make_loader
+
+    spec = config.data
+    bucket = spec.bucket and data.kind == "text"
+    loaders = {}
+    for split, dataset in data.datasets.items():
+        train = split in ("train", "unlabelled")
+        size = spec.batch_size if train else (spec.eval_batch_size or spec.batch_size)
+        loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket)
+    return loaders
+
+
+__all__ = ["DataParts", "ImageDataset", "Tables", "build_data", "make_loaders", "read_tables", "split_ratios"]
