@@ -202,7 +202,8 @@ def name_blocks(model: nn.Module, path: str, *, where: str = "blocks") -> None:
     try:
         module = model.get_submodule(path)
     except AttributeError:
-        raise ConfigError(f"{where}: '{path}' is not a module of {type(model).__name__}; its block lists: {lists}.") from None
+        raise ConfigError(f"{where}: '{path}' is not a module of {type(model).__name__}; "
+                          f"its block lists: {lists}.") from None
     if not isinstance(module, nn.ModuleList) or len(module) == 0:
         raise ConfigError(f"{where}: '{path}' is a {type(module).__name__}, not a non-empty nn.ModuleList of blocks; "
                           f"the block lists of {type(model).__name__}: {lists}.")
@@ -252,7 +253,8 @@ def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
             "replaced one by one. Build the student from a config ('from_teacher: {num_layers: N}') or give one "
             "('student: {path: …}'), and use a method that needs no teacher blocks."
         )
-    several = f"{name} has several block lists ({lists}); kdistill does not guess which one is meant: name it in the config with 'blocks: <path>' under teacher (or student), e.g. 'blocks: {candidates[0][0]}'."
+    several = (f"{name} has several block lists ({lists}); kdistill does not guess which one is meant: name it "
+               f"in the config with 'blocks: <path>' under teacher (or student), e.g. 'blocks: {candidates[0][0]}'.")
     if is_encoder_decoder(model):
         raise ConfigError(several)
     if config is None:
@@ -303,7 +305,8 @@ def _layer_configs(config: Any, count: int, keys: tuple[str, ...]) -> list[Any]:
     return found
 
 
-def _set_layer_count(config: Any, kept: list[int], old_count: int, keys: tuple[str, ...] = LAYER_COUNT_KEYS) -> None:
+def _set_layer_count(config: Any, kept: list[int], old_count: int,
+                     keys: tuple[str, ...] = LAYER_COUNT_KEYS) -> None:
     """Set the layer count (under ``keys``) and cut every per-layer list (``layer_types`` …) to the kept layers."""
     for key in keys:
         if key in config.to_dict() or key in getattr(config, "attribute_map", {}):

@@ -121,7 +121,8 @@ def check_eos_pooling(model: nn.Module, input_ids: Tensor | None, where: str) ->
     ``eos_token_id`` of each text and fail inside forward unless every text holds it equally often:
     check that here, in words a user can act on. input_ids: (B, T)."""
     config = getattr(model, "config", None)
-    if input_ids is None or not getattr(config, "is_encoder_decoder", False) or not hasattr(model, "classification_head"):
+    pools_at_eos = getattr(config, "is_encoder_decoder", False) and hasattr(model, "classification_head")
+    if input_ids is None or not pools_at_eos:
         return
     eos = config.eos_token_id
     counts = (input_ids == eos).sum(dim=1)
