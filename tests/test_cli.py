@@ -156,3 +156,77 @@ def test_plugin_verbs_are_found_and_imported_only_when_used(tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         main(["absent"])
     assert "invalid choice: 'absent'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Models whose blocks are not one plain list end in 'error: …', never a traceback
+
+
+def _stack_folder(tmp_path: Path, build: str, **kwargs) -> Path:
+    import shutil
+
+    import tiny_stacks
+
+    folder = tmp_path / build
+    getattr(tiny_stacks, build)(**kwargs).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(DATA / "tiny_tokenizer" / name, folder / name)
+    return folder
+
+
+def _stack_config(tmp_path: Path, teacher: str, method: str) -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(f"""
+teacher: {teacher}
+data:
+  train: {DATA / 'reviews_train.csv'}
+  validation: {DATA / 'reviews_validation.csv'}
+  max_length: 16
+  batch_size: 8
+{method}
+training: {{lr: 1.0e-3, max_steps: 1, progress: false, tensorboard: false}}
+output_dir: {tmp_path / 'out'}
+""", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("build", "method", "verb", "message"), [
+    ("tiny_t5", "method: theseus", "run", "several block lists (transformer.encoder.block (2 of T5Block), "
+                                          "transformer.decoder.block (2 of T5Block))"),
+    ("tiny_bart", "method: theseus", "run", "several block lists (model.encoder.layers (2 of BartEncoderLayer)"),
+    ("tiny_albert", "method: theseus", "plan", "shared-weight layers (num_hidden_groups=1"),
+    ("tiny_albert", "method: minilm\nmethod_args: {version: 2, data: train}\nstudent: {path: STUDENT}", "plan",
+     "key.1, query.1, value.1 hook the projections inside the blocks, but AlbertForSequenceClassification has "
+     "shared-weight layers"),
+])
+def test_block_lists_that_cannot_be_picked_end_in_an_error(build, method, verb, message, tmp_path, capsys):
+    # BART saves no num_labels when it is its default 3 (transformers 5): keep 3 so that it reloads.
+    teacher = _stack_folder(tmp_path, build, **({"num_labels": 3} if build == "tiny_bart" else {}))
+    config = _stack_config(tmp_path, f"{{path: {teacher}}}", method.replace("STUDENT", str(teacher)))
+    capsys.readouterr()  # saving the folder printed a progress bar
+    assert main([verb, str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_t5_whose_eos_is_not_in_the_inputs_ends_in_an_error(tmp_path, capsys):
+    teacher = _stack_folder(tmp_path, "tiny_t5", eos_token_id=1)  # the tiny tokenizer ends texts with [SEP] = 3
+    config = _stack_config(tmp_path, f"{{path: {teacher}}}", "method: hinton\nstudent: {path: " + str(teacher) + "}")
+    capsys.readouterr()
+    assert main(["plan", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: teacher: T5ForSequenceClassification classifies at the end-of-sequence token "
+                          "(its config's eos_token_id=1)")
+
+
+def test_a_named_t5_stack_is_shown_in_the_plan_and_theseus_runs(tmp_path, capsys):
+    teacher = _stack_folder(tmp_path, "tiny_t5")
+    config = _stack_config(tmp_path, f"{{path: {teacher}, blocks: transformer.encoder.block}}", "method: theseus")
+    assert main(["plan", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "blocks: transformer.encoder.block (2 of T5Block, named in the config)" in out
+    assert "blocks: transformer.encoder.block (1 of T5Block, named in the config)" in out  # the successor
+    assert main(["run", str(config)]) == 0
+    assert main(["validate", str(_stack_config(tmp_path, f"{{path: {teacher}, blocks: 'encoder..block'}}",
+                                               "method: theseus"))]) == 2
+    assert "teacher.blocks: value error, expected the dotted module path" in capsys.readouterr().err

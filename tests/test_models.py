@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
 import transformers
 from torch import nn
 
+import tiny_stacks
 from kdistill import models, packaged
 from kdistill.errors import ConfigError
 from kdistill.models import count_parameters, find_layer_list, student_from_config, student_from_teacher
@@ -221,3 +223,85 @@ def test_load_factory():
         models.load_factory("builtins:dict", a=1)
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
         models.load_factory("no_such_module:make")
+
+
+# ---------------------------------------------------------------------------------------------
+# The one rule for block lists: several stacks and shared-weight layers are refused, a named list is used
+
+
+@pytest.mark.parametrize(("build", "lists"), [
+    ("tiny_t5", ["transformer.encoder.block (2 of T5Block)", "transformer.decoder.block (2 of T5Block)"]),
+    ("tiny_bart", ["model.encoder.layers (2 of BartEncoderLayer)", "model.decoder.layers (2 of BartDecoderLayer)"]),
+])
+def test_encoder_decoders_are_refused_naming_both_stacks(build, lists):
+    model = getattr(tiny_stacks, build)()
+    for refuse in (find_layer_list, lambda m: student_from_teacher(m, [1]),
+                   lambda m: student_from_config(m, num_layers=1)):
+        with pytest.raises(ConfigError, match="several block lists") as info:
+            refuse(model)
+        assert all(text in str(info.value) for text in lists) and "blocks: <path>" in str(info.value)
+
+
+def test_shared_weight_layers_are_refused():
+    albert = tiny_stacks.tiny_albert()
+    for refuse in (find_layer_list, lambda m: student_from_teacher(m, [0])):
+        with pytest.raises(ConfigError, match=r"shared-weight layers \(num_hidden_groups=1 for num_hidden_layers=2; "
+                                              r"its block lists: albert.encoder.albert_layer_groups \(1 of"):
+            refuse(albert)
+    # A fresh, smaller ALBERT needs no teacher blocks: it shares its own layer.
+    assert student_from_config(albert, num_layers=1).config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize(("stack", "count_key", "other_key"), [
+    ("encoder", "num_layers", "num_decoder_layers"), ("decoder", "num_decoder_layers", "num_layers")])
+def test_a_named_stack_is_the_one_copied_and_counted(stack, count_key, other_key, tmp_path):
+    teacher = tiny_stacks.tiny_t5()
+    path = f"transformer.{stack}.block"
+    models.name_blocks(teacher, path)
+    assert find_layer_list(teacher) == (path, teacher.get_submodule(path))
+    assert models.describe_blocks(teacher) == f"blocks: {path} (2 of T5Block, named in the config)"
+
+    student = student_from_teacher(teacher, [1])
+    assert find_layer_list(student)[0] == path and len(student.get_submodule(path)) == 1
+    other = path.replace(stack, "decoder" if stack == "encoder" else "encoder")
+    assert len(student.get_submodule(other)) == 2
+    assert getattr(student.config, count_key) == 1 and getattr(student.config, other_key) == 2
+    student.save_pretrained(tmp_path)
+    reloaded = transformers.T5ForSequenceClassification.from_pretrained(tmp_path)
+    assert len(reloaded.get_submodule(path)) == 1 and len(reloaded.get_submodule(other)) == 2
+
+    fresh = student_from_config(teacher, num_layers=1)
+    assert getattr(fresh.config, count_key) == 1 and getattr(fresh.config, other_key) == 2
+    assert len(fresh.get_submodule(path)) == 1 and models.named_blocks(fresh) == path
+
+
+def test_a_named_path_must_be_a_block_list():
+    t5 = tiny_stacks.tiny_t5()
+    candidates = "transformer.encoder.block (2 of T5Block), transformer.decoder.block (2 of T5Block)"
+    with pytest.raises(ConfigError, match=r"teacher.blocks: 'transformer.encoder.blocks' is not a module of "
+                                          r"T5ForSequenceClassification; its block lists: " + re.escape(candidates)):
+        models.name_blocks(t5, "transformer.encoder.blocks", where="teacher.blocks")
+    with pytest.raises(ConfigError, match="'transformer.encoder' is a T5Stack, not a non-empty nn.ModuleList"):
+        models.name_blocks(t5, "transformer.encoder")
+    with pytest.raises(ConfigError, match="is not a dotted module path"):
+        models.name_blocks(t5, "transformer..block")
+
+
+def test_a_plain_module_with_two_lists_is_refused_unless_one_is_named():
+    class EncoderDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.ModuleList(nn.Linear(2, 2) for _ in range(2))
+            self.decoder = nn.ModuleList(nn.Linear(2, 2) for _ in range(3))
+
+    model = EncoderDecoder()
+    with pytest.raises(ConfigError, match=r"several block lists \(encoder \(2 of Linear\), decoder \(3 of Linear\)\)"):
+        find_layer_list(model)
+    models.name_blocks(model, "encoder")
+    assert find_layer_list(model)[0] == "encoder" and models.num_layers(model) == 2
+
+
+@pytest.mark.parametrize("kind", sorted(LAYER_PATHS))
+def test_the_plan_names_the_block_list_found(kind):
+    blocks = find_layer_list(tiny(kind))[1]
+    assert models.describe_blocks(tiny(kind)) == f"blocks: {LAYER_PATHS[kind]} (4 of {type(blocks[0]).__name__}, found)"

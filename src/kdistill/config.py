@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kdistill.errors import ConfigError, RefError, suggest
 from kdistill.refs import LAYER_KINDS, parse_ref
@@ -42,6 +42,7 @@ DATA_FORMATS = ("csv", "tsv", "jsonl", "json", "hf")
 PROJECTIONS = ("auto", "linear", "mlp", "none")
 LAYER_MAPS = ("uniform", "last", "skip")
 ATTENTION_MODES = ("auto", "hooks", "eager")
+_BLOCKS_RE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
 _FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".txt": "txt"}
@@ -75,6 +76,16 @@ class ModelSpec(_Strict):
     factory: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     from_teacher: FromTeacherSpec | None = None
+    # The block list (dotted module path) that methods copy, drop or replace and layer refs count;
+    # needed where kdistill will not pick one (encoder-decoders). A from_teacher student inherits it.
+    blocks: str | None = None
+
+    @field_validator("blocks")
+    @classmethod
+    def _dotted_path(cls, value: str | None) -> str | None:
+        if value is not None and not _BLOCKS_RE.match(value):
+            raise ValueError("expected the dotted module path of the model's block list, such as 'encoder.block'")
+        return value
 
 
 class MatchSpec(_Strict):

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,32 +152,136 @@ def load_factory(spec: str, **kwargs: Any) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------
 # The block list
+#
+# One rule, used by every method and tool that copies, drops, replaces or counts blocks:
+# 1. a list named in the config (``teacher.blocks``/``student.blocks``, recorded by
+#    :func:`name_blocks`) is the block list;
+# 2. else the candidates are the ``nn.ModuleList``\ s of identical blocks not nested in another;
+#    a model whose config declares shared-weight layers (ALBERT's layer groups) is refused, and
+#    so is an encoder-decoder (two stacks: which one is meant cannot be guessed);
+# 3. of the candidates, the one whose length is the config's layer count for its stack (or, for
+#    a model without a config, the only one) is the block list; none or several is refused.
+
+BLOCKS_ATTRIBUTE = "_kdistill_blocks"
+SHARED_LAYER_KEYS = ("num_hidden_groups",)  # ALBERT: one group of weights reused by many layers
+DECODER_COUNT_KEYS = ("num_decoder_layers", "decoder_layers")
+_PATH_PART = re.compile(r"^[A-Za-z_]\w*$|^\d+$")
 
 
-def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The transformer block list and its dotted path (``bert.encoder.layer``, ``transformer.h`` …).
-
-    Candidates are the ``nn.ModuleList``\\ s whose children all share one class, leaving out those
-    nested inside another candidate (per-layer expert or head lists). The longest wins; on a tie
-    the shallowest, then the first registered.
-    """
+def block_candidates(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The ``nn.ModuleList``\\ s whose children all share one class, leaving out those nested in
+    another candidate (per-layer expert or sub-layer lists), in registration order."""
     candidates = [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(child) for child in module}) == 1
     ]
-    outer = [
+    return [
         (name, module)
         for name, module in candidates
         if not any(other != name and (other == "" or name.startswith(other + ".")) for other, _ in candidates)
     ]
-    if not outer:
+
+
+def describe_lists(lists: list[tuple[str, nn.ModuleList]]) -> str:
+    """``encoder.block (2 of T5Block), decoder.block (2 of T5Block)``."""
+    return ", ".join(f"{name} ({len(blocks)} of {type(blocks[0]).__name__})" for name, blocks in lists) or "none"
+
+
+def name_blocks(model: nn.Module, path: str, *, where: str = "blocks") -> None:
+    """Make the ``nn.ModuleList`` at the dotted ``path`` the block list of ``model`` (see the rule above).
+
+    A path that is not a module of ``model``, or not a non-empty ``nn.ModuleList``, is a ConfigError
+    naming ``where`` and the model's candidate lists. Copies of ``model`` (students built from it)
+    keep the name.
+    """
+    lists = describe_lists(block_candidates(model))
+    if not isinstance(path, str) or not all(_PATH_PART.match(part) for part in path.split(".")):
+        raise ConfigError(f"{where}: {path!r} is not a dotted module path such as 'encoder.block'; "
+                          f"the block lists of {type(model).__name__}: {lists}.")
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise ConfigError(f"{where}: '{path}' is not a module of {type(model).__name__}; "
+                          f"its block lists: {lists}.") from None
+    if not isinstance(module, nn.ModuleList) or len(module) == 0:
+        raise ConfigError(f"{where}: '{path}' is a {type(module).__name__}, not a non-empty nn.ModuleList of blocks; "
+                          f"the block lists of {type(model).__name__}: {lists}.")
+    model.__dict__[BLOCKS_ATTRIBUTE] = path
+
+
+def named_blocks(model: nn.Module) -> str | None:
+    """The block list path given to :func:`name_blocks`, or None."""
+    return model.__dict__.get(BLOCKS_ATTRIBUTE)
+
+
+def layer_count_keys(config: Any, path: str | None) -> tuple[str, ...]:
+    """The config keys that count the blocks of the list at ``path``: a decoder stack's own, else the usual ones."""
+    on_decoder = path is not None and "decoder" in path.split(".")
+    if on_decoder and any(isinstance(getattr(config, key, None), int) for key in DECODER_COUNT_KEYS):
+        return DECODER_COUNT_KEYS
+    return LAYER_COUNT_KEYS
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def find_layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The block list and its dotted path (``bert.encoder.layer``, ``transformer.h`` …), by the rule above.
+
+    Raises a ConfigError naming the candidate lists when the rule picks none.
+    """
+    named = named_blocks(model)
+    if named is not None:
+        return named, model.get_submodule(named)
+    name = type(model).__name__
+    candidates = block_candidates(model)
+    if not candidates:
         raise ConfigError(
-            f"{type(model).__name__} has no nn.ModuleList of identical blocks, so its layers cannot be "
+            f"{name} has no nn.ModuleList of identical blocks, so its layers cannot be "
             "found; name the modules explicitly (refs like 'module:<path>')."
         )
-    best = min(enumerate(outer), key=lambda item: (-len(item[1][1]), item[1][0].count("."), item[0]))
-    return best[1]
+    lists = describe_lists(candidates)
+    config = getattr(model, "config", None)
+    shared = {key: getattr(config, key) for key in SHARED_LAYER_KEYS if isinstance(getattr(config, key, None), int)}
+    if shared:
+        settings = ", ".join(f"{key}={value}" for key, value in shared.items())
+        raise ConfigError(
+            f"{name} has shared-weight layers ({settings} for num_hidden_layers={num_layers_of_config(config)}; "
+            f"its block lists: {lists}): its layers reuse the same weights, so they cannot be copied, dropped or "
+            "replaced one by one. Build the student from a config ('from_teacher: {num_layers: N}') or give one "
+            "('student: {path: …}'), and use a method that needs no teacher blocks."
+        )
+    several = (f"{name} has several block lists ({lists}); kdistill does not guess which one is meant: name it "
+               f"in the config with 'blocks: <path>' under teacher (or student), e.g. 'blocks: {candidates[0][0]}'.")
+    if is_encoder_decoder(model):
+        raise ConfigError(several)
+    if config is None:
+        if len(candidates) > 1:
+            raise ConfigError(several)
+        return candidates[0]
+    matching = [(path, blocks) for path, blocks in candidates
+                if len(blocks) == num_layers_of_config(config, layer_count_keys(config, path))]
+    if len(matching) > 1:
+        raise ConfigError(several)
+    if not matching:
+        raise ConfigError(
+            f"{name}: none of its block lists ({lists}) holds the {num_layers_of_config(config)} layers its config "
+            "declares; name the block list in the config with 'blocks: <path>' under teacher (or student)."
+        )
+    return matching[0]
+
+
+def describe_blocks(model: nn.Module) -> str:
+    """One line naming the block list methods act on (``blocks: bert.encoder.layer (2 of BertLayer, found)``),
+    or why there is none."""
+    try:
+        path, blocks = find_layer_list(model)
+    except ConfigError as exc:
+        return f"blocks: none usable: {exc}"
+    how = "named in the config" if named_blocks(model) else "found"
+    return f"blocks: {path} ({len(blocks)} of {type(blocks[0]).__name__}, {how})"
 
 
 def num_layers(model: nn.Module) -> int:
@@ -188,25 +293,26 @@ def num_layers(model: nn.Module) -> int:
 # Students
 
 
-def _layer_configs(config: Any, count: int) -> list[Any]:
+def _layer_configs(config: Any, count: int, keys: tuple[str, ...]) -> list[Any]:
     """The config objects that describe a block list of ``count`` layers (the top config or a sub-config)."""
     found = []
     for candidate in [config] + [getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {}]:
         if candidate is None:
             continue
-        values = {key: getattr(candidate, key, None) for key in LAYER_COUNT_KEYS}
+        values = {key: getattr(candidate, key, None) for key in keys}
         if any(value == count for value in values.values()):
             found.append(candidate)
     return found
 
 
-def _set_layer_count(config: Any, kept: list[int], old_count: int) -> None:
-    """Set the layer count and cut every per-layer list (``layer_types`` …) to the kept layers."""
-    for key in LAYER_COUNT_KEYS:
+def _set_layer_count(config: Any, kept: list[int], old_count: int,
+                     keys: tuple[str, ...] = LAYER_COUNT_KEYS) -> None:
+    """Set the layer count (under ``keys``) and cut every per-layer list (``layer_types`` …) to the kept layers."""
+    for key in keys:
         if key in config.to_dict() or key in getattr(config, "attribute_map", {}):
             setattr(config, key, len(kept))
     for key, value in list(vars(config).items()):
-        if "layer" in key and isinstance(value, list) and len(value) == old_count and key not in LAYER_COUNT_KEYS:
+        if "layer" in key and isinstance(value, list) and len(value) == old_count and key not in keys:
             setattr(config, key, [value[i] for i in kept])
     # GPT-Neo keeps a compressed form ([[pattern, repeats]]) that regenerates attention_layers.
     if isinstance(getattr(config, "attention_types", None), list) and isinstance(getattr(config, "attention_layers", None), list):
@@ -254,11 +360,12 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
 
     config = getattr(student, "config", None)
     if config is not None:
-        configs = _layer_configs(config, count)
+        keys = layer_count_keys(config, path)
+        configs = _layer_configs(config, count, keys)
         if not configs:
             logger.warning("%s: no layer count equal to %d found in its config; left unchanged", type(teacher).__name__, count)
         for layer_config in configs:
-            _set_layer_count(layer_config, list(layers), count)
+            _set_layer_count(layer_config, list(layers), count, keys)
     # A student is trained: undo a frozen teacher's requires_grad=False (the Trainer sets train mode).
     student.requires_grad_(True)
     return student
@@ -276,16 +383,21 @@ def student_from_config(
 
     Sizes left ``None`` keep the teacher's value. Per-layer lists (``layer_types``) are cut (or
     cycled) to ``num_layers``; ``head_dim`` and key/value heads follow the new width and heads.
+    On an encoder-decoder, ``num_layers`` applies to the stack named by :func:`name_blocks` (the
+    student keeps the name); without one it is a ConfigError, as in :func:`find_layer_list`.
     """
     config = getattr(teacher, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise ConfigError(f"student_from_config needs a Hugging Face model; {type(teacher).__name__} has no config.")
     if num_layers < 1:
         raise ConfigError(f"student.num_layers: {num_layers} must be at least 1.")
+    # Shared-weight layers (ALBERT) are fine here: a fresh model of fewer layers shares its own.
+    path = find_layer_list(teacher)[0] if is_encoder_decoder(teacher) else named_blocks(teacher)
+    count_keys = layer_count_keys(config, path)
     config = copy.deepcopy(config)
-    old_count = num_layers_of_config(config)
+    old_count = num_layers_of_config(config, count_keys)
     old_heads = getattr(config, "num_attention_heads", None)
-    for key in LAYER_COUNT_KEYS:
+    for key in count_keys:
         if key in config.to_dict() or key in getattr(config, "attribute_map", {}):
             setattr(config, key, num_layers)
     if old_count is not None:
@@ -318,12 +430,15 @@ def student_from_config(
                 f"student.num_attention_heads: {heads} is not a multiple of num_key_value_heads={kv_heads}."
             )
     builder = getattr(type(teacher), "_from_config", None)
-    return builder(config) if builder is not None else type(teacher)(config)
+    student = builder(config) if builder is not None else type(teacher)(config)
+    if path is not None:
+        name_blocks(student, path)
+    return student
 
 
-def num_layers_of_config(config: Any) -> int | None:
-    """The layer count a Hugging Face config declares, under whichever name it uses."""
-    for key in LAYER_COUNT_KEYS:
+def num_layers_of_config(config: Any, keys: tuple[str, ...] = LAYER_COUNT_KEYS) -> int | None:
+    """The layer count a Hugging Face config declares, under whichever of ``keys`` it uses."""
+    for key in keys:
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value
@@ -337,7 +452,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 __all__ = [
     "count_parameters",
+    "describe_blocks",
+    "block_candidates",
     "find_layer_list",
+    "layer_count_keys",
+    "name_blocks",
+    "named_blocks",
     "load_factory",
     "load_hf_model",
     "load_tokenizer",

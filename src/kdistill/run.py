@@ -140,7 +140,16 @@ def _reprefix(exc: KdistillError, old: str, new: str) -> KdistillError:
 
 
 def load_model(spec, where: str, config: RunConfig, teacher: nn.Module | None = None) -> nn.Module:
-    """Build the model ``spec`` describes: HF folder (offline), factory, or from the teacher."""
+    """Build the model ``spec`` describes (HF folder, factory, or from the teacher), with its ``blocks`` named."""
+    from kdistill import models
+
+    model = _build_model(spec, where, config, teacher)
+    if spec.blocks is not None:
+        models.name_blocks(model, spec.blocks, where=f"{where}.blocks")
+    return model
+
+
+def _build_model(spec, where: str, config: RunConfig, teacher: nn.Module | None) -> nn.Module:
     from kdistill import models
 
     if spec.path is not None:
@@ -179,7 +188,8 @@ def student_from_init(init: Mapping, teacher: nn.Module, *, where: str) -> nn.Mo
 
 
 def layer_count(model: nn.Module) -> int | None:
-    """Transformer blocks of ``model`` (from the HF config, else its block list); None if it has none."""
+    """Transformer blocks of ``model`` (from the HF config, else its block list); None if it has none
+    (or, for an encoder-decoder, when no stack is named)."""
     from kdistill import models
 
     if is_hf_model(model):
@@ -867,6 +877,8 @@ def _weight(value: Any) -> str:
 def plan(config: RunConfig) -> str:
     """What the run will do: data, models, every match with shapes, projections, parameter counts,
     the method's expansion and the steps. Loads the models and runs one batch; trains nothing."""
+    from kdistill.models import describe_blocks
+
     parts = build(config)
     lines = [f"kdistill plan: {config.source or 'config'}", ""]
     data = parts.data
@@ -909,6 +921,7 @@ def plan(config: RunConfig) -> str:
     for role, model in (("teacher", parts.teacher), ("assistant", parts.assistant), ("student", parts.student)):
         if model is not None:
             lines.append(f"  {role:<9} {_model_line(model)}")
+            lines.append(f"  {'':<9} {describe_blocks(model)}")
             lines.append(f"  {'':<9} source: {parts.model_sources.get(role, '?')}")
     if parts.layer_map is not None:
         lines += ["", f"layer map ({config.layer_map if isinstance(config.layer_map, str) else 'explicit'}; "

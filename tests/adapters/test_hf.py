@@ -9,7 +9,9 @@ import torch
 import transformers
 
 from kdistill.adapters import HFAdapter, make_adapter
-from kdistill.errors import ConfigError, FeatureError, RefError
+import tiny_stacks
+from kdistill import models
+from kdistill.errors import ConfigError, DataError, FeatureError, RefError
 from kdistill.refs import Ref, parse_ref
 from tiny_engine import bert_config, token_batch
 
@@ -206,3 +208,51 @@ def test_unknown_attention_mode_is_a_config_error():
     model, _ = build("bert")
     with pytest.raises(ConfigError, match="student.attention: 'fast' is not one of auto, hooks, eager"):
         HFAdapter(model, refs("attn.0"), attention="fast", where="student")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models whose blocks are not one plain list (T5, ALBERT)
+
+
+def test_projection_refs_on_shared_weight_layers_are_a_ref_error():
+    """MiniLM v2 hooks query/key/value of the last block; ALBERT has one shared layer (was an IndexError)."""
+    albert = tiny_stacks.tiny_albert()
+    with pytest.raises(RefError, match=r"teacher: key.1, query.1, value.1 hook the projections inside the blocks, "
+                                       r"but AlbertForSequenceClassification has shared-weight layers"):
+        HFAdapter(albert, refs("query.-1,key.-1,value.-1"), where="teacher")
+    # Hidden states need no block list: ALBERT returns one per run of its shared layer.
+    features = HFAdapter(albert, refs("hidden.2"))({"input_ids": tiny_stacks.ids_ending_in(3)})
+    assert len(features.hidden) == 3
+
+
+def test_layer_refs_on_an_encoder_decoder_read_the_named_stack():
+    t5 = tiny_stacks.tiny_t5()
+    with pytest.raises(RefError, match=r"student: hidden.1 on T5ForSequenceClassification, an encoder-decoder whose "
+                                       r"block lists are transformer.encoder.block \(2 of T5Block\), "
+                                       r"transformer.decoder.block \(2 of T5Block\): no stack is named. Name the stack "
+                                       r"the refs read with 'student.blocks'"):
+        HFAdapter(t5, refs("hidden.1"), where="student")
+    assert HFAdapter(t5, refs("logits"), where="student").stack is None  # logits need no stack
+
+    batch = {"input_ids": tiny_stacks.ids_ending_in(3), "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+    for stack in ("encoder", "decoder"):
+        named = copy.deepcopy(t5)
+        models.name_blocks(named, f"transformer.{stack}.block")
+        adapter = HFAdapter(named, refs("hidden.-1"), where="student")
+        assert adapter.num_layers == 2 and f"layer refs read the {stack} stack" in adapter.describe()
+        features = adapter(batch)
+        expected = named(**batch, output_hidden_states=True)[f"{stack}_hidden_states"]
+        assert len(features.hidden) == 3 and torch.equal(features.hidden[2], expected[2])
+
+
+def test_an_eos_classifier_without_eos_in_its_inputs_is_a_data_error():
+    t5 = tiny_stacks.tiny_t5(eos_token_id=1)
+    adapter = HFAdapter(t5, refs("logits"), where="teacher")
+    with pytest.raises(DataError, match=r"teacher: T5ForSequenceClassification classifies at the end-of-sequence "
+                                        r"token \(its config's eos_token_id=1\), but 2 of 2 texts in a batch lack it"):
+        adapter({"input_ids": tiny_stacks.ids_ending_in(3)})
+    uneven = tiny_stacks.ids_ending_in(1)
+    uneven[0, 0] = 1
+    with pytest.raises(DataError, match=r"texts in a batch hold it \[1, 2\] times"):
+        adapter({"input_ids": uneven})
+    assert adapter({"input_ids": tiny_stacks.ids_ending_in(1)}).logits.shape == (2, 2)

@@ -7,6 +7,8 @@ import torch
 import transformers
 from transformers.utils import ModelOutput
 
+import tiny_stacks
+from kdistill import models
 from kdistill.errors import ConfigError
 from kdistill.methods import expand
 from kdistill.methods.theseus import TheseusModule, curriculum_rate, group_layers
@@ -203,3 +205,49 @@ def test_recipe_and_trainer():
     assert len(history) == 20 and set(history[0]) >= {"loss", "hard_label"}
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert int(wrapper.step) == 19 + 1 and wrapper.total_steps == 20 and wrapper.successor_only()
+
+
+# ---------------------------------------------------------------------------------------------
+# Models whose blocks are not one plain list
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    ("tiny_t5", r"several block lists \(transformer.encoder.block \(2 of T5Block\), transformer.decoder.block"),
+    ("tiny_bart", r"several block lists \(model.encoder.layers \(2 of BartEncoderLayer\), model.decoder.layers"),
+    ("tiny_albert", r"shared-weight layers \(num_hidden_groups=1 for num_hidden_layers=2"),
+])
+def test_several_stacks_or_shared_layers_are_refused(build, message):
+    predecessor = getattr(tiny_stacks, build)()
+    with pytest.raises(ConfigError, match=message):
+        TheseusModule(predecessor, 1)
+    if build == "tiny_albert":  # its config counts 2 layers: the recipe builds, its student is refused
+        recipe = expand("theseus", predecessor, None)
+        with pytest.raises(ConfigError, match=message):
+            student_from_teacher(predecessor, recipe.student_init["from_teacher"]["layers"])
+    else:
+        with pytest.raises(ConfigError, match=message):
+            expand("theseus", predecessor, None)
+
+
+@pytest.mark.parametrize("stack", ["encoder", "decoder"])
+def test_a_named_stack_gives_both_predecessor_and_successor_blocks(stack):
+    predecessor = tiny_stacks.tiny_t5()
+    path = f"transformer.{stack}.block"
+    other = path.replace(stack, "decoder" if stack == "encoder" else "encoder")
+    models.name_blocks(predecessor, path)
+    module = TheseusModule(predecessor, 1, replace_rate=0.0, successor_only_fraction=None)
+    assert module.block_path == path and module.predecessor_blocks is predecessor.get_submodule(path)
+    assert block_weights_equal(module.successor.get_submodule(path)[0], predecessor.get_submodule(path)[0])
+    assert len(module.successor.get_submodule(other)) == 2
+
+    ran = []
+    handles = [block.register_forward_hook(lambda *_, i=i: ran.append(i))
+               for i, block in enumerate(module.predecessor_blocks)]
+    module.train()
+    with torch.no_grad():  # p = 0: the predecessor's two blocks of that stack run inside the successor
+        module(input_ids=tiny_stacks.ids_ending_in(3), labels=torch.tensor([0, 1]))
+    assert ran == [0, 1]
+    for handle in handles:
+        handle.remove()
+    exported = module.export()
+    assert len(exported.get_submodule(path)) == 1 and len(exported.get_submodule(other)) == 2

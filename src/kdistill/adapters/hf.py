@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.adapters.base import NON_INPUT_KEYS, HookSet, batch_mask, get_submodule
-from kdistill.errors import ConfigError, FeatureError, RefError
+from kdistill.errors import ConfigError, DataError, FeatureError, RefError
 from kdistill.features import Features
-from kdistill.refs import ATTENTION_KINDS, QKV_KINDS, Ref
+from kdistill.refs import ATTENTION_KINDS, LAYER_KINDS, QKV_KINDS, Ref
 
 # Encoders whose attention is exactly softmax(q·kᵀ/√d + mask) on the projections below.
 HOOKABLE_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"})
@@ -48,12 +48,36 @@ def is_hf_model(model: nn.Module) -> bool:
 
 
 def hf_num_layers(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("num_hidden_layers", "n_layer", "n_layers", "num_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    """The blocks that ``hidden.N``/``attn.N`` count: the config's layer count (ALBERT: how often its
+    shared layer runs); on an encoder-decoder, the length of the stack named with ``blocks`` (None
+    when none is named: which stack a ref reads cannot be guessed)."""
+    from kdistill.models import LAYER_COUNT_KEYS, is_encoder_decoder, named_blocks, num_layers_of_config
+
+    if is_encoder_decoder(model):
+        path = named_blocks(model)
+        return None if path is None else len(model.get_submodule(path))
+    return num_layers_of_config(getattr(model, "config", None), (*LAYER_COUNT_KEYS, "num_layers"))
+
+
+def encoder_decoder_stack(model: nn.Module, refs: Iterable[Ref], where: str) -> str | None:
+    """``"encoder"``/``"decoder"``: the stack an encoder-decoder's layer refs read (the one named with
+    ``blocks``); None for other models or without layer refs. Unnamed, it is a RefError."""
+    from kdistill.models import block_candidates, describe_lists, is_encoder_decoder, named_blocks
+
+    layer_refs = [str(ref) for ref in refs if ref.kind in LAYER_KINDS]
+    if not layer_refs or not is_encoder_decoder(model):
+        return None
+    path = named_blocks(model)
+    parts = path.split(".") if path is not None else []
+    stack = "encoder" if "encoder" in parts else "decoder" if "decoder" in parts else None
+    if stack is None:
+        named = f"the block list '{path}' is in neither stack" if path else "no stack is named"
+        raise RefError(
+            f"{where}: {', '.join(layer_refs)} on {type(model).__name__}, an encoder-decoder whose block lists are "
+            f"{describe_lists(block_candidates(model))}: {named}. Name the stack the refs read with "
+            f"'{where}.blocks' (its encoder or decoder block list); hidden.N then reads that stack's hidden states."
+        )
+    return stack
 
 
 def hf_num_heads(model: nn.Module) -> int | None:
@@ -92,6 +116,28 @@ def attention_from_qk(query: Tensor, key: Tensor, num_heads: int, mask: Tensor |
     return scores
 
 
+def check_eos_pooling(model: nn.Module, input_ids: Tensor | None, where: str) -> None:
+    """Encoder-decoder classifiers (T5, BART … with a ``classification_head``) classify at the last
+    ``eos_token_id`` of each text and fail inside forward unless every text holds it equally often:
+    check that here, in words a user can act on. input_ids: (B, T)."""
+    config = getattr(model, "config", None)
+    pools_at_eos = getattr(config, "is_encoder_decoder", False) and hasattr(model, "classification_head")
+    if input_ids is None or not pools_at_eos:
+        return
+    eos = config.eos_token_id
+    counts = (input_ids == eos).sum(dim=1)
+    if bool((counts == counts[0]).all()) and int(counts[0]) > 0:
+        return
+    missing = int((counts == 0).sum())
+    found = f"{missing} of {len(counts)} texts in a batch lack it" if missing else \
+        f"texts in a batch hold it {sorted(set(counts.tolist()))} times"
+    raise DataError(
+        f"{where}: {type(model).__name__} classifies at the end-of-sequence token (its config's eos_token_id={eos}), "
+        f"but {found}. Tokenise with the model's own tokenizer (data.tokenizer), which ends each text with it, "
+        "or set eos_token_id in the model's config.json to the id your tokenizer ends every text with."
+    )
+
+
 class HFAdapter:
     """Features of a ``transformers`` model. Refs are resolved against the model's layer count now."""
 
@@ -102,6 +148,9 @@ class HFAdapter:
         self.where = where
         self.num_layers = hf_num_layers(model)
         self.num_heads = hf_num_heads(model)
+        refs = list(refs)
+        # On an encoder-decoder, layer refs read the named stack's outputs (encoder_hidden_states …).
+        self.stack = encoder_decoder_stack(model, refs, where)
         self.refs = [ref.resolved(self.num_layers, where=where) for ref in refs]
         self.hooks = HookSet()
         self.want_hidden = any(r.kind == "hidden" for r in self.refs)
@@ -152,7 +201,11 @@ class HFAdapter:
             return
         from kdistill.models import find_layer_list
 
-        _, blocks = find_layer_list(self.model)
+        try:
+            _, blocks = find_layer_list(self.model)
+        except ConfigError as exc:
+            refs = ", ".join(f"{kind}.{layer}" for kind, layer in sorted(wanted))
+            raise RefError(f"{self.where}: {refs} hook the projections inside the blocks, but {exc}") from None
         for kind, layer in sorted(wanted):
             module = find_projection(blocks[layer], kind)
             if module is None:
@@ -165,6 +218,8 @@ class HFAdapter:
     def describe(self) -> str:
         """One line for the plan: what this adapter asks the model for."""
         parts = []
+        if self.stack is not None:
+            parts.append(f"layer refs read the {self.stack} stack")
         if self.want_hidden:
             parts.append("hidden states")
         if self.attention_layers:
@@ -178,6 +233,7 @@ class HFAdapter:
             for key, value in batch.items()
             if key not in NON_INPUT_KEYS and (self.input_names is None or key in self.input_names)
         }
+        check_eos_pooling(self.model, inputs.get("input_ids"), self.where)
         want_eager_attentions = self.attention_mode == "eager"
         output = self.model(
             **inputs,
@@ -195,7 +251,7 @@ class HFAdapter:
             attention_mask=mask,
         )
         if self.want_hidden:
-            hidden = output.get("hidden_states")
+            hidden = output.get(self._output_key("hidden_states"))
             if not hidden:
                 raise FeatureError(f"{self.where}: the model returned no hidden states although they were requested.")
             features.hidden = tuple(hidden)
@@ -209,10 +265,14 @@ class HFAdapter:
             self._fill_attention(features, output, mask)
         return features
 
+    def _output_key(self, name: str) -> str:
+        """``hidden_states`` or, on an encoder-decoder, the named stack's (``encoder_hidden_states``)."""
+        return name if self.stack is None else f"{self.stack}_{name}"
+
     def _fill_attention(self, features: Features, output, mask: Tensor | None) -> None:
         wants = {(r.kind, r.index) for r in self.refs if r.kind in ATTENTION_KINDS}
         if self.attention_mode == "eager":
-            attentions = output.get("attentions")
+            attentions = output.get(self._output_key("attentions"))
             if not attentions:
                 raise FeatureError(
                     f"{self.where}: the model returned no attention weights (an empty tuple) although "

@@ -10,7 +10,9 @@ loss trains the successors. :meth:`TheseusModule.export` returns a stand-alone m
 predecessor's class holding only the successor blocks.
 
 Works for any model whose blocks are one ``nn.ModuleList`` (BERT, RoBERTa, DistilBERT, GPT-2 …,
-found by :func:`kdistill.models.find_layer_list`): each forward temporarily installs a mixed block
+found by :func:`kdistill.models.find_layer_list`; models with shared-weight layers such as ALBERT
+are refused, and an encoder-decoder needs its stack named, ``teacher.blocks: encoder.block``;
+predecessor and successor blocks always come from that one list): each forward temporarily installs a mixed block
 list (with the config's layer count and per-layer lists and the blocks' ``layer_idx`` set to match),
 and restores the successor-only model afterwards, also on an exception.
 
@@ -39,7 +41,7 @@ from torch import nn
 from kdistill.errors import ConfigError
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, layer_count
-from kdistill.models import LAYER_COUNT_KEYS, find_layer_list, student_from_teacher
+from kdistill.models import LAYER_COUNT_KEYS, find_layer_list, layer_count_keys, student_from_teacher
 from kdistill.schedules import Constant, Linear, Scalar, value_at
 
 SUCCESSOR_INIT = ("first", "groups")
@@ -92,11 +94,25 @@ def _per_layer_lists(config: Any, count: int) -> dict[str, list]:
             if "layer" in key and isinstance(value, list) and len(value) == count and key not in LAYER_COUNT_KEYS}
 
 
-def _count_keys(config: Any) -> list[str]:
+def _count_keys(config: Any, block_path: str) -> list[str]:
+    """The config keys that count the blocks at ``block_path`` (set to the mixed list's length in forward)."""
     if config is None:
         return []
     present = set(config.to_dict()) | set(getattr(config, "attribute_map", {})) if hasattr(config, "to_dict") else set()
-    return [key for key in LAYER_COUNT_KEYS if key in present and isinstance(getattr(config, key, None), int)]
+    return [key for key in layer_count_keys(config, block_path)
+            if key in present and isinstance(getattr(config, key, None), int)]
+
+
+def _successor_blocks(host: nn.Module, block_path: str) -> nn.ModuleList:
+    """The successor's block list: the one at the predecessor's path, so both come from one stack."""
+    try:
+        blocks = host.get_submodule(block_path)
+    except AttributeError:
+        blocks = None
+    if not isinstance(blocks, nn.ModuleList):
+        raise ConfigError(f"theseus: the successor {type(host).__name__} has no block list at '{block_path}', "
+                          "the predecessor's; give a successor of the predecessor's architecture.")
+    return blocks
 
 
 class TheseusModule(nn.Module):
@@ -120,7 +136,7 @@ class TheseusModule(nn.Module):
                  train_outside_blocks: bool = False, seed: int = 0):
         super().__init__()
         _check_rate(replace_rate)
-        _, predecessor_blocks = find_layer_list(predecessor)
+        block_path, predecessor_blocks = find_layer_list(predecessor)
         n = len(predecessor_blocks)
         if isinstance(successor, nn.Module):
             if type(successor) is not type(predecessor):
@@ -131,7 +147,7 @@ class TheseusModule(nn.Module):
             host = student_from_teacher(predecessor, successor_init_layers(n, successor, successor_init))
         else:
             host = student_from_teacher(predecessor, check_layer_list("theseus", "successor", successor, n))
-        self.block_path, successor_blocks = find_layer_list(host)
+        self.block_path, successor_blocks = block_path, _successor_blocks(host, block_path)
         self.groups = group_layers(n, len(successor_blocks))
         self.successor = host
         self.predecessor_blocks = predecessor_blocks
@@ -150,7 +166,7 @@ class TheseusModule(nn.Module):
         self._generator: torch.Generator | None = None
         self._generator_step: int | None = None
         self._predecessor_lists = _per_layer_lists(getattr(predecessor, "config", None), n)
-        self._count_keys = _count_keys(getattr(host, "config", None))
+        self._count_keys = _count_keys(getattr(host, "config", None), block_path)
 
     # ------------------------------------------------------------------ schedule
     @property
