@@ -56,7 +56,9 @@ def test_losses_and_methods_list_one_line_each(capsys):
 def test_validate_ok_and_with_every_problem(config_file, capsys):
     assert main(["validate", str(config_file), "training.epochs=3"]) == 0
     assert capsys.readouterr().out == (f"ok: {config_file} is valid (method hinton; output_dir "
-                                       f"{Path.cwd() / 'runs' / 'run'}).\n")
+                                       f"{Path.cwd() / 'runs' / 'run'}).\n"
+                                       "this config imports and calls (a config is code):\n"
+                                       f"  tiny_models:tiny_bert (teacher.factory) from {EXAMPLES / 'tiny_models.py'}\n")
 
     bad = config_file.with_name("bad.yaml")
     bad.write_text(CONFIG.replace("method: hinton", "method: hinton\nmatches: [{teacher: logits, loss: hiden_mse}]"))
@@ -67,6 +69,14 @@ def test_validate_ok_and_with_every_problem(config_file, capsys):
     assert "  - training.lrr: unknown key 'lrr' (from the override 'training.lrr=3e-5'); did you mean 'lr'?" in captured.err
     assert "  - matches[0].loss: unknown loss 'hiden_mse'; did you mean 'hidden_mse'? Available: " in captured.err
     assert "Traceback" not in captured.err
+
+
+def test_validate_refuses_the_standard_library_and_out_of_range_arguments(config_file, capsys):
+    assert main(["validate", str(config_file), "teacher.factory=os:system", "method_args.alpha=2"]) == 2
+    err = capsys.readouterr().err
+    assert "  - method_args.alpha: 2 is out of range; it must be between 0 and 1 (" in err
+    assert "  - teacher.factory: 'os:system' is in the Python standard library ('os'); " in err
+    assert "Traceback" not in err
 
 
 def test_errors_print_one_message_and_exit_2(tmp_path, capsys):
@@ -118,7 +128,8 @@ def test_run_then_eval_then_a_changed_rerun(config_file, tmp_path, capsys):
 def test_plan_prints_the_matches(config_file, capsys):
     assert main(["plan", str(config_file), "data.batch_size=8"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"kdistill plan: {config_file}\n")
+    assert out.startswith(f"kdistill plan: {config_file}\n\nthis config imports and calls (a config is code):\n"
+                          f"  tiny_models:tiny_bert (teacher.factory) from {EXAMPLES / 'tiny_models.py'}\n\n")
     assert "stage 1/1 'distil': teacher -> student, data 'train', hard_label_weight 0.5, 2 steps" in out
     assert "soft        logits   (8, 2)  logits   (8, 2)  kl       0.5" in out
 

@@ -191,6 +191,38 @@ def test_loss_and_method_arguments_are_checked_against_their_signatures():
     ]
 
 
+def test_hyper_parameters_out_of_range_are_refused_with_the_range():
+    raw = base(method="hinton", hard_label_weight=-0.5,
+               method_args={"alpha": 2, "temperature": {"schedule": "linear", "start_value": 4, "end_value": 0}})
+    raw["matches"] = [{"teacher": "logits", "loss": "kl", "weight": -1, "args": {"temperature": 0}},
+                      {"teacher": "value.-1", "loss": "relation_kl", "args": {"num_heads": 2.5}},
+                      {"teacher": "logits", "loss": "hard_ce", "args": {"label_smoothing": 1.5}}]
+    assert problems(raw) == [
+        "method_args.alpha: 2 is out of range; it must be between 0 and 1 (the weight of the soft-target loss; "
+        "the hard-label weight is 1 − alpha).",
+        "method_args.temperature.end_value: 0 is out of range; it must be greater than 0 (the softmax temperature "
+        "T; T = 0 divides by zero).",
+        "hard_label_weight: -0.5 is out of range; it must be at least 0 (a weight multiplies its loss; a negative "
+        "weight would train the student to maximise it).",
+        "matches[0].args.temperature: 0 is out of range; it must be greater than 0 (the softmax temperature T; "
+        "T = 0 divides by zero).",
+        "matches[0].weight: -1 is out of range; it must be at least 0 (a weight multiplies its loss; a negative "
+        "weight would train the student to maximise it).",
+        "matches[1].args.num_heads: 2.5 is not a whole number; it must be a whole number, at least 1 (the "
+        "relation heads; each model's width must be divisible by it).",
+        "matches[2].args.label_smoothing: 1.5 is out of range; it must be between 0 and 1.",
+    ]
+
+
+def test_method_options_outside_their_choices_are_refused():
+    raw = base(method="pkd", method_args={"strategy": "lst", "t2_scale": "yes", "teacher_layers": 0})
+    assert problems(raw) == [
+        "method_args.strategy: 'lst' is not valid; did you mean 'last'? It must be one of skip, last.",
+        "method_args.t2_scale: 'yes' is not valid. It must be one of true, false.",
+        "method_args.teacher_layers: 0 is out of range; it must be a whole number, at least 1 (a number of layers).",
+    ]
+
+
 def test_schedules_weights_projections_and_layer_maps():
     raw = base(layer_map=[[0, 0], [2]])
     raw["matches"] = [

@@ -92,8 +92,10 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub.set_defaults(handler=_eval)
 
     sub = verb("validate", "check a config whole (no weights load) and list every problem",
-               "Check types, unknown keys, loss/method/ref names, loss arguments, schedules, data files "
-               "and their columns, model folders. Loads no weights.")
+               "Check types, unknown keys, loss/method/ref names, loss and method arguments against their "
+               "ranges, schedules, data files and their columns, model folders. Loads no weights. A config "
+               "is code: every 'module:function' it names is imported (never from the standard library) and "
+               "listed with its file.")
     sub.add_argument("config", metavar="CONFIG")
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     sub.set_defaults(handler=_validate)
@@ -185,7 +187,10 @@ def _validate(args: argparse.Namespace) -> int:
     what = f"method {config.method}" if config.method else ""
     if config.matches:
         what += (" + " if what else "") + f"{len(config.matches)} match{'es' if len(config.matches) != 1 else ''}"
+    from kdistill.factories import describe
+
     print(f"ok: {args.config} is valid ({what}; output_dir {config.output_dir}).")
+    print("\n".join(describe(config.imports)))
     return 0
 
 

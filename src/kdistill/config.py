@@ -11,7 +11,10 @@ as ``path: problem``, e.g. ``matches[2].loss: unknown loss 'hiden_mse'; did you 
 Relative paths of inputs (data files, model and tokenizer folders, ``python_path``) are read
 relative to the config file's folder, so a config travels with its data; ``output_dir`` is
 relative to the current directory (default ``runs/<config name>``). Python factories
-(``"module:function"``) are imported from the config's folder and ``python_path``.
+(``"module:function"``) are imported from the config's folder and ``python_path`` — a config is
+code; validation imports each one (never from the standard library) and ``config.imports`` lists
+them (:mod:`kdistill.factories`). Hyper-parameters are checked against the ranges their loss or
+method declares (:mod:`kdistill.ranges`).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from kdistill.errors import ConfigError, RefError, suggest
+from kdistill.factories import FACTORY_RE, Imported, resolve, strings_in
+from kdistill.ranges import WEIGHT, Range, argument_problems
 from kdistill.refs import LAYER_KINDS, parse_ref
 
 TASKS = ("sequence-classification", "base", "masked-lm")
@@ -43,7 +48,6 @@ PROJECTIONS = ("auto", "linear", "mlp", "none")
 LAYER_MAPS = ("uniform", "last", "skip")
 ATTENTION_MODES = ("auto", "hooks", "eager")
 _BLOCKS_RE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*$")
-_FACTORY_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".txt": "txt"}
 
@@ -182,10 +186,16 @@ class RunConfig(_TopLevel):
 
     # Where the config came from (not part of the config itself).
     _source: str | None = None
+    _imports: list[Imported] = PrivateAttr(default_factory=list)
 
     @property
     def source(self) -> str | None:
         return self._source
+
+    @property
+    def imports(self) -> list[Imported]:
+        """Every ``module:function`` the config imports and calls, with its config path and file."""
+        return list(self._imports)
 
     def resolved(self) -> dict:
         """Every key with its value after defaults, overrides and path resolution (YAML-ready)."""
@@ -545,6 +555,7 @@ class _Checker:
     def __init__(self, base_dir: Path):
         self.base_dir = base_dir
         self.errors: list[str] = []
+        self.factories: list[tuple[str, str]] = []  # (config path, "module:function") to import
 
     def add(self, text: str) -> None:
         self.errors.append(text)
@@ -605,9 +616,12 @@ class _Checker:
         return str(folder)
 
     def factory(self, value: str, where: str) -> None:
-        if not _FACTORY_RE.match(value):
+        """Check the form of a ``module:function`` string; well-formed ones are imported at the end."""
+        if not FACTORY_RE.match(value):
             self.add(f"{where}: '{value}' is not of the form 'package.module:function' "
                      "(e.g. 'my_models:build_student').")
+        else:
+            self.factories.append((where, value))
 
     def from_teacher(self, spec: FromTeacherSpec, where: str) -> None:
         if (spec.layers is None) == (spec.num_layers is None):
@@ -771,19 +785,22 @@ class _Checker:
         return list(record)
 
     # ------------------------------------------------------------------ matches, methods, schedules
-    def scalar(self, value: Any, where: str, *, what: str = "a number") -> None:
-        """A number, or a schedule mapping validated by kdistill.schedules."""
+    def scalar(self, value: Any, where: str, *, what: str = "a number", within: Range | None = None) -> Any:
+        """A number, or a schedule mapping validated by kdistill.schedules; in ``within`` when given.
+
+        Returns the number or the schedule object, or None after reporting a problem.
+        """
         from kdistill.schedules import schedule_from_dict
 
         if isinstance(value, dict):
             if "schedule" not in value:
                 self.add(f"{where}: a mapping here must be a schedule, e.g. {{schedule: linear, start_value: 0.0, "
                          f"end_value: 1.0}}; it has no 'schedule' key.")
-                return
+                return None
             kind = value["schedule"]
             if not isinstance(kind, str):  # a list or mapping here is not a name (nor hashable)
                 self.add(f"{where}.schedule: expected a schedule name such as 'linear', got {_show(kind)}.")
-                return
+                return None
             try:
                 schedule = schedule_from_dict(value, path=where)
                 for step in (0, 5, 10):  # the numbers inside must be numbers: try it over a 10-step run
@@ -791,12 +808,31 @@ class _Checker:
                         raise ValueError(f"it is {schedule(step, 10)} at step {step}")
             except ConfigError as exc:
                 self.add(str(exc).rstrip())
+                return None
             except (TypeError, ValueError, ArithmeticError) as exc:
                 self.add(f"{where}: the schedule {_show(value)} does not give a number ({exc}); its values and "
                          "steps must be numbers.")
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None
+            value = schedule
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             self.add(f"{where}: expected {what} or a schedule, got {_show(value)}.")
+            return None
+        problem = within.problem(value, where) if within is not None else None
+        if problem:
+            self.add(problem)
+            return None
+        return value
+
+    def arguments(self, function: Any, args: dict, where: str) -> None:
+        """``args`` against the ranges ``function`` declares; schedule mappings are checked as schedules."""
+        values = {}
+        for key, value in args.items():
+            if isinstance(value, dict) and "schedule" in value:
+                value = self.scalar(value, f"{where}.{key}")
+                if value is None:
+                    continue
+            values[key] = value
+        self.errors += argument_problems(function, values, where)
 
     def loss_args(self, loss: str, args: dict, where: str) -> None:
         from kdistill.losses import LOSSES
@@ -807,14 +843,13 @@ class _Checker:
         takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
         inputs = ("student", "teacher", "mask", "labels", "student_features", "teacher_features")
         valid = [p for p in params if p not in inputs and params[p].kind != params[p].VAR_KEYWORD]
-        for key, value in args.items():
+        for key in args:
             if key in inputs:
                 self.add(f"{where}.{key}: '{key}' is supplied by kdistill, not set in args.")
             elif key not in params and not takes_any:
                 self.add(f"{where}.{key}: loss '{loss}' takes no argument '{key}'{_hint(key, valid)} "
                          f"It takes: {', '.join(valid) or 'none'}.")
-            elif isinstance(value, dict):
-                self.scalar(value, f"{where}.{key}")
+        self.arguments(LOSSES.get(loss), {k: v for k, v in args.items() if k in params and k not in inputs}, where)
 
     def match(self, spec: MatchSpec, where: str, layer_map_used: list[bool]) -> None:
         from kdistill.losses import LOSSES
@@ -833,7 +868,7 @@ class _Checker:
                      f"of the same kind (e.g. teacher: hidden.*, student: hidden.*); got '{spec.teacher}' and '{spec.student}'.")
         elif teacher_star:
             layer_map_used.append(True)
-        self.scalar(spec.weight, f"{where}.weight", what="a weight")
+        self.scalar(spec.weight, f"{where}.weight", what="a weight", within=WEIGHT)
         for key in ("start", "stop"):
             value = getattr(spec, key)
             if value is None and key == "stop":
@@ -841,7 +876,9 @@ class _Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 self.add(f"{where}.{key}: expected a step (a whole number) or a fraction of the run (0.0–1.0), "
                          f"got {_show(value)}.")
-        if spec.projection is not None and spec.projection not in PROJECTIONS and not _FACTORY_RE.match(spec.projection):
+        if spec.projection is not None and ":" in spec.projection:
+            self.factory(spec.projection, f"{where}.projection")
+        elif spec.projection is not None and spec.projection not in PROJECTIONS:
             self.add(f"{where}.projection: unknown projection '{spec.projection}'{_hint(spec.projection, PROJECTIONS)} "
                      f"Available: {', '.join(PROJECTIONS)}, or 'package.module:function' building a module "
                      "from (in_width, out_width).")
@@ -883,6 +920,8 @@ class _Checker:
     def method(self, name: str, args: dict) -> None:
         from kdistill.methods import METHODS
 
+        for where, text in strings_in(args, "method_args"):  # e.g. a loss given as 'my_losses:fn'
+            self.factory(text, where)
         if name not in METHODS:
             if ":" in name:
                 self.factory(name, "method")
@@ -896,14 +935,14 @@ class _Checker:
             return
         takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
         valid = [p for p in params if p not in ("teacher", "student") and params[p].kind != params[p].VAR_KEYWORD]
-        for key, value in args.items():
+        for key in args:
             if key in ("teacher", "student"):
                 self.add(f"method_args.{key}: the models come from the config's 'teacher' and 'student'.")
             elif key not in params and not takes_any:
                 self.add(f"method_args.{key}: method '{name}' takes no argument '{key}'{_hint(key, valid)} "
                          f"It takes: {', '.join(valid) or 'none'}.")
-            elif isinstance(value, dict) and "schedule" in value:
-                self.scalar(value, f"method_args.{key}")
+        known = {k: v for k, v in args.items() if k in params and k not in ("teacher", "student")}
+        self.arguments(METHODS.get(name), known, "method_args")
 
 
 def _first_lines(handle, count: int) -> list[str]:
@@ -964,7 +1003,7 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         if top.method is not None:
             check.method(top.method, top.method_args)
         if top.hard_label_weight is not None:
-            check.scalar(top.hard_label_weight, "hard_label_weight", what="a weight")
+            check.scalar(top.hard_label_weight, "hard_label_weight", what="a weight", within=WEIGHT)
         if top.output_dir is None:
             stem = Path(source).stem if source else "kdistill"
             top.output_dir = str(Path("runs") / stem)
@@ -1002,6 +1041,10 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
             check.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
                       "the text (data.tokenizer: path/to/folder).")
 
+    imports: list[Imported] = []
+    if top is not None:  # a config is code: import what it names now, refusing the standard library
+        imports, problems = resolve(check.factories, top.python_path)
+        check.errors += problems
     errors += check.errors
     if errors:
         return None, errors
@@ -1009,6 +1052,7 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     config = RunConfig.model_validate({
         **top.model_dump(), **parsed, "matches": [m for m in matches if m is not None],
     })
+    config._imports = imports
     return config, []
 
 

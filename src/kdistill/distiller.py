@@ -15,6 +15,7 @@ from kdistill.features import Features
 from kdistill.losses import get_loss
 from kdistill.matches import WIDTH_FREE_LOSSES, Match
 from kdistill.projection import OnAxis, make_projection
+from kdistill.ranges import WEIGHT, check_arguments, check_value
 from kdistill.refs import Ref, format_refs
 from kdistill.schedules import Scalar, value_at
 
@@ -103,6 +104,7 @@ class Distiller(nn.Module):
         weights = dict(teacher_weights or {name: 1.0 for name in self.teachers})
         total = sum(weights.values()) or 1.0
         self.teacher_weights = {name: weights.get(name, 0.0) / total for name in self.teachers}
+        check_value(WEIGHT, hard_label_weight, "hard_label_weight")
         self.hard_label_weight = hard_label_weight
         self.hard_label_args = dict(hard_label_args or {})
         self.hard_label_fn = get_loss(hard_label_loss, path="hard_label_loss")
@@ -156,6 +158,8 @@ class Distiller(nn.Module):
             valid = [p for p in params if p not in ("student", "teacher", *_OPTIONAL_LOSS_INPUTS)]
             raise ConfigError(f"{where}.args: loss '{match.loss_name}' takes no argument "
                               f"{', '.join(map(repr, unknown))}; it takes: {', '.join(valid) or 'none'}.")
+        check_value(WEIGHT, match.weight, f"{where}.weight")
+        check_arguments(loss_fn, match.args, f"{where}.args")
         if match.teacher_name not in (None, ENSEMBLE) and match.teacher_name not in self.teachers:
             raise ConfigError(f"{where}.teacher_name: no teacher named '{match.teacher_name}'; "
                               f"teachers are: {', '.join(self.teachers)} (or '{ENSEMBLE}').")

@@ -1,11 +1,19 @@
-"""One generic registry serving losses, methods and adapters."""
+"""One generic registry serving losses, methods and adapters, and the import of user code by name.
+
+A config is code: ``"package.module:function"`` strings are imported and called. Functions of the
+Python standard library and builtins are refused (``os:system`` would run a shell command from a
+YAML file); your own modules and third-party libraries (torch, transformers) are not.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from kdistill import ranges as _ranges
 from kdistill.errors import ConfigError, unknown_choice
 
 T = TypeVar("T")
@@ -23,13 +31,18 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str | None = None, *, overwrite: bool = False) -> Callable[[T], T]:
+    def register(self, name: str | None = None, *, overwrite: bool = False,
+                 ranges: Mapping[str, _ranges.Range] | None = None) -> Callable[[T], T]:
+        """Register under ``name`` (default: the object's ``__name__``). ``ranges``: parameter name ->
+        :class:`kdistill.ranges.Range`, checked by ``kdistill validate`` and before every call."""
         def decorator(obj: T) -> T:
             key = name or getattr(obj, "__name__", None)
             if not key:
                 raise ValueError(f"cannot register {obj!r} as a {self.kind}: give it a name")
             if key in self._items and not overwrite and self._items[key] is not obj:
                 raise ValueError(f"a {self.kind} named '{key}' is already registered")
+            if ranges:
+                _ranges.declare(obj, ranges)
             self._items[key] = obj
             return obj
 
@@ -57,11 +70,24 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
+def is_standard_library(module: str) -> bool:
+    """Whether a module name (``os.path``, ``builtins``, ``posix``) belongs to Python itself."""
+    return module.partition(".")[0] in sys.stdlib_module_names
+
+
 def import_object(spec: str, *, path: str = "") -> object:
-    """Import ``"pkg.module:attr.sub"``. Code runs only where a user names it explicitly like this."""
+    """Import ``"pkg.module:attr.sub"``. Code runs only where a user names it explicitly like this.
+
+    Refuses the standard library and builtins, also when a user module re-exports one of their
+    functions (``mymod:system`` after ``from os import system``).
+    """
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"{path}: '{spec}' is not of the form 'package.module:function'.")
+    refusal = ("a config may import only your own modules and third-party libraries (a config is code: "
+               "'os:system' would run a shell command); wrap the call in a function of your own module if you mean it")
+    if is_standard_library(module_name):
+        raise ConfigError(f"{path}: '{spec}' is in the Python standard library ('{module_name}'); {refusal}.")
     try:
         obj: object = importlib.import_module(module_name)
     except ImportError as exc:
@@ -70,4 +96,22 @@ def import_object(spec: str, *, path: str = "") -> object:
         if not hasattr(obj, part):
             raise ConfigError(f"{path}: module '{module_name}' has no attribute '{attr}' (from '{spec}').")
         obj = getattr(obj, part)
+    owner = getattr(obj, "__module__", None)
+    if isinstance(owner, str) and is_standard_library(owner):
+        name = getattr(obj, "__qualname__", None) or type(obj).__name__
+        raise ConfigError(f"{path}: '{spec}' is {owner}.{name} of the Python standard library, re-exported by "
+                          f"'{module_name}'; {refusal}.")
     return obj
+
+
+@contextlib.contextmanager
+def importable(folders: list[str]) -> Iterator[None]:
+    """Make the config's folder (and ``python_path``) importable while factories are resolved."""
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(folder)

@@ -21,20 +21,17 @@ only the main process writes the folder (docs/scale.md).
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import math
 import os
 import shutil
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -44,10 +41,12 @@ from kdistill.adapters.hf import hf_num_layers, is_hf_model
 from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml, parse_yaml
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
+from kdistill.factories import describe as describe_imports
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage, chain_learners
 from kdistill.refs import LAYER_KINDS, parse_ref
+from kdistill.registry import importable
 from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
 from kdistill.schedules import maybe_schedule, schedule_to_dict
 from kdistill.train.checkpoint import atomic_write_text
@@ -117,19 +116,6 @@ class RunParts:
 
 # ---------------------------------------------------------------------------------------------
 # Models
-
-
-@contextlib.contextmanager
-def importable(folders: list[str]) -> Iterator[None]:
-    """Make the config's folder (and ``python_path``) importable while factories are resolved."""
-    added = [f for f in folders if f not in sys.path]
-    sys.path[:0] = added
-    try:
-        yield
-    finally:
-        for folder in added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(folder)
 
 
 def _reprefix(exc: KdistillError, old: str, new: str) -> KdistillError:
@@ -880,7 +866,7 @@ def plan(config: RunConfig) -> str:
     from kdistill.models import describe_blocks
 
     parts = build(config)
-    lines = [f"kdistill plan: {config.source or 'config'}", ""]
+    lines = [f"kdistill plan: {config.source or 'config'}", "", *describe_imports(config.imports), ""]
     data = parts.data
     lines.append("data")
     for split, dataset in data.datasets.items():

@@ -70,3 +70,19 @@ def test_unknown_names_suggest_the_closest_and_list_the_rest():
         get_loss("kdistill.losses.hidden:nope")
     with pytest.raises(ConfigError, match="expected a loss name or a function, got int 3"):
         get_loss(3)
+
+
+def test_a_range_declared_at_registration_is_checked_for_config_and_distiller():
+    from kdistill.ranges import POSITIVE, argument_problems, declared
+
+    @register_loss("test_registry_scaled", ranges={"scale": POSITIVE})
+    def scaled(student, teacher, *, scale: float = 1.0):
+        """Scaled sum."""
+        return scale * (student - teacher).sum()
+
+    try:
+        assert declared(get_loss("test_registry_scaled")) == {"scale": POSITIVE}
+        assert argument_problems(scaled, {"scale": -2}, "matches[0].args") == [
+            "matches[0].args.scale: -2 is out of range; it must be greater than 0."]
+    finally:
+        LOSSES._items.pop("test_registry_scaled")

@@ -88,7 +88,8 @@ def test_v2_relation_head_defaults_and_errors():
     assert {m.args["num_heads"] for m in default.matches} == {2}  # the student's head count
     with pytest.raises(ConfigError, match=r"num_relation_heads: 3 does not divide the teacher's width 64"):
         expand("minilm", teacher, student, version=2, num_relation_heads=3)
-    with pytest.raises(ConfigError, match="minilm.version: expected 1 or 2"):
+    with pytest.raises(ConfigError, match=r"method_args.version: 3 is not valid. It must be one of 1, 2 "
+                                          r"\(MiniLM v1 or v2\)"):
         expand("minilm", teacher, student, version=3)
 
 

@@ -25,7 +25,8 @@ def test_skip_and_last_leave_out_the_top_layer():
     assert pkd_layer_map(12, 3, "last") == [(10, 1), (11, 2)]
     stage = expand("pkd", teacher_layers=12, student_layers=6, strategy="last", teacher_width=768).stages[0]
     assert pairs(stage) == [(f"hidden.{t}", f"hidden.{s}") for t, s in pkd_layer_map(12, 6, "last")]
-    with pytest.raises(ConfigError, match="pkd.strategy: unknown strategy 'lst'; did you mean 'last'"):
+    with pytest.raises(ConfigError, match=r"method_args.strategy: 'lst' is not valid; did you mean 'last'\? "
+                                          r"It must be one of skip, last"):
         expand("pkd", teacher_layers=12, student_layers=6, strategy="lst")
     with pytest.raises(ConfigError, match="needs the teacher's width"):
         expand("pkd", teacher_layers=12, student_layers=6)

@@ -194,7 +194,7 @@ def test_recipe_and_trainer():
     (stage,) = recipe.stages
     assert stage.matches == [] and stage.hard_label_weight == 1.0
     assert expand("theseus", teacher_layers=12).student_init["from_teacher"]["layers"] == [0, 1, 2, 3, 4, 5]
-    with pytest.raises(ConfigError, match="theseus.replace_rate: 1.5 is not a probability"):
+    with pytest.raises(ConfigError, match="method_args.replace_rate: 1.5 is out of range; it must be between 0 and 1"):
         expand("theseus", teacher, replace_rate=1.5)
     student = student_from_teacher(teacher, recipe.student_init["from_teacher"]["layers"])
     wrapper = recipe.student_wrapper(teacher, student)

@@ -42,13 +42,15 @@ def test_layer_map_from_options_and_explicit():
 
 def test_option_errors_name_the_option(models):
     teacher, _ = models
-    with pytest.raises(ConfigError, match=r"tinybert.attention: unknown attention 'score'; did you mean 'scores'"):
+    with pytest.raises(ConfigError, match=r"method_args.attention: 'score' is not valid; did you mean 'scores'\? "
+                                          r"It must be one of scores, probs"):
         expand("tinybert", teacher_layers=4, student_layers=2, attention="score")
     with pytest.raises(ConfigError, match=r"tinybert.teacher_layers: 6, but the teacher model has 4 layers"):
         expand("tinybert", teacher, teacher_layers=6, student_layers=2)
     with pytest.raises(ConfigError, match=r"give the student model or the option 'student_layers'"):
         expand("tinybert", teacher)
-    with pytest.raises(ConfigError, match=r"intermediate_fraction: expected a fraction"):
+    with pytest.raises(ConfigError, match=r"method_args.intermediate_fraction: 1.5 is out of range; it must be "
+                                          r"between 0 and 1"):
         expand("tinybert", teacher_layers=4, student_layers=2, intermediate_fraction=1.5)
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 from kdistill.errors import ShapeError, unknown_choice
 from kdistill.losses import register_loss
 from kdistill.losses._common import describe_mismatch, mean_or_zero, token_mask, upcast
+from kdistill.ranges import OneOf
 
 MASKED_SCORE = -1e3
 """Pre-softmax scores at or below this are padding or causal masking (−1e4, finfo.min, −inf), never
@@ -43,7 +44,7 @@ def _entry_mask(loss: str, mask: Tensor | None, maps: Tensor) -> Tensor | None:
     return keep[:, None, :, None] & keep[:, None, None, :]
 
 
-@register_loss()
+@register_loss(ranges={"kind": OneOf(_KINDS, why="attention probabilities or pre-softmax scores")})
 def attention_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None,
                   kind: str = "probs") -> Tensor:
     """TinyBERT's attention loss: MSE of attention maps over valid (query, key) entries.

@@ -19,6 +19,7 @@ from kdistill.losses._common import (
     token_mask,
     upcast,
 )
+from kdistill.ranges import WEIGHT
 
 
 def _valid_tokens(loss: str, student: Tensor, teacher: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -255,7 +256,7 @@ def rkd_angle(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -
     return _angle_loss(*_rkd_inputs("rkd_angle", student, teacher, mask))
 
 
-@register_loss()
+@register_loss(ranges={"distance_weight": WEIGHT, "angle_weight": WEIGHT})
 def rkd(student: Tensor, teacher: Tensor, *, distance_weight: float = 25.0, angle_weight: float = 50.0,
         mask: Tensor | None = None) -> Tensor:
     """Relational KD (Park et al. 2019): distance_weight·rkd_distance + angle_weight·rkd_angle.

@@ -15,6 +15,7 @@ from torch import Tensor
 from kdistill.errors import ShapeError
 from kdistill.losses import register_loss
 from kdistill.losses._common import mean_or_zero, require_positive, require_same_shape, token_mask, upcast
+from kdistill.ranges import FLAG, PROBABILITY, TEMPERATURE, WHOLE
 
 _CLASSES_HINT = "the student's output layer must predict the teacher's classes (or vocabulary)"
 
@@ -39,7 +40,7 @@ def _t2(temperature: float, t2_scale: bool) -> float:
     return temperature**2 if t2_scale else 1.0
 
 
-@register_loss()
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
 def soft_ce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
             mask: Tensor | None = None) -> Tensor:
     """Hinton soft cross-entropy −Σ softmax(teacher/T)·log_softmax(student/T).
@@ -57,7 +58,7 @@ def soft_ce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_sc
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss()
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
 def kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
        mask: Tensor | None = None) -> Tensor:
     """KL(p_teacher ‖ p_student) of the temperature-softened distributions (= soft_ce − teacher entropy).
@@ -72,7 +73,7 @@ def kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: 
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss()
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
 def reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
                mask: Tensor | None = None) -> Tensor:
     """Reverse KL(p_student ‖ p_teacher): mode-seeking, the student may ignore teacher modes.
@@ -87,7 +88,7 @@ def reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss()
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
 def jsd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
         mask: Tensor | None = None) -> Tensor:
     """Jensen–Shannon divergence ½KL(p_s ‖ m) + ½KL(p_t ‖ m), m = ½(p_s + p_t); symmetric, ≤ log 2.
@@ -105,7 +106,7 @@ def jsd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale:
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss()
+@register_loss(ranges={"temperature": TEMPERATURE})
 def logits_mse(student: Tensor, teacher: Tensor, *, temperature: float = 1.0,
                mask: Tensor | None = None) -> Tensor:
     """Mean squared difference of temperature-divided logits, mean(((student − teacher) / T)²).
@@ -119,7 +120,7 @@ def logits_mse(student: Tensor, teacher: Tensor, *, temperature: float = 1.0,
     return mean_or_zero(((student - teacher) / temperature).square())
 
 
-@register_loss()
+@register_loss(ranges={"ignore_index": WHOLE, "label_smoothing": PROBABILITY})
 def hard_ce(student: Tensor, teacher: Tensor | None = None, *, labels: Tensor, ignore_index: int = -100,
             label_smoothing: float = 0.0) -> Tensor:
     """Ordinary cross-entropy of the student's logits with the true labels; the teacher is ignored.

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.matches import Match
+from kdistill.ranges import check_arguments
 from kdistill.registry import Registry
 from kdistill.schedules import Scalar, schedule_to_dict
 
@@ -122,8 +123,12 @@ def chain_learners(stages: list[Stage], student: nn.Module, assistant: nn.Module
 
 def expand(name: str, teacher: nn.Module | None = None, student: nn.Module | None = None, *,
            path: str = "method", **options: Any) -> Recipe:
-    """Expand method ``name`` for these models (layer counts are read from them where given)."""
+    """Expand method ``name`` for these models (layer counts are read from them where given).
+
+    Options outside the ranges the method declares raise a ConfigError naming ``method_args.<option>``.
+    """
     factory = METHODS.get(name, path=path)
+    check_arguments(factory, options, "method_args")
     return factory(teacher=teacher, student=student, **options)
 
 

@@ -37,9 +37,11 @@ from kdistill.errors import ConfigError
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, layer_count
+from kdistill.ranges import LAYERS, TEMPERATURE, WEIGHT, OneOf
 from kdistill.schedules import Scalar
 
 TASKS = ("mlm", "classification")
+SOFT_LOSSES = ("kl", "soft_ce")
 
 
 def _detect_task(teacher: nn.Module | None) -> str:
@@ -55,7 +57,9 @@ def _detect_task(teacher: nn.Module | None) -> str:
                       f"set the option task: mlm or task: classification.")
 
 
-@register_method("distilbert")
+@register_method("distilbert", ranges={"temperature": TEMPERATURE, "alpha_ce": WEIGHT, "alpha_mlm": WEIGHT,
+                                       "alpha_cos": WEIGHT, "teacher_layers": LAYERS, "task": OneOf(TASKS),
+                                       "soft_loss": OneOf(SOFT_LOSSES)})
 def distilbert(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
                temperature: Scalar = 2.0, alpha_ce: Scalar = 5.0, alpha_mlm: Scalar = 2.0,
                alpha_cos: Scalar = 1.0, layers: Sequence[int] | None = None, task: str | None = None,
@@ -69,7 +73,7 @@ def distilbert(*, teacher: nn.Module | None = None, student: nn.Module | None = 
     """
     method = "distilbert"
     task = _detect_task(teacher) if task is None else check_choice(method, "task", task, TASKS)
-    check_choice(method, "soft_loss", soft_loss, ("kl", "soft_ce"))
+    check_choice(method, "soft_loss", soft_loss, SOFT_LOSSES)
     student_init = None
     notes = []
     if student is None:

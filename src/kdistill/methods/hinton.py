@@ -14,10 +14,12 @@ from torch import nn
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import one_minus
+from kdistill.ranges import ALPHA, LAYERS, TEMPERATURE
 from kdistill.schedules import Scalar
 
 
-@register_method("hinton")
+@register_method("hinton", ranges={"temperature": TEMPERATURE, "alpha": ALPHA, "teacher_layers": LAYERS,
+                                   "student_layers": LAYERS})
 def hinton(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
            temperature: Scalar = 4.0, alpha: Scalar = 0.5, loss: str = "kl",
            teacher_layers: int | None = None, student_layers: int | None = None) -> Recipe:

@@ -30,9 +30,11 @@ from kdistill.errors import ConfigError
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, head_count, hidden_width
+from kdistill.ranges import FLAG, HEADS, WEIGHT, OneOf, Range
 from kdistill.schedules import Scalar
 
 ASSISTANT_CONFIG_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+DATA = ("unlabelled", "train")
 PAPER_RELATION_HEADS = {"base": 48, "large": 64}
 
 
@@ -82,7 +84,12 @@ def _assistant_spec(assistant: Mapping, teacher: nn.Module | None) -> tuple[dict
     return {"config": dict(assistant)}, heads, width
 
 
-@register_method("minilm")
+@register_method("minilm", ranges={
+    "version": OneOf((1, 2), why="MiniLM v1 or v2"),
+    "teacher_layer": Range(integer=True, why="a 0-based teacher block; −1 is the last"),
+    "num_relation_heads": Range(1, integer=True, why="relation heads; each width must be divisible by it"),
+    "weight": WEIGHT, "teacher_heads": HEADS, "student_heads": HEADS, "finetune": FLAG,
+    "data": OneOf(DATA, why="the distillation stages' text: general unlabelled text or the task's")})
 def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None, version: int = 1,
            teacher_layer: int = -1, num_relation_heads: int | None = None, assistant: Mapping | None = None,
            finetune: bool = True, data: str = "unlabelled", weight: Scalar = 1.0,
@@ -100,7 +107,7 @@ def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None
     method = "minilm"
     if version not in (1, 2):
         raise ConfigError(f"minilm.version: expected 1 or 2, got {version!r}.")
-    check_choice(method, "data", data, ("unlabelled", "train"))
+    check_choice(method, "data", data, DATA)
     if isinstance(teacher_layer, bool) or not isinstance(teacher_layer, int):
         raise ConfigError(f"minilm.teacher_layer: expected a 0-based block index (−1 = last), got {teacher_layer!r}.")
     t_heads = head_count(teacher, teacher_heads, role="teacher", method=method, required=False)

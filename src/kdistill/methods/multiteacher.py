@@ -20,8 +20,10 @@ from kdistill.errors import ConfigError, suggest
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, one_minus
+from kdistill.ranges import ALPHA, TEMPERATURE, OneOf
 from kdistill.schedules import Scalar
 
+SOFT_LOSSES = ("kl", "soft_ce")
 INTERMEDIATE_KEYS = ("teacher_name", "teacher", "student", "loss", "weight", "args", "projection", "name",
                      "start", "stop")
 
@@ -47,7 +49,7 @@ def _intermediate_match(index: int, spec: Mapping[str, Any], teacher_names: Sequ
     return match
 
 
-@register_method("multiteacher")
+@register_method("multiteacher", ranges={"temperature": TEMPERATURE, "alpha": ALPHA, "loss": OneOf(SOFT_LOSSES)})
 def multiteacher(*, teacher: nn.Module | Mapping[str, nn.Module] | None = None, student: nn.Module | None = None,
                  temperature: Scalar = 4.0, alpha: Scalar = 0.5, loss: str = "kl",
                  teacher_weights: Mapping[str, float] | None = None,
@@ -59,7 +61,7 @@ def multiteacher(*, teacher: nn.Module | Mapping[str, nn.Module] | None = None, 
     projection}]`` — matches to one named teacher.
     """
     method = "multiteacher"
-    check_choice(method, "loss", loss, ("kl", "soft_ce"))
+    check_choice(method, "loss", loss, SOFT_LOSSES)
     names = list(teacher) if isinstance(teacher, Mapping) else None
     if teacher_weights is not None:
         if not isinstance(teacher_weights, Mapping) or not teacher_weights:

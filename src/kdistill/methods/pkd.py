@@ -24,6 +24,7 @@ from kdistill.errors import ConfigError
 from kdistill.matches import Match, hidden_matches, last_k_layer_map, skip_layer_map
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, hidden_width, layer_count, one_minus
+from kdistill.ranges import ALPHA, COUNT, FLAG, LAYERS, TEMPERATURE, WEIGHT, OneOf
 from kdistill.schedules import Scalar
 
 STRATEGIES = ("skip", "last")
@@ -39,7 +40,9 @@ def pkd_layer_map(teacher_layers: int, student_layers: int, strategy: str = "ski
     return full[:-1]
 
 
-@register_method("pkd")
+@register_method("pkd", ranges={"temperature": TEMPERATURE, "alpha": ALPHA, "beta": WEIGHT, "teacher_width": COUNT,
+                                "teacher_layers": LAYERS, "student_layers": LAYERS, "strategy": OneOf(STRATEGIES),
+                                "beta_scale": OneOf(BETA_SCALES), "t2_scale": FLAG})
 def pkd(*, teacher: nn.Module | None = None, student: nn.Module | None = None, strategy: str = "skip",
         temperature: Scalar = 5.0, alpha: Scalar = 0.5, beta: float = 100.0, beta_scale: str = "reference",
         t2_scale: bool = False, teacher_width: int | None = None, teacher_layers: int | None = None,

@@ -42,6 +42,7 @@ from kdistill.errors import ConfigError
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, layer_count
 from kdistill.models import LAYER_COUNT_KEYS, find_layer_list, layer_count_keys, student_from_teacher
+from kdistill.ranges import FLAG, LAYERS, OneOf, Range
 from kdistill.schedules import Constant, Linear, Scalar, value_at
 
 SUCCESSOR_INIT = ("first", "groups")
@@ -339,7 +340,11 @@ class TheseusWrapper:
                              train_outside_blocks=self.train_outside_blocks, seed=self.seed)
 
 
-@register_method("theseus")
+@register_method("theseus", ranges={
+    "replace_rate": Range(0, 1, why="the probability that a successor block replaces its group"),
+    "successor_only_fraction": Range(0, why="a fraction of the run (0–1) or a step count"),
+    "seed": Range(0, integer=True, why="a random seed"), "teacher_layers": LAYERS, "student_layers": LAYERS,
+    "successor_init": OneOf(SUCCESSOR_INIT), "train_outside_blocks": FLAG})
 def theseus(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
             replace_rate: Scalar = 0.5, successor_only_fraction: float | int | None = 0.5,
             successor_init: str = "first", train_outside_blocks: bool = False, seed: int = 0,

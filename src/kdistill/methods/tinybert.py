@@ -35,6 +35,7 @@ from torch import nn
 from kdistill.matches import Match, attention_matches, explicit_layer_map, hidden_matches, uniform_layer_map
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_fraction, layer_count
+from kdistill.ranges import FLAG, FRACTION, LAYERS, TEMPERATURE, WEIGHT, OneOf
 from kdistill.schedules import Scalar
 
 STAGES = ("task", "general", "both")
@@ -69,7 +70,10 @@ def intermediate_matches(layer_map: Sequence[tuple[int, int]], *, attention: str
     return hidden + attn
 
 
-@register_method("tinybert")
+@register_method("tinybert", ranges={"temperature": TEMPERATURE, "intermediate_fraction": FRACTION,
+                                     "hard_label_weight": WEIGHT, "teacher_layers": LAYERS, "student_layers": LAYERS,
+                                     "stage": OneOf(STAGES), "attention": OneOf(ATTENTION), "split_task_stage": FLAG,
+                                     "shared_projection": FLAG})
 def tinybert(*, teacher: nn.Module | None = None, student: nn.Module | None = None,
              stage: str = "task", temperature: Scalar = 1.0, attention: str = "scores",
              layer_map: Sequence[Sequence[int]] | None = None, intermediate_fraction: float = 0.5,
