@@ -271,18 +271,26 @@ def test_width_mismatch_without_projection_names_the_match_and_the_fix(teacher_f
 
 
 def test_refs_out_of_range_are_all_reported_with_the_layer_count(teacher_folder, tmp_path):
-    config = hf_config(teacher_folder, tmp_path / "x", method=None, method_args={}, matches=[
-        {"teacher": "hidden.5", "student": "hidden.1", "loss": "hidden_mse"},
-        {"teacher": "attn.0", "student": "attn.-3", "loss": "attention_mse"},
-    ])
+    matches = [{"teacher": "hidden.5", "student": "hidden.1", "loss": "hidden_mse"},
+               {"teacher": "attn.0", "student": "attn.-3", "loss": "attention_mse"}]
+    out_of_range = [
+        "matches[0].teacher: 'hidden.5' is out of range: valid are hidden states 0–2 (0 = embeddings; the model "
+        "has 2 layers).",
+        "matches[1].student: 'attn.-3' is out of range: valid are layers 0–0 (the model has 1 layers).",
+    ]
+    # validate reads the layer counts from config.json and from_teacher: no weights load
+    with pytest.raises(ConfigError) as info:
+        hf_config(teacher_folder, tmp_path / "x", method=None, method_args={}, matches=matches)
+    assert str(info.value).splitlines()[1:] == [f"  - {line}" for line in out_of_range]
+    # build checks them again against the loaded models (for factories, whose sizes validate cannot see)
+    config = hf_config(teacher_folder, tmp_path / "x", method=None, method_args={},
+                       matches=[{"teacher": "hidden.2", "student": "hidden.1", "loss": "hidden_mse"}])
+    config.matches[0].teacher = "hidden.5"
+    config.matches.append(config.matches[0].model_copy(update={"teacher": "attn.0", "student": "attn.-3",
+                                                                "loss": "attention_mse"}))
     with pytest.raises(RefError) as info:
         build(config)
-    assert str(info.value) == (
-        "2 refs do not fit the models:\n"
-        "  - matches[0].teacher: 'hidden.5' is out of range: valid are hidden states 0–2 (0 = embeddings; the model "
-        "has 2 layers).\n"
-        "  - matches[1].student: 'attn.-3' is out of range: valid are layers 0–0 (the model has 1 layers)."
-    )
+    assert str(info.value) == "2 refs do not fit the models:\n" + "\n".join(f"  - {line}" for line in out_of_range)
 
 
 def test_more_classes_than_the_classifier_has(teacher_folder, tmp_path):

@@ -5,7 +5,8 @@
 The file is checked whole before any weight loads: types and unknown keys (pydantic, with
 ``extra="forbid"`` everywhere), then meaning — loss, method and ref names, loss arguments,
 schedules, factory strings, that data files and model folders exist and that the label column is
-in each data file's header. Every problem is collected into one :class:`ConfigError` listing each
+in each data file's header, and what the model folders' config.json and tokenizer files say (layer
+counts, sizes, vocabularies: :mod:`kdistill.model_files`). Every problem is collected into one :class:`ConfigError` listing each
 as ``path: problem``, e.g. ``matches[2].loss: unknown loss 'hiden_mse'; did you mean 'hidden_mse'?``.
 
 Relative paths of inputs (data files, model and tokenizer folders, ``python_path``) are read
@@ -33,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdistill.errors import ConfigError, RefError, suggest
+from kdistill.model_files import folder_contents, missing_tokenizer, model_problems
 from kdistill.refs import LAYER_KINDS, parse_ref
 
 TASKS = ("sequence-classification", "base", "masked-lm")
@@ -568,9 +570,8 @@ class _Checker:
             return str(folder)
         config = folder / "config.json"
         if not config.is_file():
-            present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
             self.add(f"{where}: the folder '{folder}' has no config.json, so it is not a Hugging Face model "
-                     f"folder (it holds: {present}).")
+                     f"folder (it holds: {folder_contents(folder)}).")
             return str(folder)
         try:
             json.loads(config.read_text(encoding="utf-8"))
@@ -654,6 +655,8 @@ class _Checker:
                 setattr(spec, key, str(folder))
                 if not folder.is_dir():
                     self.add(f"{where}.{key}: the tokenizer folder '{folder}' does not exist.")
+                elif missing := missing_tokenizer(folder, f"{where}.{key}"):
+                    self.add(missing)
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
@@ -957,6 +960,11 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
                 and (data.builtin or data.train or data.path)):
             check.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
                       "the text (data.tokenizer: path/to/folder).")
+
+    if teacher is not None and data is not None and top is not None:
+        # What the model folders' config.json and tokenizer files say (no weights load).
+        check.errors += model_problems(teacher, parsed.get("student"), data, [m for m in matches if m is not None],
+                                       top.layer_map)
 
     errors += check.errors
     if errors:

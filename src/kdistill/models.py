@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.errors import ConfigError, unknown_choice
+from kdistill.model_files import folder_contents, missing_tokenizer
 from kdistill.registry import import_object
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,7 @@ def _check_folder(path: str | Path, what: str, needed: str | None) -> str:
     folder = Path(path)
     if folder.is_dir():
         if needed is not None and not (folder / needed).is_file():
-            present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-            raise ConfigError(f"{what}: the folder '{folder}' has no {needed} (it holds: {present}).")
+            raise ConfigError(f"{what}: the folder '{folder}' has no {needed} (it holds: {folder_contents(folder)}).")
     elif folder.exists():
         raise ConfigError(f"{what}: '{folder}' is a file; give the folder that holds {needed or 'the model'}.")
     return str(path)
@@ -111,16 +111,23 @@ def load_hf_model(
     return model
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """Load a tokenizer offline from a model folder (or the local Hugging Face cache)."""
+def load_tokenizer(path: str | Path, *, where: str = "tokenizer.path") -> Any:
+    """Load a tokenizer offline from a model folder (or the local Hugging Face cache).
+
+    A folder without a vocabulary file (``model_files.TOKENIZER_FILES``) is refused: transformers
+    would build a tokenizer of the special tokens only, turning every word into ``[UNK]``.
+    """
     import transformers
 
-    name = _check_folder(path, "tokenizer.path", None)
+    name = _check_folder(path, where, None)
+    missing = missing_tokenizer(name, where)
+    if missing:
+        raise ConfigError(missing)
     try:
         with _quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tokenizer.path: cannot load a tokenizer from '{name}': {_first_line(exc)}") from None
+        raise ConfigError(f"{where}: cannot load a tokenizer from '{name}': {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

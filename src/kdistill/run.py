@@ -487,9 +487,10 @@ def build(config: RunConfig) -> RunParts:
     tokenizer_source = None
     if config.data.builtin not in IMAGE_DATA:
         tokenizer_source = config.data.tokenizer or config.teacher.path
-        tokenizer = models.load_tokenizer(tokenizer_source)
+        tokenizer = models.load_tokenizer(tokenizer_source, where="data.tokenizer" if config.data.tokenizer
+                                          else "teacher.path")
         if config.data.student_tokenizer:
-            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
+            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer, where="data.student_tokenizer")
     data = build_data(config, tokenizer, student_tokenizer)
     _check_classes(config, data, teacher, student)
     loaders = make_loaders(config, data)
