@@ -316,6 +316,29 @@ def test_a_model_folder_that_does_not_load(tmp_path):
         build(config)
 
 
+class _NotATensor:
+    """Pickled into a .bin below: torch's weights_only unpickler refuses any such object."""
+
+
+def test_a_bin_checkpoint_holding_a_refused_pickle_names_the_file_and_safetensors(teacher_folder, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(teacher_folder / name, folder / name)
+    torch.save({**load_file(teacher_folder / "model.safetensors"), "extra": _NotATensor()},
+               folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as info:
+        build(hf_config(folder, tmp_path / "x"))
+    assert str(info.value) == (
+        f"teacher.path: '{folder / 'pytorch_model.bin'}' holds a pickled Python object (it refers to "
+        f"{_NotATensor.__module__}._NotATensor) that torch refuses to load: transformers reads .bin weights with "
+        "weights_only=True, which unpickles tensors only. Save the model as safetensors "
+        "(model.save_pretrained(folder) writes model.safetensors), where you trust the file enough to load it once.")
+
+
 # ---------------------------------------------------------------------------------------------
 # Plain nn.Modules through module hooks
 

@@ -10,6 +10,8 @@ import contextlib
 import copy
 import inspect
 import logging
+import pickle
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,11 +106,26 @@ def load_hf_model(
     try:
         with _quiet_transformers():
             model, info = auto.from_pretrained(name, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(_refused_pickle(Path(name), exc)) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         where = f"the folder '{name}'" if Path(name).is_dir() else f"'{name}' (not a folder, nor in the local Hugging Face cache)"
         raise ConfigError(f"model.path: cannot load {task} model from {where}: {_first_line(exc)}") from None
     _summarise_loading(name, info)
     return model
+
+
+def _refused_pickle(folder: Path, exc: BaseException) -> str:
+    """A .bin checkpoint that pickles more than tensors: name the file, the object and the way out."""
+    files = sorted(p.name for p in folder.glob("*.bin")) if folder.is_dir() else []
+    where = (f"'{folder / files[0]}'" if len(files) == 1 else
+             f"the .bin files in '{folder}' ({', '.join(files)})" if files else f"the weights in '{folder}'")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return (f"model.path: {where} holds a pickled Python object{what} that torch refuses to load: transformers "
+            "reads .bin weights with weights_only=True, which unpickles tensors only. Save the model as "
+            "safetensors (model.save_pretrained(folder) writes model.safetensors), where you trust the file "
+            "enough to load it once.")
 
 
 def load_tokenizer(path: str | Path, *, where: str = "tokenizer.path") -> Any:
