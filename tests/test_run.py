@@ -238,6 +238,7 @@ def test_plan_shows_shapes_projections_and_parameter_counts(teacher_folder, tmp_
     assert not out.exists()  # plan writes nothing
     assert re.search(r"\n  train +64 examples  from .*reviews_train.csv\n", text)
     assert "max_length: 16 tokens, longer texts truncated" in text
+    assert "  student tokenizer: the teacher's (the student is built from the teacher)\n" in text
     assert "layer map (uniform; teacher hidden -> student hidden, 0 = embeddings)\n  0->0, 2->1" in text
     row = re.search(r"hidden_mse\[hidden\.1<-hidden\.2\]\s+hidden\.2\s+\(4, (\d+), 32\)\s+hidden\.1\s+"
                     r"\(4, (\d+), 16\)\s+hidden_mse\s+1\s+linear 16->32\s+always", text)
@@ -337,6 +338,22 @@ def test_a_bin_checkpoint_holding_a_refused_pickle_names_the_file_and_safetensor
         f"{_NotATensor.__module__}._NotATensor) that torch refuses to load: transformers reads .bin weights with "
         "weights_only=True, which unpickles tensors only. Save the model as safetensors "
         "(model.save_pretrained(folder) writes model.safetensors), where you trust the file enough to load it once.")
+
+
+def test_a_factory_student_with_a_smaller_vocabulary_stops_before_any_batch(teacher_folder, tmp_path):
+    (tmp_path / "small_vocab_student.py").write_text(
+        "def build():\n"
+        "    from transformers import BertConfig, BertForSequenceClassification\n"
+        "    return BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1,\n"
+        "                                                    num_attention_heads=2, intermediate_size=64))\n")
+    config = hf_config(teacher_folder, tmp_path / "x", student={"factory": "small_vocab_student:build"},
+                       python_path=[str(tmp_path)])  # validate cannot see a factory's vocabulary; build can
+    with pytest.raises(ConfigError) as info:
+        build(config)
+    assert str(info.value) == (
+        f"student: its vocabulary has 10 tokens (rows of its input embeddings) but the tokenizer that feeds it "
+        f"('{teacher_folder}') gives ids up to 34, which its embeddings cannot look up. Point data.student_tokenizer "
+        "at the folder of the tokenizer the student was trained with.")
 
 
 # ---------------------------------------------------------------------------------------------
