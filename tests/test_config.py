@@ -268,6 +268,17 @@ def test_text_data_needs_a_tokenizer_when_the_teacher_is_a_factory():
     ]
 
 
+def test_tokenizer_folders_must_hold_a_vocabulary(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text("{}")  # settings only: every word would be [UNK]
+    data = {**base()["data"], "tokenizer": str(tmp_path), "student_tokenizer": str(tmp_path / "nope")}
+    expected = ("tokenizer.json, vocab.txt, vocab.json, spiece.model, sentencepiece.bpe.model, tokenizer.model")
+    assert problems(base(data=data)) == [
+        f"data.tokenizer: the folder '{tmp_path}' has no tokenizer files (expected one of {expected}); it holds: "
+        "tokenizer_config.json.",
+        f"data.student_tokenizer: the tokenizer folder '{tmp_path / 'nope'}' does not exist.",
+    ]
+
+
 def test_model_folder_missing_without_config_or_damaged(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "weights.bin").write_bytes(b"")

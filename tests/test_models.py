@@ -196,6 +196,10 @@ def test_load_base_checkpoint_as_classifier_summarises_new_head(tmp_path, caplog
 def test_load_tokenizer(tmp_path):
     with pytest.raises(ConfigError, match="tokenizer.path: cannot load a tokenizer from"):
         models.load_tokenizer(tmp_path / "nowhere")
+    transformers.BertConfig(vocab_size=6).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"^data\.tokenizer: the folder '.*' has no tokenizer files \(expected one "
+                                          r"of tokenizer\.json, vocab\.txt, .*\); it holds: config\.json\.$"):
+        models.load_tokenizer(tmp_path, where="data.tokenizer")  # transformers would give 5 special tokens
     vocab = {word: index for index, word in enumerate("[PAD] [UNK] [CLS] [SEP] [MASK] good".split())}
     transformers.BertTokenizer(vocab=vocab).save_pretrained(tmp_path)
     assert models.load_tokenizer(tmp_path)("good")["input_ids"] == [2, 5, 3]

@@ -238,6 +238,7 @@ def test_plan_shows_shapes_projections_and_parameter_counts(teacher_folder, tmp_
     assert not out.exists()  # plan writes nothing
     assert re.search(r"\n  train +64 examples  from .*reviews_train.csv\n", text)
     assert "max_length: 16 tokens, longer texts truncated" in text
+    assert "  student tokenizer: the teacher's (the student is built from the teacher)\n" in text
     assert "layer map (uniform; teacher hidden -> student hidden, 0 = embeddings)\n  0->0, 2->1" in text
     row = re.search(r"hidden_mse\[hidden\.1<-hidden\.2\]\s+hidden\.2\s+\(4, (\d+), 32\)\s+hidden\.1\s+"
                     r"\(4, (\d+), 16\)\s+hidden_mse\s+1\s+linear 16->32\s+always", text)
@@ -271,18 +272,26 @@ def test_width_mismatch_without_projection_names_the_match_and_the_fix(teacher_f
 
 
 def test_refs_out_of_range_are_all_reported_with_the_layer_count(teacher_folder, tmp_path):
-    config = hf_config(teacher_folder, tmp_path / "x", method=None, method_args={}, matches=[
-        {"teacher": "hidden.5", "student": "hidden.1", "loss": "hidden_mse"},
-        {"teacher": "attn.0", "student": "attn.-3", "loss": "attention_mse"},
-    ])
+    matches = [{"teacher": "hidden.5", "student": "hidden.1", "loss": "hidden_mse"},
+               {"teacher": "attn.0", "student": "attn.-3", "loss": "attention_mse"}]
+    out_of_range = [
+        "matches[0].teacher: 'hidden.5' is out of range: valid are hidden states 0–2 (0 = embeddings; the model "
+        "has 2 layers).",
+        "matches[1].student: 'attn.-3' is out of range: valid are layers 0–0 (the model has 1 layers).",
+    ]
+    # validate reads the layer counts from config.json and from_teacher: no weights load
+    with pytest.raises(ConfigError) as info:
+        hf_config(teacher_folder, tmp_path / "x", method=None, method_args={}, matches=matches)
+    assert str(info.value).splitlines()[1:] == [f"  - {line}" for line in out_of_range]
+    # build checks them again against the loaded models (for factories, whose sizes validate cannot see)
+    config = hf_config(teacher_folder, tmp_path / "x", method=None, method_args={},
+                       matches=[{"teacher": "hidden.2", "student": "hidden.1", "loss": "hidden_mse"}])
+    config.matches[0].teacher = "hidden.5"
+    config.matches.append(config.matches[0].model_copy(update={"teacher": "attn.0", "student": "attn.-3",
+                                                                "loss": "attention_mse"}))
     with pytest.raises(RefError) as info:
         build(config)
-    assert str(info.value) == (
-        "2 refs do not fit the models:\n"
-        "  - matches[0].teacher: 'hidden.5' is out of range: valid are hidden states 0–2 (0 = embeddings; the model "
-        "has 2 layers).\n"
-        "  - matches[1].student: 'attn.-3' is out of range: valid are layers 0–0 (the model has 1 layers)."
-    )
+    assert str(info.value) == "2 refs do not fit the models:\n" + "\n".join(f"  - {line}" for line in out_of_range)
 
 
 def test_more_classes_than_the_classifier_has(teacher_folder, tmp_path):
@@ -305,6 +314,45 @@ def test_a_model_folder_that_does_not_load(tmp_path):
     with pytest.raises(ConfigError, match=rf"^teacher\.path: cannot load sequence-classification model from the "
                                           rf"folder '{re.escape(str(folder))}': "):
         build(config)
+
+
+class _NotATensor:
+    """Pickled into a .bin below: torch's weights_only unpickler refuses any such object."""
+
+
+def test_a_bin_checkpoint_holding_a_refused_pickle_names_the_file_and_safetensors(teacher_folder, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(teacher_folder / name, folder / name)
+    torch.save({**load_file(teacher_folder / "model.safetensors"), "extra": _NotATensor()},
+               folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError) as info:
+        build(hf_config(folder, tmp_path / "x"))
+    assert str(info.value) == (
+        f"teacher.path: '{folder / 'pytorch_model.bin'}' holds a pickled Python object (it refers to "
+        f"{_NotATensor.__module__}._NotATensor) that torch refuses to load: transformers reads .bin weights with "
+        "weights_only=True, which unpickles tensors only. Save the model as safetensors "
+        "(model.save_pretrained(folder) writes model.safetensors), where you trust the file enough to load it once.")
+
+
+def test_a_factory_student_with_a_smaller_vocabulary_stops_before_any_batch(teacher_folder, tmp_path):
+    (tmp_path / "small_vocab_student.py").write_text(
+        "def build():\n"
+        "    from transformers import BertConfig, BertForSequenceClassification\n"
+        "    return BertForSequenceClassification(BertConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1,\n"
+        "                                                    num_attention_heads=2, intermediate_size=64))\n")
+    config = hf_config(teacher_folder, tmp_path / "x", student={"factory": "small_vocab_student:build"},
+                       python_path=[str(tmp_path)])  # validate cannot see a factory's vocabulary; build can
+    with pytest.raises(ConfigError) as info:
+        build(config)
+    assert str(info.value) == (
+        f"student: its vocabulary has 10 tokens (rows of its input embeddings) but the tokenizer that feeds it "
+        f"('{teacher_folder}') gives ids up to 34, which its embeddings cannot look up. Point data.student_tokenizer "
+        "at the folder of the tokenizer the student was trained with.")
 
 
 # ---------------------------------------------------------------------------------------------

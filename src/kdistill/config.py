@@ -5,7 +5,8 @@
 The file is checked whole before any weight loads: types and unknown keys (pydantic, with
 ``extra="forbid"`` everywhere), then meaning — loss, method and ref names, loss arguments,
 schedules, factory strings, that data files and model folders exist and that the label column is
-in each data file's header. Every problem is collected into one :class:`ConfigError` listing each
+in each data file's header, and what the model folders' config.json and tokenizer files say (layer
+counts, sizes, vocabularies: :mod:`kdistill.model_files`). Every problem is collected into one :class:`ConfigError` listing each
 as ``path: problem``, e.g. ``matches[2].loss: unknown loss 'hiden_mse'; did you mean 'hidden_mse'?``.
 
 Relative paths of inputs (data files, model and tokenizer folders, ``python_path``) are read
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from kdistill.errors import ConfigError, RefError, suggest
 from kdistill.factories import FACTORY_RE, Imported, resolve, strings_in
 from kdistill.ranges import WEIGHT, Range, argument_problems
+from kdistill.model_files import folder_contents, missing_tokenizer, model_problems
 from kdistill.refs import LAYER_KINDS, parse_ref
 
 TASKS = ("sequence-classification", "base", "masked-lm")
@@ -602,9 +604,8 @@ class _Checker:
             return str(folder)
         config = folder / "config.json"
         if not config.is_file():
-            present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
             self.add(f"{where}: the folder '{folder}' has no config.json, so it is not a Hugging Face model "
-                     f"folder (it holds: {present}).")
+                     f"folder (it holds: {folder_contents(folder)}).")
             return str(folder)
         try:
             json.loads(config.read_text(encoding="utf-8"))
@@ -693,6 +694,8 @@ class _Checker:
                 setattr(spec, key, str(folder))
                 if not folder.is_dir():
                     self.add(f"{where}.{key}: the tokenizer folder '{folder}' does not exist.")
+                elif missing := missing_tokenizer(folder, f"{where}.{key}"):
+                    self.add(missing)
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
@@ -1045,6 +1048,11 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     if top is not None:  # a config is code: import what it names now, refusing the standard library
         imports, problems = resolve(check.factories, top.python_path)
         check.errors += problems
+    if teacher is not None and data is not None and top is not None:
+        # What the model folders' config.json and tokenizer files say (no weights load).
+        check.errors += model_problems(teacher, parsed.get("student"), data, [m for m in matches if m is not None],
+                                       top.layer_map)
+
     errors += check.errors
     if errors:
         return None, errors

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import inspect
 import logging
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from kdistill.errors import ConfigError, unknown_choice
+from kdistill.model_files import folder_contents, missing_tokenizer
 from kdistill.registry import import_object
 
 logger = logging.getLogger(__name__)
@@ -53,8 +55,7 @@ def _check_folder(path: str | Path, what: str, needed: str | None) -> str:
     folder = Path(path)
     if folder.is_dir():
         if needed is not None and not (folder / needed).is_file():
-            present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-            raise ConfigError(f"{what}: the folder '{folder}' has no {needed} (it holds: {present}).")
+            raise ConfigError(f"{what}: the folder '{folder}' has no {needed} (it holds: {folder_contents(folder)}).")
     elif folder.exists():
         raise ConfigError(f"{what}: '{folder}' is a file; give the folder that holds {needed or 'the model'}.")
     return str(path)
@@ -105,6 +106,8 @@ def load_hf_model(
     try:
         with _quiet_transformers():
             model, info = auto.from_pretrained(name, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(_refused_pickle(Path(name), exc)) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         where = f"the folder '{name}'" if Path(name).is_dir() else f"'{name}' (not a folder, nor in the local Hugging Face cache)"
         raise ConfigError(f"model.path: cannot load {task} model from {where}: {_first_line(exc)}") from None
@@ -112,16 +115,36 @@ def load_hf_model(
     return model
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """Load a tokenizer offline from a model folder (or the local Hugging Face cache)."""
+def _refused_pickle(folder: Path, exc: BaseException) -> str:
+    """A .bin checkpoint that pickles more than tensors: name the file, the object and the way out."""
+    files = sorted(p.name for p in folder.glob("*.bin")) if folder.is_dir() else []
+    where = (f"'{folder / files[0]}'" if len(files) == 1 else
+             f"the .bin files in '{folder}' ({', '.join(files)})" if files else f"the weights in '{folder}'")
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return (f"model.path: {where} holds a pickled Python object{what} that torch refuses to load: transformers "
+            "reads .bin weights with weights_only=True, which unpickles tensors only. Save the model as "
+            "safetensors (model.save_pretrained(folder) writes model.safetensors), where you trust the file "
+            "enough to load it once.")
+
+
+def load_tokenizer(path: str | Path, *, where: str = "tokenizer.path") -> Any:
+    """Load a tokenizer offline from a model folder (or the local Hugging Face cache).
+
+    A folder without a vocabulary file (``model_files.TOKENIZER_FILES``) is refused: transformers
+    would build a tokenizer of the special tokens only, turning every word into ``[UNK]``.
+    """
     import transformers
 
-    name = _check_folder(path, "tokenizer.path", None)
+    name = _check_folder(path, where, None)
+    missing = missing_tokenizer(name, where)
+    if missing:
+        raise ConfigError(missing)
     try:
         with _quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tokenizer.path: cannot load a tokenizer from '{name}': {_first_line(exc)}") from None
+        raise ConfigError(f"{where}: cannot load a tokenizer from '{name}': {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

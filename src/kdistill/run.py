@@ -348,9 +348,11 @@ def build(config: RunConfig) -> RunParts:
     tokenizer_source = None
     if config.data.builtin not in IMAGE_DATA:
         tokenizer_source = config.data.tokenizer or config.teacher.path
-        tokenizer = models.load_tokenizer(tokenizer_source)
+        tokenizer = models.load_tokenizer(tokenizer_source, where="data.tokenizer" if config.data.tokenizer
+                                          else "teacher.path")
         if config.data.student_tokenizer:
-            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
+            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer, where="data.student_tokenizer")
+        _check_vocab_sizes(config, teacher, student, tokenizer, student_tokenizer)
     data = build_data(config, tokenizer, student_tokenizer)
     loaders = make_loaders(config, data)
     _check_classes(config, data, loaders, teacher, student)
@@ -395,6 +397,26 @@ def build(config: RunConfig) -> RunParts:
         for i in range(len(stages)):
             parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
     return parts
+
+
+def _check_vocab_sizes(config: RunConfig, teacher: nn.Module, student: nn.Module, tokenizer: Any,
+                       student_tokenizer: Any) -> None:
+    """Each Hugging Face model can look up every id its tokenizer gives (a factory's too), before a batch runs."""
+    from kdistill.model_files import vocab_too_small
+
+    teacher_source = config.data.tokenizer or config.teacher.path
+    feeds = (("teacher", teacher, tokenizer, teacher_source),
+             ("student", student, student_tokenizer or tokenizer, config.data.student_tokenizer or teacher_source))
+    for role, model, feeding, source in feeds:
+        try:
+            rows = model.get_input_embeddings().num_embeddings if is_hf_model(model) else None
+        except (AttributeError, NotImplementedError):
+            rows = None
+        if rows is None:
+            continue  # not a Hugging Face model: its inputs are its own business
+        problem = vocab_too_small(role, rows, "rows of its input embeddings", feeding.get_vocab(), source)
+        if problem:
+            raise ConfigError(problem)
 
 
 def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, DataLoader], teacher: nn.Module,
@@ -864,6 +886,7 @@ def plan(config: RunConfig) -> str:
     """What the run will do: data, models, every match with shapes, projections, parameter counts,
     the method's expansion and the steps. Loads the models and runs one batch; trains nothing."""
     from kdistill.models import describe_blocks
+    from kdistill.model_files import teacher_tokenizer_reason
 
     parts = build(config)
     lines = [f"kdistill plan: {config.source or 'config'}", "", *describe_imports(config.imports), ""]
@@ -896,7 +919,7 @@ def plan(config: RunConfig) -> str:
             lines.append(f"  student tokenizer: {config.data.student_tokenizer} "
                          f"(vocabulary {len(parts.student_tokenizer):,}); the student reads its own tokens")
         else:
-            lines.append("  student tokenizer: the teacher's")
+            lines.append(f"  student tokenizer: the teacher's ({teacher_tokenizer_reason(config.student, config.method)})")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
     lines.append(f"  batches: {config.data.batch_size} (train{', length-bucketed' if config.data.bucket and data.kind == 'text' else ''}), "
