@@ -223,7 +223,9 @@ def test_load_factory():
     assert isinstance(layer, nn.Linear) and layer.out_features == 3
     with pytest.raises(ConfigError, match="'torch.nn:Linear' cannot take the arguments \\['in_feature'\\]"):
         models.load_factory("torch.nn:Linear", in_feature=2)
-    with pytest.raises(ConfigError, match="'builtins:dict' returned a dict, not a torch.nn.Module"):
+    with pytest.raises(ConfigError, match="'torch.nn.init:calculate_gain' returned a float, not a torch.nn.Module"):
+        models.load_factory("torch.nn.init:calculate_gain", nonlinearity="relu")
+    with pytest.raises(ConfigError, match="'builtins:dict' is in the Python standard library"):
         models.load_factory("builtins:dict", a=1)
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
         models.load_factory("no_such_module:make")
