@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -569,10 +570,11 @@ def stage_train_config(config: RunConfig, part: StageParts):
     return TrainConfig(**fields)
 
 
-def estimated_steps(train_config, loader) -> int:
+def estimated_steps(train_config, loader, processes: int = 1) -> int:
+    """The optimiser steps the Trainer plans for a stage (each of N processes reads 1/N of the batches)."""
     if train_config.max_steps:
         return train_config.max_steps
-    return max(math.ceil(len(loader) / train_config.grad_accum), 1) * train_config.epochs
+    return max(math.ceil(math.ceil(len(loader) / processes) / train_config.grad_accum), 1) * train_config.epochs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,24 +704,17 @@ def _prepare_stage(parts: RunParts, part: StageParts) -> Distiller:
     return distiller
 
 
-def _planned_steps(train_config, loader) -> int:
-    """The optimiser steps the Trainer will plan for a stage (each of N processes reads 1/N of the batches)."""
-    if train_config.max_steps:
-        return train_config.max_steps
-    batches = math.ceil(len(loader) / distributed_world_size())
-    return max(math.ceil(batches / train_config.grad_accum), 1) * train_config.epochs
-
-
 def _finished_stages(parts: RunParts, *, continuing: bool, resume: bool) -> tuple[dict[int, dict], list[StageParts]]:
     """Of a continued run: the finished stages kept as they are (index -> their record), and those
     that train on because ``--resume`` gave them a larger length. Says which, changes nothing.
 
+    A stage that has not finished must have a usable checkpoint if it has any (CheckpointError).
     A finished stage is kept when its planned length is the same. With --resume: a larger one
     continues from its last checkpoint to the new end (only when no later stage has trained on its
     result); a smaller one is refused (kdistill does not shorten a finished stage).
     """
     from kdistill.errors import CheckpointError
-    from kdistill.train import list_checkpoints
+    from kdistill.train import latest_good_checkpoint, list_checkpoints
     from kdistill.train.logging import notice
 
     kept: dict[int, dict] = {}
@@ -731,12 +726,15 @@ def _finished_stages(parts: RunParts, *, continuing: bool, resume: bool) -> tupl
     for part in parts.stages:
         done = part.directory / STAGE_DONE
         if not done.is_file():
+            with warnings.catch_warnings():  # the Trainer reports a fallback when it resumes
+                warnings.simplefilter("ignore")
+                latest_good_checkpoint(part.directory / "checkpoints")  # none usable: refused before any change
             continue
         record = json.loads(done.read_text(encoding="utf-8"))
         ran = int(record.get("steps") or 0)
         before = int(record.get("total_steps") or ran)
         train_config = stage_train_config(parts.config, part)
-        planned = _planned_steps(train_config, part.loader)
+        planned = estimated_steps(train_config, part.loader, distributed_world_size())
         what = f"the run in '{out}'" if single else f"stage '{part.stage.name}' of the run in '{out}'"
         setting = "training.max_steps" if train_config.max_steps else "training.epochs"
         if not resume or planned == before:

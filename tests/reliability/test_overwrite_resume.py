@@ -155,8 +155,9 @@ def test_resume_when_every_checkpoint_is_corrupt_stops_and_overwrite_starts_over
         target.write_bytes(target.read_bytes()[:-8] + b"\0" * 8)
     before = _files(out)
 
+    _, changed = _config(tmp_path, out, "changed.yaml", training={"max_steps": 4, "save_every": 2, "lr": 0.02})
     with pytest.raises(CheckpointError) as info:
-        run(config, resume=True)
+        run(changed, resume=True)
     lines = str(info.value).splitlines()
     assert lines[:3] == [
         f"resume: none of the 2 checkpoints in '{out / 'checkpoints'}' is usable:",
@@ -164,7 +165,7 @@ def test_resume_when_every_checkpoint_is_corrupt_stops_and_overwrite_starts_over
         f"  - checkpoint {out / 'checkpoints' / 'step-0000002'}: model.safetensors is corrupted (checksum mismatch).",
     ]
     assert "--overwrite" in lines[3]
-    assert _files(out) == before  # nothing trained, nothing appended to metrics.jsonl
+    assert _files(out) == before  # nothing trained, nothing appended to metrics.jsonl, the config kept
 
     summary = run(config, overwrite=True)
     assert summary["stages"][0]["steps"] == 4 and _train_steps(out) == [1, 2, 3, 4]
