@@ -33,8 +33,7 @@ from kdistill.train.checkpoint import (
 )
 from kdistill.train.evaluate import evaluate_classifier
 from kdistill.train.logging import MetricsLog, notice
-from kdistill.train.optim import WarmupDecay
-from kdistill.train.optim import freeze_parameters, make_adamw, make_scheduler, parameter_groups
+from kdistill.train.optim import WarmupDecay, freeze_parameters, make_adamw, make_scheduler, parameter_groups
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
