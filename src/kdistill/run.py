@@ -4,16 +4,10 @@
     print(plan(config))        # loads the models, runs one batch, trains nothing
     summary = run(config)      # trains and writes the output folder
 
-Output folder of a run::
-
-    config.resolved.yaml   the config after defaults, overrides and path resolution
-    metrics.jsonl          one JSON object per logged step / evaluation (the Trainer writes it)
-    checkpoints/           resumable checkpoints (multi-stage runs: stages/<n>-<name>/checkpoints)
-    student/               the student: save_pretrained + tokenizer (Hugging Face), else student.safetensors
-    summary.json           teacher and student metrics on validation/test, their agreement, sizes
-
-A folder holding results of a *different* config is refused unless ``resume`` (continue it with
-this config) or ``overwrite`` (replace its results). The same config again continues the run.
+The output folder (what is in it, what kdistill owns there, what --overwrite removes and when):
+:mod:`kdistill.outputs`. A folder holding results of a *different* config is refused unless
+``resume`` (continue it with this config) or ``overwrite`` (replace its results, once the new run
+is built and checked). The same config again continues the run.
 
 Under a launcher (``kdistill run --processes N``, ``accelerate launch``) every process trains and
 only the main process writes the folder (docs/scale.md).
@@ -25,8 +19,8 @@ import fnmatch
 import json
 import math
 import os
-import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +39,22 @@ from kdistill.factories import describe as describe_imports
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage, chain_learners
+from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's names and helpers)
+    RESOLVED_NAME,
+    RESULT_NAMES,
+    STAGE_DONE,
+    STAGE_STUDENT,
+    check_output_dir,
+    config_differences,
+    prepare_output_dir,
+    save_student,
+    start_run_folder,
+)
 from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.registry import importable
 from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
 from kdistill.schedules import maybe_schedule, schedule_to_dict
 from kdistill.train.checkpoint import atomic_write_text
-
-RESOLVED_NAME = "config.resolved.yaml"
-RESULT_NAMES = ("checkpoints", "student", "summary.json", "metrics.jsonl", "stages", "best", "tensorboard")
-STAGE_DONE = "stage_done.json"
-STAGE_STUDENT = "student_after.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,10 +466,11 @@ def stage_train_config(config: RunConfig, part: StageParts):
     return TrainConfig(**fields)
 
 
-def estimated_steps(train_config, loader) -> int:
+def estimated_steps(train_config, loader, processes: int = 1) -> int:
+    """The optimiser steps the Trainer plans for a stage (each of N processes reads 1/N of the batches)."""
     if train_config.max_steps:
         return train_config.max_steps
-    return max(math.ceil(len(loader) / train_config.grad_accum), 1) * train_config.epochs
+    return max(math.ceil(math.ceil(len(loader) / processes) / train_config.grad_accum), 1) * train_config.epochs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,129 +505,6 @@ def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str
     return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
 
 
-# ---------------------------------------------------------------------------------------------
-# The output folder
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out or {prefix: {}}
-    if isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
-        out = {}
-        for i, value in enumerate(data):
-            out.update(_flatten(value, f"{prefix}.{i}"))
-        return out
-    return {prefix: data}
-
-
-def config_differences(old: Any, new: Any, limit: int = 5) -> list[str]:
-    flat_old, flat_new = _flatten(old), _flatten(new)
-    keys = sorted(set(flat_old) | set(flat_new))
-    changed = [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys if flat_old.get(k) != flat_new.get(k)]
-    return changed[:limit] + ([f"… {len(changed) - limit} more"] if len(changed) > limit else [])
-
-
-def _has_results(out: Path) -> bool:
-    """Whether a run folder holds anything a new run would lose (an empty metrics log does not count)."""
-    for name in RESULT_NAMES:
-        path = out / name
-        if name == "tensorboard" or not path.exists():
-            continue
-        if path.is_dir() and not any(path.iterdir()):
-            continue
-        if path.is_file() and path.stat().st_size == 0:
-            continue
-        return True
-    return False
-
-
-def prepare_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> tuple[Path, bool]:
-    """Check the output folder before any weight loads; write config.resolved.yaml.
-
-    Returns the folder and whether the run continues from what is there.
-    """
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: resume continues the run in the output "
-                          "folder, overwrite replaces it.")
-    out = Path(config.output_dir)
-    resolved = config.resolved()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir: '{out}' is a file; give a folder for the run's outputs.")
-    continuing = resume
-    if out.is_dir():
-        saved = out / RESOLVED_NAME
-        has_results = _has_results(out)
-        if saved.is_file():
-            try:
-                old = parse_yaml(saved.read_text(encoding="utf-8"), source=str(saved))
-            except (ConfigError, OSError):
-                old = None
-            if old != resolved and has_results and not (resume or overwrite):
-                changes = "; ".join(config_differences(old, resolved)) if isinstance(old, dict) else "unreadable"
-                raise ConfigError(
-                    f"output_dir: '{out}' holds a run with a different config ({changes}). Pass --resume to "
-                    "continue that run with this config, --overwrite to replace its results, or choose another "
-                    "output_dir."
-                )
-            if old == resolved and has_results and not overwrite:
-                continuing = True
-        elif any(out.iterdir()) and not overwrite:
-            raise ConfigError(f"output_dir: '{out}' is not empty and holds no kdistill run (no {RESOLVED_NAME}); "
-                              "choose a new or empty folder, or pass --overwrite to write into it.")
-        if overwrite:
-            continuing = False
-            for name in (*RESULT_NAMES, RESOLVED_NAME):
-                target = out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".kdistill-write-test-{os.getpid()}"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output_dir: cannot write to '{out}' ({exc.strerror or exc}); choose a folder you can "
-                          "write to (output_dir=… on the command line).") from None
-    atomic_write_text(out / RESOLVED_NAME, dump_yaml(resolved))
-    return out, continuing
-
-
-def save_student(parts: RunParts, model: nn.Module, out: Path) -> Path:
-    """Write ``out/student`` atomically: HF save_pretrained + tokenizer, else student.safetensors."""
-    from kdistill.train import save_weights
-
-    final = out / "student"
-    tmp = out / f".student.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    if is_hf_model(model):
-        names = parts.data.label_names
-        if names and getattr(model.config, "num_labels", None) == len(names):
-            model.config.id2label = dict(enumerate(names))
-            model.config.label2id = {name: i for i, name in enumerate(names)}
-        from kdistill.models import save_pretrained
-
-        save_pretrained(model, tmp)
-        tokenizer = parts.student_tokenizer or parts.tokenizer
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    else:
-        save_weights(model, tmp / "student.safetensors")
-    old = out / f".student.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
-
-
 def _remove_hooks(distiller: Distiller) -> None:
     for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
         hooks = getattr(adapter, "hooks", None)
@@ -639,29 +517,36 @@ def _remove_hooks(distiller: Distiller) -> None:
 
 
 def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train every stage and write the output folder; returns the summary (also in summary.json)."""
+    """Train every stage and write the output folder; returns the summary (also in summary.json).
+
+    The folder is checked before any weight loads, but changed only once the models are built and
+    every stage about to train has run its first batch (refs, shapes, projections): an --overwrite
+    whose config does not fit the models leaves the old run as it was.
+    """
     from safetensors.torch import load_model as load_weights_into
 
     from kdistill.train import Trainer, save_weights
 
     # Under a launcher (several processes) only the main process checks and writes the output
     # folder; the others wait for its answer (or its error).
-    out, continuing = on_main_process(prepare_output_dir, config, resume=resume, overwrite=overwrite)
+    out, continuing = on_main_process(check_output_dir, config, resume=resume, overwrite=overwrite)
     started = time.time()
     parts = build(config)
+    kept, reopened = _finished_stages(parts, continuing=continuing, resume=resume)
+    for part in parts.stages:  # a chain's stage taught by the assistant is checked when it starts (see below)
+        if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
+            _prepare_stage(parts, part)
+    on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
     stage_summaries = []
     for part in parts.stages:
         done = part.directory / STAGE_DONE
-        if continuing and done.is_file():
+        if part.index in kept:
             load_weights_into(part.student, str(part.directory / STAGE_STUDENT))
-            stage_summaries.append(json.loads(done.read_text(encoding="utf-8")))
+            stage_summaries.append(kept[part.index])
             continue
-        distiller = parts.stage_distiller(part.index)
-        if not distiller.prepared:
-            try:
-                distiller.prepare(next(iter(part.loader)))
-            except ShapeError as exc:
-                raise _name_match(exc, distiller, part) from None
+        # Made only now for a stage taught by a chain's assistant: making its Distiller freezes the
+        # assistant, which the stage before trains.
+        distiller = _prepare_stage(parts, part)
         train_config = stage_train_config(config, part)
         eval_loader = parts.loaders.get("validation") if _logits_are_classes(part.student) and parts.data.num_classes else None
         loader = part.loader
@@ -670,9 +555,9 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
         result = trainer.train(resume=continuing)
         _remove_hooks(distiller)
-        record = {"stage": part.stage.name, "steps": result.steps, "best_metric": result.best_metric,
-                  "best_step": result.best_step, "final_metrics": result.final_metrics,
-                  "skipped_steps": result.skipped_steps,
+        record = {"stage": part.stage.name, "steps": result.steps, "total_steps": result.total_steps,
+                  "best_metric": result.best_metric, "best_step": result.best_step,
+                  "final_metrics": result.final_metrics, "skipped_steps": result.skipped_steps,
                   "effective_batch_size": getattr(result, "effective_batch_size", None)}
 
         def finish_stage(part=part, done=done, record=record) -> None:
@@ -702,6 +587,79 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         return summary
 
     return on_main_process(write_results)
+
+
+def _prepare_stage(parts: RunParts, part: StageParts) -> Distiller:
+    """The stage's Distiller, prepared on its first batch (shapes checked, projections inserted)."""
+    distiller = parts.stage_distiller(part.index)
+    if not distiller.prepared:
+        try:
+            distiller.prepare(next(iter(part.loader)))
+        except ShapeError as exc:
+            raise _name_match(exc, distiller, part) from None
+    return distiller
+
+
+def _finished_stages(parts: RunParts, *, continuing: bool, resume: bool) -> tuple[dict[int, dict], list[StageParts]]:
+    """Of a continued run: the finished stages kept as they are (index -> their record), and those
+    that train on because ``--resume`` gave them a larger length. Says which, changes nothing.
+
+    A stage that has not finished must have a usable checkpoint if it has any (CheckpointError).
+    A finished stage is kept when its planned length is the same. With --resume: a larger one
+    continues from its last checkpoint to the new end (only when no later stage has trained on its
+    result); a smaller one is refused (kdistill does not shorten a finished stage).
+    """
+    from kdistill.errors import CheckpointError
+    from kdistill.train import latest_good_checkpoint, list_checkpoints
+    from kdistill.train.logging import notice
+
+    kept: dict[int, dict] = {}
+    reopened: list[StageParts] = []
+    if not continuing:
+        return kept, reopened
+    single = len(parts.stages) == 1
+    out = parts.config.output_dir
+    for part in parts.stages:
+        done = part.directory / STAGE_DONE
+        if not done.is_file():
+            with warnings.catch_warnings():  # the Trainer reports a fallback when it resumes
+                warnings.simplefilter("ignore")
+                latest_good_checkpoint(part.directory / "checkpoints")  # none usable: refused before any change
+            continue
+        record = json.loads(done.read_text(encoding="utf-8"))
+        ran = int(record.get("steps") or 0)
+        before = int(record.get("total_steps") or ran)
+        train_config = stage_train_config(parts.config, part)
+        planned = estimated_steps(train_config, part.loader, distributed_world_size())
+        what = f"the run in '{out}'" if single else f"stage '{part.stage.name}' of the run in '{out}'"
+        setting = "training.max_steps" if train_config.max_steps else "training.epochs"
+        if not resume or planned == before:
+            kept[part.index] = record
+            continue
+        if planned < before:
+            raise ConfigError(f"{setting}: this config plans {planned} steps for {what}, fewer than the {before} it "
+                              "was trained for; kdistill does not shorten a finished run. Pass --overwrite to train "
+                              f"again with {planned} steps, or choose another output_dir.")
+        later = [p.stage.name for p in parts.stages[part.index + 1:]
+                 if (p.directory / STAGE_DONE).is_file() or list_checkpoints(p.directory / "checkpoints")]
+        if later:
+            raise ConfigError(f"{setting}: this config plans {planned} steps for {what}, which finished at step {ran}, "
+                              f"but the later stage '{later[0]}' has trained on its result and would be left stale. "
+                              "Pass --overwrite to train every stage again with the new length.")
+        if not list_checkpoints(part.directory / "checkpoints"):
+            raise CheckpointError(f"resume: {what} finished at step {ran} and this config plans {planned} steps, but "
+                                  f"'{part.directory / 'checkpoints'}' holds no checkpoint to continue from. Pass "
+                                  "--overwrite to train again from step 0.")
+        notice(f"{what} finished at step {ran}; this config plans {planned} steps ({setting}): continuing from step "
+               f"{ran} to {planned}, the learning-rate schedule spread over the {planned} steps.")
+        reopened.append(part)
+    steps = ", ".join(f"'{parts.stages[i].stage.name}' {record.get('steps')}" for i, record in kept.items())
+    if len(kept) == len(parts.stages):
+        notice(f"the run in '{out}' is already complete (steps: {steps}): nothing to train; the student is saved "
+               "again and evaluated (summary.json rewritten).")
+    elif kept:
+        notice(f"finished stages kept as they are (steps: {steps}); the run continues with the others.")
+    return kept, reopened
 
 
 CACHE_DIR = "teacher-cache"

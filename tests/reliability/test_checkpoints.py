@@ -48,8 +48,9 @@ def test_truncated_newest_checkpoint_warns_with_its_path_and_resume_uses_the_pre
                 "Falling back to the previous checkpoint.")
     assert expected in messages, messages
     assert "done: student in" in capsys.readouterr().out
-    # Resumed from step 4: step 5 ran again; the broken checkpoint was replaced, then pruned.
-    assert _train_steps(out) == [1, 2, 3, 4, 5, 5, 6, 7, 8]
+    # Resumed from step 4: step 5 ran again (logged once: the crashed run's record of it was dropped);
+    # the broken checkpoint was replaced, then pruned.
+    assert _train_steps(out) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000006", "step-0000007", "step-0000008"]
     for folder in checkpoints.iterdir():
         verify_checkpoint(folder)

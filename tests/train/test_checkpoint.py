@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from kdistill import Trainer
 from kdistill.errors import CheckpointError, ConfigError
-from kdistill.train import latest_good_checkpoint, list_checkpoints
+from kdistill.train import latest_good_checkpoint, list_checkpoints, read_metrics
 from kdistill.train.checkpoint import load_checkpoint, rng_state, set_rng_state, verify_checkpoint
 from tiny_engine import (
     Crash,
@@ -76,9 +76,16 @@ def test_corrupted_latest_checkpoint_warns_and_falls_back(tmp_path, saved_run):
     assert "Falling back to the previous checkpoint" in message
     assert path == directory / "step-0000004" and state["position"]["step"] == 4
 
+    # None verifies: an error listing each checkpoint and why, never a silent start from step 0.
     flip_bytes(directory / "step-0000004" / "optimizer.pt", offset=-200)
-    with pytest.warns(UserWarning):
-        assert latest_good_checkpoint(directory) is None
+    with pytest.raises(CheckpointError) as info:
+        latest_good_checkpoint(directory)
+    assert str(info.value).splitlines()[:3] == [
+        f"resume: none of the 2 checkpoints in '{directory}' is usable:",
+        f"  - checkpoint {directory / 'step-0000006'}: model.safetensors is corrupted (checksum mismatch).",
+        f"  - checkpoint {directory / 'step-0000004'}: optimizer.pt is corrupted (checksum mismatch).",
+    ]
+    assert latest_good_checkpoint(tmp_path / "no-checkpoints") is None
 
 
 def test_verify_reports_missing_and_unreadable_files(tmp_path, saved_run):
@@ -132,6 +139,8 @@ def test_resume_from_a_corrupted_latest_falls_back_and_still_matches(tmp_path):
         result = Trainer(resumed, token_loader(4), config=config, output_dir=tmp_path).train(resume=True)
     assert result.steps == 8
     assert [r["step"] for r in result.history if r["kind"] == "train"] == [5, 6, 7, 8]
+    # The log holds each step once: steps 5-7 of the crashed run are replaced by the resumed run's.
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"] == list(range(1, 9))
     expected = straight.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in resumed.state_dict().items())
 
@@ -146,12 +155,16 @@ def test_resume_from_an_explicit_corrupted_path_is_an_error(tmp_path, saved_run)
         trainer.train(resume=tmp_path / "checkpoints" / "step-0000004")
 
 
-def test_resume_without_checkpoints_starts_fresh_and_needs_an_output_dir(tmp_path):
+def test_resume_without_checkpoints_starts_fresh_and_needs_an_output_dir(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')  # no checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to fall back from: no warning either
         result = Trainer(bert_distiller(), token_loader(4), config=quiet_config(max_steps=2),
                          output_dir=tmp_path).train(resume=True)
     assert [r["step"] for r in result.history if r["kind"] == "train"] == [1, 2]
+    assert f"kdistill: resume: no checkpoint in '{tmp_path / 'checkpoints'}'; training from step 0 (metrics.jsonl " \
+           "starts afresh)." in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"] == [1, 2]
     with pytest.raises(ConfigError, match="resume: needs an output_dir holding checkpoints"):
         Trainer(bert_distiller(), token_loader(4), config=quiet_config(max_steps=2)).train(resume=True)
 
@@ -165,3 +178,19 @@ def test_resuming_a_finished_run_does_nothing_more(tmp_path):
                     metric_fn=metric).train(resume=True)
     assert again.steps == 4
     assert [r for r in again.history if r["kind"] == "train"] == []
+
+
+def test_resume_when_every_checkpoint_is_corrupt_is_an_error_and_changes_nothing(tmp_path):
+    config = quiet_config(max_steps=4, save_every=2)
+    Trainer(bert_distiller(), token_loader(4), config=config, output_dir=tmp_path).train()
+    for step in (2, 4):
+        flip_bytes(tmp_path / "checkpoints" / f"step-{step:07d}" / "model.safetensors")
+    log = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError) as info:
+        Trainer(bert_distiller(), token_loader(4), config=quiet_config(max_steps=6, save_every=2),
+                output_dir=tmp_path).train(resume=True)
+    message = str(info.value)
+    assert message.startswith(f"resume: none of the 2 checkpoints in '{tmp_path / 'checkpoints'}' is usable:\n")
+    assert message.count("model.safetensors is corrupted (checksum mismatch)") == 2
+    assert "--overwrite" in message
+    assert (tmp_path / "metrics.jsonl").read_text() == log

@@ -11,7 +11,8 @@ Layout of ``<output>/checkpoints/step-0000100/``:
 
 A checkpoint folder is written under a temporary name and renamed into place, so a crash never
 leaves a half-written ``step-*`` folder. A checksum mismatch is reported with the path and resume
-falls back to the previous good checkpoint.
+falls back to the previous good checkpoint; when no checkpoint is good, resume stops with a
+CheckpointError listing each one and why it was refused.
 """
 
 from __future__ import annotations
@@ -168,13 +169,30 @@ def verify_checkpoint(path: Path) -> dict:
 
 
 def latest_good_checkpoint(directory: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies; corrupted ones are reported and skipped."""
-    for path in reversed(list_checkpoints(directory)):
+    """The newest checkpoint that verifies; corrupted ones are reported and skipped.
+
+    None when there is no checkpoint at all. When there are checkpoints but none verifies, a
+    CheckpointError lists each one and why it was refused: starting again from step 0 is the
+    caller's decision, never a silent fallback.
+    """
+    checkpoints = list_checkpoints(directory)
+    refused = []
+    for path in reversed(checkpoints):
         try:
-            return path, verify_checkpoint(path)
+            found = path, verify_checkpoint(path)
         except CheckpointError as exc:
-            warnings.warn(f"{exc} Falling back to the previous checkpoint.", stacklevel=2)
-    return None
+            refused.append(str(exc))
+            continue
+        for reason in refused:
+            warnings.warn(f"{reason} Falling back to the previous checkpoint.", stacklevel=2)
+        return found
+    if not checkpoints:
+        return None
+    raise CheckpointError(f"resume: none of the {len(checkpoints)} checkpoints in '{directory}' is usable:\n"
+                          + "\n".join(f"  - {reason}" for reason in refused)
+                          + "\nkdistill does not restart from step 0 on its own: to train again from step 0, run "
+                            "without resume (`kdistill run CONFIG --overwrite` removes this run's checkpoints and "
+                            "metrics), or put back a good checkpoint.")
 
 
 def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> TrainPosition:

@@ -32,8 +32,8 @@ from kdistill.train.checkpoint import (
     save_weights,
 )
 from kdistill.train.evaluate import evaluate_classifier
-from kdistill.train.logging import MetricsLog
-from kdistill.train.optim import freeze_parameters, make_adamw, make_scheduler, parameter_groups
+from kdistill.train.logging import MetricsLog, notice
+from kdistill.train.optim import WarmupDecay, freeze_parameters, make_adamw, make_scheduler, parameter_groups
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
@@ -105,6 +105,7 @@ class TrainResult:
     skipped_steps: int = 0
     effective_batch_size: int | None = None  # per-process batch × processes × grad_accum
     processes: int = 1
+    total_steps: int | None = None  # the run's planned length (steps < total_steps: stopped early)
 
 
 class Callback:
@@ -261,8 +262,14 @@ class Trainer:
         checkpoints = self.output_dir / "checkpoints" if self.output_dir else None
         if resume:
             position = self._resume(resume, checkpoints, accelerator.unwrap_model(model), optimizer, scheduler)
+            _stretch_schedule(scheduler, warmup, total)
         is_main = accelerator.is_main_process
-        log = MetricsLog(self.output_dir if is_main else None, tensorboard=cfg.tensorboard)
+        # The log holds each step once: the steps up to the checkpoint resumed from, then this run's.
+        log = MetricsLog(self.output_dir if is_main else None, tensorboard=cfg.tensorboard, keep_until=position.step)
+        last_metrics: dict[str, float] = {}
+        if position.step >= total and position.step:  # resumed at its end: evaluated and saved before
+            self._evaluated_at = self._saved_at = position.step
+            last_metrics = _evaluation_at(log.kept, position.step)
         bar = tqdm(total=total, initial=position.step, disable=not (cfg.progress and is_main),
                    desc="distil", dynamic_ncols=True)
         if cfg.progress and is_main:
@@ -271,7 +278,6 @@ class Trainer:
                        f"{total} optimiser steps", file=sys.stderr)
         skipped = 0
         running: dict[str, float] = {}
-        last_metrics: dict[str, float] = {}
         stop = False
         state = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0])
         model.train()
@@ -351,7 +357,7 @@ class Trainer:
             callback.on_train_end(final)
         accelerator.wait_for_everyone()
         return TrainResult(position.step, log.records, position.best_metric, position.best_step, last_metrics,
-                           self.output_dir, skipped, effective, processes)
+                           self.output_dir, skipped, effective, processes, total)
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self, model, accelerator, position: TrainPosition, log: MetricsLog, state: TrainState):
@@ -402,11 +408,14 @@ class Trainer:
                             keep_last=self.config.keep_last)
 
     def _resume(self, resume, checkpoints: Path | None, model, optimizer, scheduler) -> TrainPosition:
+        """The position of the checkpoint to continue from. ``resume=True`` and no checkpoint at all:
+        step 0, said aloud; checkpoints but none usable: CheckpointError (latest_good_checkpoint)."""
         if resume is True:
             if checkpoints is None:
                 raise ConfigError("resume: needs an output_dir holding checkpoints.")
             found = latest_good_checkpoint(checkpoints)
             if found is None:
+                notice(f"resume: no checkpoint in '{checkpoints}'; training from step 0 (metrics.jsonl starts afresh).")
                 return TrainPosition()
             path, state = found
         else:
@@ -414,7 +423,9 @@ class Trainer:
 
             path = Path(resume)
             state = verify_checkpoint(path)
-        return load_checkpoint(path, state, model, optimizer, scheduler)
+        position = load_checkpoint(path, state, model, optimizer, scheduler)
+        notice(f"resume: continuing from checkpoint '{path}' (step {position.step}).")
+        return position
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -429,6 +440,30 @@ def _check_config(cfg: TrainConfig) -> None:
         problems.append("training.epochs: must be at least 1 (or set training.max_steps)")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
+
+
+def _stretch_schedule(scheduler, warmup_steps: int, total_steps: int) -> None:
+    """After a resume: the LR schedule spans this run's length. A checkpoint restores the schedule
+    of the run that wrote it; continued to a larger max_steps, its linear decay would hold the LR
+    at 0 from the old end on. The same length leaves the restored state untouched (exact resume)."""
+    changed = False
+    for function in scheduler.lr_lambdas:
+        if isinstance(function, WarmupDecay) and (function.total_steps, function.warmup_steps) != (total_steps, warmup_steps):
+            function.total_steps, function.warmup_steps = total_steps, warmup_steps
+            changed = True
+    if changed:
+        lrs = [base * function(scheduler.last_epoch) for base, function in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+
+
+def _evaluation_at(records: list[dict], step: int) -> dict[str, float]:
+    """The metrics of the last evaluation logged at ``step`` (without its bookkeeping keys)."""
+    for record in reversed(records):
+        if record.get("kind") == "eval" and record.get("step") == step:
+            return {k: v for k, v in record.items() if k not in ("kind", "step", "time")}
+    return {}
 
 
 def _batch_size(data) -> int | None:
