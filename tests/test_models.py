@@ -311,3 +311,16 @@ def test_a_plain_module_with_two_lists_is_refused_unless_one_is_named():
 def test_the_plan_names_the_block_list_found(kind):
     blocks = find_layer_list(tiny(kind))[1]
     assert models.describe_blocks(tiny(kind)) == f"blocks: {LAYER_PATHS[kind]} (4 of {type(blocks[0]).__name__}, found)"
+
+
+def test_weights_that_do_not_fit_transformers_defaults_are_a_config_error(tmp_path):
+    # transformers leaves id2label out of config.json for 2 labels; BART's default is 3, so the saved
+    # 2-class head no longer fits on reload (a RuntimeError from transformers before).
+    from transformers import BartConfig, BartForSequenceClassification
+
+    config = BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_labels=2)
+    BartForSequenceClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="have other shapes than its config.json gives .* Set num_labels"):
+        models.load_hf_model(tmp_path)
+    assert models.load_hf_model(tmp_path, num_labels=2).config.num_labels == 2

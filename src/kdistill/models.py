@@ -111,6 +111,16 @@ def load_hf_model(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         where = f"the folder '{name}'" if Path(name).is_dir() else f"'{name}' (not a folder, nor in the local Hugging Face cache)"
         raise ConfigError(f"model.path: cannot load {task} model from {where}: {_first_line(exc)}") from None
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise
+        # transformers' own defaults can disagree with the weights (a BART classifier saved with 2
+        # labels reloads as BART's default 3): say which key fixes it instead of a traceback.
+        raise ConfigError(
+            f"model.path: some weights in '{name}' have other shapes than its config.json gives (often the "
+            "classifier: transformers' default label count for this architecture "
+            "differs from the checkpoint's). Set num_labels in this model's section to the size of the "
+            "checkpoint's head, or fix config.json.") from None
     _summarise_loading(name, info)
     return model
 
