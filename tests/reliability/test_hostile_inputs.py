@@ -1,0 +1,38 @@
+"""Inputs a careless user writes, each once a run to a wrong figure: a teacher whose classifier is
+made at load, labels written "1.0", a split too small for its fractions (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+from test_labels import _config, _csv, _rows, _teacher
+
+from kdistill.errors import ConfigError
+from kdistill.run import build, plan
+
+
+@pytest.mark.parametrize("how", ["base model", "num_labels"])
+def test_a_teacher_whose_classifier_is_made_at_load_is_no_logits_target(tmp_path, how):
+    # A bare BertModel folder, or teacher.num_labels replacing the head: the teacher's classifier is
+    # random and frozen, so distilling its logits trained the student on noise without a word.
+    from transformers import BertModel
+
+    teacher = _teacher(tmp_path / "teacher", None)
+    if how == "base model":
+        BertModel.from_pretrained(teacher).save_pretrained(teacher)
+    spec = {"path": str(teacher), **({"num_labels": 3} if how == "num_labels" else {})}
+    train = _csv(tmp_path / "train.csv", _rows([0, 1, 2] * 4 if how == "num_labels" else [0, 1] * 6))
+    config = _config(teacher, tmp_path, {"train": str(train)}, teacher=spec)
+    with pytest.raises(ConfigError) as info:
+        plan(config)
+    message = str(info.value)
+    assert "its logits are random" in message and "match 'soft'" in message
+    assert ("has no sequence-classification head" if how == "base model"
+            else "teacher.num_labels 3 replaces the checkpoint's 2-class head") in message
+
+
+def test_a_new_teacher_head_is_fine_when_only_hidden_states_are_matched(tmp_path):
+    teacher = _teacher(tmp_path / "teacher", None)
+    train = _csv(tmp_path / "train.csv", _rows([0, 1, 2] * 4))
+    config = _config(teacher, tmp_path, {"train": str(train)}, teacher={"path": str(teacher), "num_labels": 3},
+                     method=None, matches=[{"teacher": "hidden.-1", "student": "hidden.-1", "loss": "hidden_mse"}])
+    assert build(config).data.num_classes == 3
