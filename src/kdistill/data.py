@@ -261,7 +261,12 @@ def _as_int(value: Any) -> int | None:
         try:
             return int(value.strip())
         except ValueError:
+            pass
+        try:  # "2.0", as a spreadsheet or pandas writes an integer column: the class 2, as JSON's 2.0 is
+            number = float(value)
+        except ValueError:
             return None
+        return int(number) if number.is_integer() else None
     return None
 
 

@@ -8,6 +8,7 @@ from test_labels import _config, _csv, _rows, _teacher
 
 from kdistill.errors import ConfigError
 from kdistill.run import build, plan
+from kdistill.run_data import read_tables
 
 
 @pytest.mark.parametrize("how", ["base model", "num_labels"])
@@ -36,3 +37,13 @@ def test_a_new_teacher_head_is_fine_when_only_hidden_states_are_matched(tmp_path
     config = _config(teacher, tmp_path, {"train": str(train)}, teacher={"path": str(teacher), "num_labels": 3},
                      method=None, matches=[{"teacher": "hidden.-1", "student": "hidden.-1", "loss": "hidden_mse"}])
     assert build(config).data.num_classes == 3
+
+
+def test_labels_written_with_a_decimal_point_are_class_ids_as_in_json(tmp_path):
+    # "0.0"/"2.0" (pandas writes an int column with a gap as floats) were names in sorted order: "2.0"
+    # became class 1 of a three-class teacher, while JSON's 2.0 was class 2.
+    teacher = _teacher(tmp_path / "teacher", None, num_labels=3)
+    train = _csv(tmp_path / "train.csv", _rows(["0.0", "2.0"] * 6))
+    tables = read_tables(_config(teacher, tmp_path, {"train": str(train)}))
+    assert tables.label_names is None
+    assert tables.tables["train"].labels[:2] == [0, 2]
