@@ -133,7 +133,11 @@ def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], A
             loaded = kdata.load_records(spec.path, format=spec.format)
             origin, text, label = spec.path, spec.text, spec.label
         cut = kdata.split_records(loaded, ratios=ratios, seed=seed)
-        for split, part in cut.items():
+        for (split, part), ratio in zip(cut.items(), ratios):
+            if not part and ratio > 0:
+                raise DataError(f"data.split: {ratios} of the {len(loaded)} records of {origin} leaves the "
+                                f"'{split}' split empty; give more records, a larger fraction, or 0 for no "
+                                f"'{split}' split.")
             if part:
                 records[split] = part
                 sources[split] = f"{origin} ({ratios} split, seed {seed})"

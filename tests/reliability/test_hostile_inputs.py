@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_labels import _config, _csv, _rows, _teacher
 
-from kdistill.errors import ConfigError
+from kdistill.errors import ConfigError, DataError
 from kdistill.run import build, plan
 from kdistill.run_data import read_tables
 
@@ -47,3 +47,17 @@ def test_labels_written_with_a_decimal_point_are_class_ids_as_in_json(tmp_path):
     tables = read_tables(_config(teacher, tmp_path, {"train": str(train)}))
     assert tables.label_names is None
     assert tables.tables["train"].labels[:2] == [0, 2]
+
+
+def test_a_split_too_small_for_its_fractions_is_refused_not_left_out(tmp_path):
+    # Three records cut [0.8, 0.1, 0.1]: validation and test rounded to none, and the run reported no
+    # validation or test figures without a word.
+    teacher = _teacher(tmp_path / "teacher", None)
+    everything = _csv(tmp_path / "all.csv", _rows([0, 1, 0]))
+    with pytest.raises(DataError) as info:
+        _config(teacher, tmp_path, {"path": str(everything), "split": [0.8, 0.1, 0.1]})
+    assert str(info.value) == (f"data.split: [0.8, 0.1, 0.1] of the 3 records of {everything} leaves the "
+                               "'validation' split empty; give more records, a larger fraction, or 0 for no "
+                               "'validation' split.")
+    assert set(read_tables(_config(teacher, tmp_path, {"path": str(everything), "split": [1.0, 0.0]})).tables) == {
+        "train"}
