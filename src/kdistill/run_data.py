@@ -177,7 +177,8 @@ def read_tables(config: RunConfig) -> Tables:
     values = {}
     for split, rows in records.items():
         kdata.require_column(rows, label, sources[split])
-        values[split] = [rows[row][label] for row in plain[split].records]
+        # " positive" (a CSV written "text, label") is the class "positive", as " 1" is the class 1.
+        values[split] = [_strip(rows[row][label]) for row in plain[split].records]
     encoding = klabels.choose_encoding(values, klabels.teacher_labels(config.teacher), column=label, sources=sources)
     tables = {}
     for split, table in plain.items():
@@ -198,6 +199,10 @@ def read_tables(config: RunConfig) -> Tables:
     if classes is None and "train" in tables:
         classes = max(tables["train"].labels, default=-1) + 1
     return Tables(tables, sources, encoding.names, classes, encoding.how)
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
 
 
 def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> DataParts:

@@ -61,3 +61,13 @@ def test_a_split_too_small_for_its_fractions_is_refused_not_left_out(tmp_path):
                                "'validation' split.")
     assert set(read_tables(_config(teacher, tmp_path, {"path": str(everything), "split": [1.0, 0.0]})).tables) == {
         "train"}
+
+
+def test_white_space_around_a_string_label_is_not_another_class(tmp_path):
+    # "good film, positive": ' positive' and 'positive' were two classes, and the error advised
+    # teacher.num_labels: 4 for two labels.
+    teacher = _teacher(tmp_path / "teacher", None)
+    train = _csv(tmp_path / "train.csv", _rows([" positive", "negative ", "positive", " negative "] * 3))
+    tables = read_tables(_config(teacher, tmp_path, {"train": str(train)}))
+    assert tables.label_names == ["negative", "positive"]
+    assert tables.tables["train"].labels[:4] == [1, 0, 1, 0]
