@@ -87,6 +87,10 @@ def _parse_delimited(text: str, delimiter: str, path: Path) -> list[Record]:
         return []
     except csv.Error as exc:
         raise DataError(f"'{path}' line 1 cannot be parsed: {exc}.") from None
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"'{path}' line 1 names the column '{twice[0]}' more than once (header: "
+                        f"{', '.join(header)}); rename the columns so that each name is used once.")
     records = []
     try:
         for row in reader:

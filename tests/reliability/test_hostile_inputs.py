@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from test_labels import _config, _csv, _rows, _teacher
 
+from kdistill.data import load_records
 from kdistill.errors import ConfigError, DataError
 from kdistill.run import build, plan
 from kdistill.run_data import read_tables
@@ -71,3 +72,13 @@ def test_white_space_around_a_string_label_is_not_another_class(tmp_path):
     tables = read_tables(_config(teacher, tmp_path, {"train": str(train)}))
     assert tables.label_names == ["negative", "positive"]
     assert tables.tables["train"].labels[:4] == [1, 0, 1, 0]
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    # "text,text,label": the second 'text' column silently replaced the first.
+    path = tmp_path / "twice.csv"
+    path.write_text("text,text,label\ngood film,bad plot,1\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    assert str(info.value) == (f"'{path}' line 1 names the column 'text' more than once (header: text, text, "
+                               "label); rename the columns so that each name is used once.")
