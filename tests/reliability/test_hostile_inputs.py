@@ -3,6 +3,8 @@ made at load, labels written "1.0", a split too small for its fractions (issue 1
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_labels import _config, _csv, _rows, _teacher
 
@@ -82,3 +84,19 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
         load_records(path)
     assert str(info.value) == (f"'{path}' line 1 names the column 'text' more than once (header: text, text, "
                                "label); rename the columns so that each name is used once.")
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("label", [1], "has a JSON list in 'label' ([1]); a label is one class: an integer or a string."),
+    ("text", {"a": 1}, "has a JSON dict in 'text' ({'a': 1}); a text is one string."),
+])
+def test_a_json_list_or_object_is_no_label_or_text(tmp_path, column, value, message):
+    # A label [1] was the class named "[1]"; a text {"a": 1} was the text "{'a': 1}".
+    teacher = _teacher(tmp_path / "teacher", None)
+    records = [{"text": "good film", "label": 0}, {"text": "bad plot", "label": 1}]
+    records[1][column] = value
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(record) for record in records), encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        _config(teacher, tmp_path, {"train": str(train)})
+    assert str(info.value) == f"{train}: record 1 {message}"
