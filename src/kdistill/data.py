@@ -87,6 +87,10 @@ def _parse_delimited(text: str, delimiter: str, path: Path) -> list[Record]:
         return []
     except csv.Error as exc:
         raise DataError(f"'{path}' line 1 cannot be parsed: {exc}.") from None
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"'{path}' line 1 names the column '{twice[0]}' more than once (header: "
+                        f"{', '.join(header)}); rename the columns so that each name is used once.")
     records = []
     try:
         for row in reader:
@@ -229,6 +233,10 @@ def text_table(
                 "a missing, NaN, empty or blank text is refused. Fix the record, or set "
                 "data.missing_text: skip to leave such records out (the plan counts them)."
             )
+        for column in text_columns:
+            if isinstance(record[column], (list, dict)):
+                raise DataError(f"{source}: record {row} has a JSON {type(record[column]).__name__} in "
+                                f"'{column}' ({record[column]!r}); a text is one string.")
         values = [str(record[column]) for column in text_columns]
         texts.append(values[0] if len(values) == 1 else (values[0], values[1]))
         kept.append(row)
@@ -261,7 +269,12 @@ def _as_int(value: Any) -> int | None:
         try:
             return int(value.strip())
         except ValueError:
+            pass
+        try:  # "2.0", as a spreadsheet or pandas writes an integer column: the class 2, as JSON's 2.0 is
+            number = float(value)
+        except ValueError:
             return None
+        return int(number) if number.is_integer() else None
     return None
 
 
@@ -279,6 +292,9 @@ def encode_labels(
         if value is None or (isinstance(value, str) and not value.strip()) or (
                 isinstance(value, float) and math.isnan(value)):
             raise DataError(f"{source}: record {row} has an empty '{column}'; every labelled record needs one.")
+        if isinstance(value, (list, dict)):
+            raise DataError(f"{source}: record {row} has a JSON {type(value).__name__} in '{column}' ({value!r}); "
+                            "a label is one class: an integer or a string.")
     if label_names is None:
         if label_values_are_ints(values):
             return [_as_int(value) for value in values], None  # type: ignore[misc]

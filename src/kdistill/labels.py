@@ -39,12 +39,14 @@ class TeacherLabels:
 
     ``names``: the class names in id order when the kept classifier names them (not the generic
     ``LABEL_0``…); ``classes``: the classifier's size when known before weights load; ``source``:
-    where that came from, for the plan.
+    where that came from, for the plan; ``new_head``: the classifier is made anew at load (random,
+    and the teacher is frozen), so its logits mean nothing.
     """
 
     names: tuple[str, ...] | None
     classes: int | None
     source: str
+    new_head: bool = False
 
 
 def teacher_labels(spec: Any) -> TeacherLabels:
@@ -61,8 +63,8 @@ def teacher_labels(spec: Any) -> TeacherLabels:
     architectures = raw.get("architectures") or []
     if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
         note = (f"{config_file} has no sequence-classification head (architectures: "
-                f"{', '.join(architectures) or 'none'}); a new one is trained")
-        return TeacherLabels(None, spec.num_labels, note)
+                f"{', '.join(architectures) or 'none'}); a new one is made")
+        return TeacherLabels(None, spec.num_labels, note, new_head=True)
     try:
         by_id = {int(key): str(value) for key, value in (raw.get("id2label") or {}).items()}
     except (TypeError, ValueError):
@@ -71,7 +73,8 @@ def teacher_labels(spec: Any) -> TeacherLabels:
     size = len(by_id) or raw.get("num_labels") or 2
     if spec.num_labels is not None and spec.num_labels != size:
         return TeacherLabels(None, spec.num_labels,
-                             f"teacher.num_labels {spec.num_labels} replaces the checkpoint's {size}-class head")
+                             f"teacher.num_labels {spec.num_labels} replaces the checkpoint's {size}-class head",
+                             new_head=True)
     names = tuple(by_id[i] for i in range(size)) if sorted(by_id) == list(range(size)) else None
     if names is not None and all(_GENERIC_NAME.fullmatch(name) for name in names):
         names = None

@@ -391,12 +391,30 @@ def build(config: RunConfig) -> RunParts:
         directory = out if len(recipe.stages) == 1 else out / "stages" / f"{i + 1}-{stage.name}"
         stages.append(StageParts(i, stage, stage_teacher, stage_student, loaders[stage.data], stage_origins[i],
                                  directory))
+    _check_teacher_head(config, stages)
     parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
                      data, loaders, recipe, stages, layer_map, sources)
     if assistant is None:
         for i in range(len(stages)):
             parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
     return parts
+
+
+def _check_teacher_head(config: RunConfig, stages: list[StageParts]) -> None:
+    """A teacher whose classifier is made at load is random and frozen: its logits are no target."""
+    from kdistill.labels import teacher_labels
+
+    head = teacher_labels(config.teacher)
+    if not head.new_head:
+        return
+    for part in stages:
+        reading = [m.name or m.teacher for m in part.stage.matches if m.teacher == "logits"]
+        if part.stage.teacher == "teacher" and reading:
+            raise ConfigError(
+                f"teacher: {head.source}, so its logits are random (the teacher is not trained); stage "
+                f"'{part.stage.name}' distils them (match '{reading[0]}'). Give a teacher fine-tuned for these "
+                "labels, or match only hidden states and attentions."
+            )
 
 
 def _check_vocab_sizes(config: RunConfig, teacher: nn.Module, student: nn.Module, tokenizer: Any,

@@ -133,7 +133,11 @@ def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], A
             loaded = kdata.load_records(spec.path, format=spec.format)
             origin, text, label = spec.path, spec.text, spec.label
         cut = kdata.split_records(loaded, ratios=ratios, seed=seed)
-        for split, part in cut.items():
+        for (split, part), ratio in zip(cut.items(), ratios):
+            if not part and ratio > 0:
+                raise DataError(f"data.split: {ratios} of the {len(loaded)} records of {origin} leaves the "
+                                f"'{split}' split empty; give more records, a larger fraction, or 0 for no "
+                                f"'{split}' split.")
             if part:
                 records[split] = part
                 sources[split] = f"{origin} ({ratios} split, seed {seed})"
@@ -173,7 +177,8 @@ def read_tables(config: RunConfig) -> Tables:
     values = {}
     for split, rows in records.items():
         kdata.require_column(rows, label, sources[split])
-        values[split] = [rows[row][label] for row in plain[split].records]
+        # " positive" (a CSV written "text, label") is the class "positive", as " 1" is the class 1.
+        values[split] = [_strip(rows[row][label]) for row in plain[split].records]
     encoding = klabels.choose_encoding(values, klabels.teacher_labels(config.teacher), column=label, sources=sources)
     tables = {}
     for split, table in plain.items():
@@ -194,6 +199,10 @@ def read_tables(config: RunConfig) -> Tables:
     if classes is None and "train" in tables:
         classes = max(tables["train"].labels, default=-1) + 1
     return Tables(tables, sources, encoding.names, classes, encoding.how)
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
 
 
 def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> DataParts:
