@@ -142,4 +142,17 @@ def check_label_range(labels: Sequence[int], classes: int | None, *, source: str
         raise DataError(f"{source}: record {row} has the label {value} in '{column}', outside {what}: {valid}.")
 
 
-__all__ = ["LabelEncoding", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels"]
+def too_many_classes(role: str, outputs: int, classes: int, *, hf: bool = True) -> str:
+    """The sentence for data with more classes than a model's classifier has outputs."""
+    head = f"{role}: its classifier has {outputs} outputs but the data has {classes} classes"
+    if role == "teacher":
+        return (f"{head}: the teacher was not trained for these labels (check data.label and teacher.path). "
+                f"teacher.num_labels: {classes} would give it a new, untrained head, which only matches of hidden "
+                "states and attentions may use.")
+    if hf:
+        return f"{head}; set {role}.num_labels: {classes} (or check data.label)."
+    return f"{head}; check data.label and the model's output size."
+
+
+__all__ = ["LabelEncoding", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels",
+           "too_many_classes"]

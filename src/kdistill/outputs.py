@@ -18,7 +18,8 @@ Ownership: kdistill removes or replaces only what it wrote. Outside ``student/``
 fixed names (``OWNED``). Inside ``student/`` they depend on the model (``save_pretrained`` and
 the tokenizer choose them), so ``save_student`` lists them in ``student/.kdistill-files.json``;
 a re-save replaces the listed files and carries over every other file (a model card, notes).
-A ``student/`` written before that list existed is replaced whole, as it used to be.
+In a ``student/`` without that list (written before it existed, or made by the user) kdistill's
+files are its model and tokenizer files (``MODEL_FILE_PATTERNS``); every other file is the user's.
 
 Order of an --overwrite: the early checks (``check_output_dir``) change nothing; the old results
 are removed only when the new run is about to train (``start_run_folder``), finished-stage
@@ -109,19 +110,28 @@ def _remove_if_empty(folder: Path) -> None:
         pass
 
 
-def _listed_files(folder: Path) -> list[str] | None:
-    """The files kdistill wrote in a student folder, from its list; None when it has no list."""
+# What a student folder written before the list existed holds of kdistill's: the model and
+# tokenizer files save_pretrained / save_weights write. Anything else there (a README, notes) is a user's.
+MODEL_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "config.json", "generation_config.json",
+                       "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                       "*.model", "chat_template.jinja")
+
+
+def _listed_files(folder: Path) -> list[str]:
+    """The files kdistill wrote in a student folder: from its list, or (a folder written before the
+    list existed) its top-level model and tokenizer files."""
     try:
         return list(json.loads((folder / STUDENT_FILES).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
-        return None
+        return [p.name for p in folder.iterdir() if p.is_file()
+                and any(fnmatch.fnmatchcase(p.name, pattern) for pattern in MODEL_FILE_PATTERNS)]
 
 
 def _remove_listed(folder: Path) -> None:
-    listed = _listed_files(folder)
-    if listed is None or not folder.is_dir():  # written before the list existed, or a file: all kdistill's
+    if not folder.is_dir():  # a file where student/ belongs: kdistill's
         _remove(folder)
         return
+    listed = _listed_files(folder)
     for name in [*listed, STUDENT_FILES]:
         (folder / name).unlink(missing_ok=True)
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -138,7 +148,7 @@ def has_results(out: Path) -> bool:
         path = out / name
         if name == "tensorboard" or not path.exists():
             continue
-        listed = _listed_files(path) if name == "student" else None
+        listed = _listed_files(path) if name == "student" and path.is_dir() else None
         if listed is not None and not any((path / file).exists() for file in listed):
             continue
         if path.is_dir() and not any(path.iterdir()):
@@ -288,10 +298,9 @@ def save_student(parts: Any, model: nn.Module, out: Path) -> Path:
 def _carry_over_user_files(old: Path, new: Path, *, skip: set[str]) -> None:
     """Copy the files of ``old`` kdistill did not write into ``new`` (copies: ``old`` keeps them
     until ``new`` is in place)."""
-    listed = _listed_files(old) if old.is_dir() else None
-    if listed is None:  # no old folder, or one written before the list existed: replaced whole
+    if not old.is_dir():
         return
-    ours = {*listed, *skip, STUDENT_FILES}
+    ours = {*_listed_files(old), *skip, STUDENT_FILES}
     for path in sorted(old.rglob("*")):
         name = path.relative_to(old).as_posix()
         if path.is_file() and name not in ours:

@@ -440,7 +440,7 @@ def _check_vocab_sizes(config: RunConfig, teacher: nn.Module, student: nn.Module
 def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, DataLoader], teacher: nn.Module,
                    student: nn.Module) -> None:
     """Every label of every split is a class of both models (their real output widths)."""
-    from kdistill.labels import check_label_range
+    from kdistill.labels import check_label_range, too_many_classes
     from kdistill.train.evaluate import class_count
 
     if data.num_classes is None or "train" not in loaders:
@@ -450,11 +450,8 @@ def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, Dat
         classes = class_count(model, batch, inputs_key=key)
         if classes is None:
             continue
-        fix = (f"set {role}.num_labels: {data.num_classes} (or check data.label)"
-               if is_hf_model(model) else "check data.label and the model's output size")
         if data.num_classes > classes:
-            raise DataError(f"{role}: its classifier has {classes} outputs but the data has {data.num_classes} "
-                            f"classes; {fix}.")
+            raise DataError(too_many_classes(role, classes, data.num_classes, hf=is_hf_model(model)))
         for split, table in data.tables.items():
             check_label_range(table.labels, classes, source=data.sources.get(split, split),
                               column=config.data.label or "label", records=table.records,

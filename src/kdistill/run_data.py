@@ -191,8 +191,7 @@ def read_tables(config: RunConfig) -> Tables:
     meaning = encoding.names or (list(encoding.teacher_names) if encoding.teacher_names else None)
     train_classes = max(tables["train"].labels, default=-1) + 1 if "train" in tables else 0
     if encoding.classes is not None and train_classes > encoding.classes:
-        raise DataError(f"teacher: its classifier has {encoding.classes} outputs but the data has {train_classes} "
-                        f"classes; set teacher.num_labels: {train_classes} (or check data.label).")
+        raise DataError(klabels.too_many_classes("teacher", encoding.classes, train_classes))
     for split, table in tables.items():
         klabels.check_label_range(table.labels, classes, source=sources[split], column=label,
                                   records=table.records, names=meaning)

@@ -100,3 +100,25 @@ def test_a_json_list_or_object_is_no_label_or_text(tmp_path, column, value, mess
     with pytest.raises(DataError) as info:
         _config(teacher, tmp_path, {"train": str(train)})
     assert str(info.value) == f"{train}: record 1 {message}"
+
+
+def test_a_student_folder_without_kdistills_list_keeps_the_users_files(tmp_path):
+    """A student/ the user made (or one written before the list existed): its model files are
+    kdistill's, everything else is the user's, through a save and an overwrite."""
+    from kdistill.config import load_config
+    from kdistill.run import run
+
+    from ._helpers import write_config
+
+    out = tmp_path / "run"
+    (out / "student").mkdir(parents=True)
+    (out / "student" / "README.md").write_text("my card")
+    (out / "student" / "config.json").write_text("{}")  # a stale model file: kdistill's to replace
+    (out / "config.resolved.yaml").write_text("{}")  # an old run: this folder is a kdistill run folder
+    path = write_config(tmp_path, out, training={"max_steps": 1})
+    run(load_config(path), overwrite=True)
+    assert (out / "student" / "README.md").read_text() == "my card"
+    assert (out / "student" / "config.json").read_text() != "{}"
+    (out / "student" / ".kdistill-files.json").unlink()  # as a folder saved before the list existed
+    run(load_config(path, ["training.max_steps=2"]), overwrite=True)
+    assert (out / "student" / "README.md").read_text() == "my card"
