@@ -7,7 +7,8 @@ exception.
 
 The first line runs 1,500 cases (750 per test, the CI budget); KDISTILL_FUZZ_EXAMPLES sets the
 cases *per test*. ``-s`` prints how many configs validated and how many were errors.
-Validation loads no weights and imports no factory, so this checks the whole validator quickly.
+Validation loads no weights (it reads config.json and tokenizer files, the data files, and imports the
+factories a config names), so this checks the whole validator quickly.
 """
 
 from __future__ import annotations
