@@ -36,7 +36,6 @@ data: {train: train.csv, validation: validation.csv, test: test.csv, text: sente
 method: hinton
 method_args: {temperature: 2.0, alpha: 0.5}
 training: {lr: 1e-4, epochs: 1, freeze: ["*word_embeddings*"], progress: false, tensorboard: false}
-output_dir: run
 """
 
 
@@ -115,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (folder / "teacher" / "config.json").is_file():
         print("label2id of the user's script:", finetune_teacher(folder, train))
     (folder / "run.yaml").write_text(CONFIG, encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "kdistill", "run", str(folder / "run.yaml"), "--overwrite"], check=True)
+    subprocess.run([sys.executable, "-m", "kdistill", "run", str(folder / "run.yaml"), f"output_dir={folder / 'run'}",
+                    "--overwrite"], check=True)
     summary = json.loads((folder / "run" / "summary.json").read_text(encoding="utf-8"))
     print(f"\n{'split':<11} {'model':<8} {'kdistill summary':>17} {'independent':>12}")
     for split in ("validation", "test"):
