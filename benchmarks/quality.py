@@ -99,7 +99,7 @@ from kdistill.methods import Stage, chain_learners, expand  # noqa: E402
 from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,  # noqa: E402
                              student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier, save_weights  # noqa: E402
-from kdistill.train.checkpoint import atomic_write_text  # noqa: E402
+from kdistill.files import atomic_write_text  # noqa: E402
 
 TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "multiteacher",
                 "tinybert-general", "minilm-assistant")

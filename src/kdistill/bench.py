@@ -41,7 +41,7 @@ from kdistill.export import (
     text_batches,
     torch_runner,
 )
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_write_text
 
 RUNTIMES = ("pytorch", "onnx", "onnx-int8")
 BATCH_SIZES = (1, 32)

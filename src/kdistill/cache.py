@@ -487,7 +487,8 @@ class TeacherCache:
 
     def _finish(self) -> None:
         """Every example is stored: flush, write the metadata last, rename the folder into place."""
-        from kdistill.train.checkpoint import atomic_write_text, fsync_dir
+        from kdistill.files import atomic_write_text
+        from kdistill.train.checkpoint import fsync_dir
 
         files = {}
         for index, maps in enumerate(self._maps):

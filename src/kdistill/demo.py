@@ -34,7 +34,7 @@ from kdistill.methods import Stage, expand
 from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,
                              student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_write_text
 
 SPLIT = (0.8, 0.1, 0.1)
 SPLIT_SEED = 0

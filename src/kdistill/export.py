@@ -33,17 +33,14 @@ the export folder. The folder is built under a temporary name and renamed into p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import importlib
 import inspect
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ import torch
 from torch import nn
 
 from kdistill.errors import ConfigError, DataError, KdistillError, unknown_choice
+from kdistill.files import atomic_folder
 
 FORMATS = ("hf", "onnx", "onnx-int8", "torch-int8")
 EXPORTERS = ("torchscript", "dynamo")
@@ -592,26 +590,6 @@ class ExportResult:
         data = asdict(self)
         data["path"] = str(self.path)
         return data
-
-
-@contextlib.contextmanager
-def atomic_folder(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``target`` (old contents removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def default_output(source: Path, fmt: str) -> Path:

@@ -524,24 +524,12 @@ def save_pretrained(model: nn.Module, path: str | Path) -> None:
 
 
 def save_model_folder(model: nn.Module, folder: str | Path, tokenizer: Any = None) -> Path:
-    """Save a Hugging Face model (and tokenizer) into ``folder`` atomically: a temporary folder
-    renamed into place, so a crash never leaves a half-written model folder."""
-    import os
-    import shutil
+    """Save a Hugging Face model (and tokenizer) into ``folder`` atomically (:func:`kdistill.files.atomic_folder`),
+    so a crash never leaves a half-written model folder."""
+    from kdistill.files import atomic_folder
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_pretrained(model, tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-    return folder
-
+    with atomic_folder(folder) as tmp:
+        save_pretrained(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(folder)

@@ -40,7 +40,7 @@ from torch import nn
 
 from kdistill.config import RunConfig, dump_yaml, parse_yaml
 from kdistill.errors import ConfigError
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_folder, atomic_write_text
 
 RESOLVED_NAME = "config.resolved.yaml"
 STAGE_DONE = "stage_done.json"
@@ -266,32 +266,23 @@ def save_student(parts: Any, model: nn.Module, out: Path) -> Path:
     from kdistill.train import save_weights
 
     final = out / "student"
-    tmp = out / f".student.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    if is_hf_model(model):
-        names = parts.data.label_names
-        if names and getattr(model.config, "num_labels", None) == len(names):
-            model.config.id2label = dict(enumerate(names))
-            model.config.label2id = {name: i for i, name in enumerate(names)}
-        from kdistill.models import save_pretrained
+    with atomic_folder(final) as tmp:
+        if is_hf_model(model):
+            names = parts.data.label_names
+            if names and getattr(model.config, "num_labels", None) == len(names):
+                model.config.id2label = dict(enumerate(names))
+                model.config.label2id = {name: i for i, name in enumerate(names)}
+            from kdistill.models import save_pretrained
 
-        save_pretrained(model, tmp)
-        tokenizer = parts.student_tokenizer or parts.tokenizer
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    else:
-        save_weights(model, tmp / "student.safetensors")
-    written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    atomic_write_text(tmp / STUDENT_FILES, json.dumps(written, indent=1))
-    _carry_over_user_files(final, tmp, skip=set(written))
-    old = out / f".student.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+            save_pretrained(model, tmp)
+            tokenizer = parts.student_tokenizer or parts.tokenizer
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        else:
+            save_weights(model, tmp / "student.safetensors")
+        written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        atomic_write_text(tmp / STUDENT_FILES, json.dumps(written, indent=1))
+        _carry_over_user_files(final, tmp, skip=set(written))
     return final
 
 

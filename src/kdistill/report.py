@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_write_text
 from kdistill.train.logging import read_metrics
 
 

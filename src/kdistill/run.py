@@ -54,7 +54,7 @@ from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.registry import importable
 from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
 from kdistill.schedules import maybe_schedule, schedule_to_dict
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_write_text
 
 
 # ---------------------------------------------------------------------------------------------

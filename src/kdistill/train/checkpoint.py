@@ -33,6 +33,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from kdistill.errors import CheckpointError
+from kdistill.files import atomic_write_text  # noqa: F401 - also re-exported from here
 
 PREFIX = "step-"
 
@@ -69,17 +70,6 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file + fsync + rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

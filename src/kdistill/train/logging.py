@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kdistill.train.checkpoint import atomic_write_text
+from kdistill.files import atomic_write_text
 
 
 class MetricsLog:
