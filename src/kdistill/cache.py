@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from kdistill.adapters import FunctionAdapter, make_adapter
+from kdistill.adapters.base import to_device
 from kdistill.errors import ConfigError, DataError
 from kdistill.features import Features
 from kdistill.refs import Ref, parse_ref
@@ -540,7 +541,7 @@ class TeacherCache:
     # ------------------------------------------------------------------ the teacher
     def _run_teacher(self, batch: Mapping) -> dict[str, Features]:
         device = _model_device(next(iter(self.teachers.values())))
-        inputs = _to_device({k: v for k, v in batch.items() if k != "teacher_features"}, device)
+        inputs = to_device({k: v for k, v in batch.items() if k != "teacher_features"}, device)
         self.teacher_runs += 1
         with torch.inference_mode():
             return {name: adapter(inputs) for name, adapter in self.adapters.items()}
@@ -772,13 +773,6 @@ def _model_device(model: nn.Module | None) -> torch.device:
         return param.device
     return torch.device("cpu")
 
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 class CachingCollator:

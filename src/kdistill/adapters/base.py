@@ -77,6 +77,21 @@ def model_inputs(batch: object) -> tuple[tuple, dict]:
     raise TypeError(f"cannot feed a batch of type {type(batch).__name__} to a model")
 
 
+def to_device(batch: object, device: object) -> object:
+    """Every tensor of a (nested) batch on ``device`` (``None``: left where it is). Dicts become dicts,
+    lists and tuples keep their type (named tuples too); anything else is returned as it is."""
+    if device is None:
+        return batch
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        moved = [to_device(item, device) for item in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
+    return batch
+
+
 def batch_mask(batch: object) -> Tensor | None:
     if isinstance(batch, Mapping):
         return batch.get("attention_mask")

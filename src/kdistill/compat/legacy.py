@@ -24,10 +24,9 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from kdistill.adapters.base import first_tensor
+from kdistill.adapters.base import first_tensor, to_device
 from kdistill.models import save_pretrained  # noqa: F401  (re-exported for compat users)
 from kdistill.adapters.hf import (
     ATTENTION_MODES,
@@ -291,17 +290,7 @@ def _signature(model: nn.Module) -> inspect.Signature | None:
         return None
 
 
-def move_to_device(batch: object, device: torch.device | str) -> object:
-    """Every tensor in a (nested) batch moved to ``device``; tuples stay tuples, dicts stay dicts."""
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {key: move_to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        moved = [move_to_device(item, device) for item in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)
-    return batch
-
+move_to_device = to_device  # the public name of the compat layer
 
 __all__ = [
     "HookedAttentions", "LegacyCaller", "LegacyOutputs", "legacy_outputs", "move_to_device", "save_pretrained",

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from kdistill.adapters.base import model_inputs, output_logits
+from kdistill.adapters.base import model_inputs, output_logits, to_device
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def predict(model: nn.Module, batches: Iterable, *, device: torch.device | str |
     try:
         for batch in batches:
             source = batch[inputs_key] if inputs_key and isinstance(batch, Mapping) and inputs_key in batch else batch
-            source = _to(source, device)
+            source = to_device(source, device)
             args, kwargs = model_inputs(source)
             logits = output_logits(model(*args, **kwargs))
             predictions.append(logits.argmax(-1).cpu())
@@ -50,7 +50,7 @@ def class_count(model: nn.Module, batch, *, inputs_key: str | None = None) -> in
     was_training = model.training
     model.eval()
     try:
-        args, kwargs = model_inputs(_to(source, device))
+        args, kwargs = model_inputs(to_device(source, device))
         logits = output_logits(model(*args, **kwargs))
     finally:
         model.train(was_training)
@@ -75,14 +75,3 @@ def evaluate_classifier(model: nn.Module, batches: Iterable, *, device=None, inp
         return {}
     return classification_metrics(predictions, labels)
 
-
-def _to(batch, device):
-    if device is None:
-        return batch
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to(v, device) for v in batch)
-    return batch

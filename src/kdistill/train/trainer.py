@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdistill.adapters.base import to_device
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, NonFiniteLossError
 from kdistill.train.checkpoint import (
@@ -238,7 +239,7 @@ class Trainer:
             freeze_parameters(distiller.student, cfg.freeze)
         if not distiller.prepared:
             first = next(iter(self.train_data))
-            distiller.prepare(_to_device(first, device))
+            distiller.prepare(to_device(first, device))
 
         if not any(p.requires_grad for p in distiller.parameters()):
             raise ConfigError("training: the student has no trainable parameter (all frozen?); "
@@ -538,14 +539,5 @@ def _off_global_rng(batches: Iterable, seed: tuple[int, int]):
             return
         yield batch
 
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
 
 
