@@ -100,3 +100,18 @@ def test_maybe_schedule_converts_only_schedule_dicts():
     assert maybe_schedule({"schedule": "constant", "value": 2}, path="x") == Constant(2)
     assert maybe_schedule({"a": 1}, path="x") == {"a": 1}
     assert maybe_schedule(0.5, path="x") == 0.5
+
+
+def test_a_point_of_the_run_is_one_rule_and_a_fraction_needs_the_run_length():
+    """Match start/stop, schedule ends and Theseus' phases read points through step_at; a fraction
+    without the run's length is an error everywhere (a schedule used to read it as step 0)."""
+    from kdistill.errors import ConfigError
+    from kdistill.matches import Match
+    from kdistill.schedules import Linear, step_at
+
+    assert step_at(0.5, 10) == 5 and step_at(3, None) == 3 and step_at(0.25, 6) == 2 and step_at(7.0, 100) == 7
+    with pytest.raises(ConfigError, match="schedule: 0.5 is a fraction of the run"):
+        Linear(0.0, 1.0, start=0.5)(3)
+    with pytest.raises(ConfigError, match="match 'kl\\[logits\\]' start/stop: 0.5 is a fraction of the run"):
+        Match("logits", "logits", "kl", start=0.5).active(3, None)
+    assert Linear(0.0, 1.0, start=0.5)(5, 10) == 0.0 and Linear(0.0, 1.0, start=0.5)(10, 10) == 1.0

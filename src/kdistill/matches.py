@@ -11,7 +11,7 @@ from typing import Any
 
 from kdistill.errors import ConfigError
 from kdistill.refs import Ref, format_refs, parse_ref
-from kdistill.schedules import Scalar
+from kdistill.schedules import Scalar, step_at
 
 # Losses that compare tensors element by element and so need equal widths (a projection when not).
 WIDTH_FREE_LOSSES = frozenset({
@@ -68,13 +68,7 @@ class Match:
 
     def active(self, step: int, total_steps: int | None) -> bool:
         def at(point):
-            if isinstance(point, float) and 0.0 <= point <= 1.0:
-                if total_steps is None:
-                    raise ConfigError(f"match '{self.name or self.default_name()}': start/stop {point} is a "
-                                      "fraction of the run, so the Distiller needs total_steps (the Trainer "
-                                      "passes it); give steps as integers to call it directly.")
-                return int(round(point * total_steps))
-            return int(point)
+            return step_at(point, total_steps, what=f"match '{self.name or self.default_name()}' start/stop")
 
         if step < at(self.start):
             return False

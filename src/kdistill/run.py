@@ -53,7 +53,7 @@ from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's nam
 from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.registry import importable
 from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
-from kdistill.schedules import maybe_schedule, schedule_to_dict
+from kdistill.schedules import maybe_schedule, schedule_to_dict, step_at
 from kdistill.files import atomic_write_text
 
 
@@ -977,11 +977,8 @@ def _active(start: int | float, stop: int | float | None, total: int) -> str:
     if not start and stop is None:
         return "always"
 
-    def at(point: int | float) -> int:
-        return int(round(point * total)) if isinstance(point, float) and 0.0 <= point <= 1.0 else int(point)
-
-    begin = at(start)
-    end = at(stop) if stop is not None else total
+    begin = step_at(start, total)
+    end = step_at(stop, total) if stop is not None else total
     return f"steps {begin}–{end - 1}" if end > begin else "never (empty range)"
 
 

@@ -14,12 +14,20 @@ from typing import Union
 from kdistill.errors import ConfigError, unknown_choice
 
 
-def _at(point: int | float | None, total: int | None, default: int) -> int:
-    if point is None:
-        return default
+def step_at(point: int | float, total_steps: int | None, *, what: str = "a point of the run") -> int:
+    """A point of the run as a step: an integer is a step; a float in [0, 1] is that fraction of
+    ``total_steps``, rounded. A fraction without ``total_steps`` is a ConfigError naming ``what`` —
+    never a silent step 0. The one rule for match start/stop, schedule ends and Theseus' phases."""
     if isinstance(point, float) and 0.0 <= point <= 1.0:
-        return int(round(point * (total or 0)))
+        if total_steps is None:
+            raise ConfigError(f"{what}: {point} is a fraction of the run, so the run's number of steps must be "
+                              "known (the Trainer passes it); give a step number (an integer) to use it outside a run.")
+        return int(round(point * total_steps))
     return int(point)
+
+
+def _at(point: int | float | None, total: int | None, default: int) -> int:
+    return default if point is None else step_at(point, total, what="schedule")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, layer_count
 from kdistill.models import LAYER_COUNT_KEYS, find_layer_list, layer_count_keys, student_from_teacher
 from kdistill.ranges import FLAG, LAYERS, OneOf, Range
-from kdistill.schedules import Constant, Linear, Scalar, value_at
+from kdistill.schedules import Constant, Linear, Scalar, step_at, value_at
 
 SUCCESSOR_INIT = ("first", "groups")
 
@@ -180,9 +180,7 @@ class TheseusModule(nn.Module):
             self.total_steps = total_steps
 
     def _point(self, point: float | int) -> int:
-        if isinstance(point, float) and 0.0 <= point <= 1.0:
-            return int(round(point * (self.total_steps or 0)))
-        return int(point)
+        return step_at(point, self.total_steps, what="theseus.successor_only_fraction")
 
     def successor_only(self, step: int | None = None) -> bool:
         """Whether the final phase (successors alone) has begun at ``step`` (default: now)."""
