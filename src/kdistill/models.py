@@ -317,6 +317,16 @@ def describe_blocks(model: nn.Module) -> str:
     return f"blocks: {path} ({len(blocks)} of {type(blocks[0]).__name__}, {how})"
 
 
+def block_count(model: nn.Module) -> int:
+    """The blocks that ``hidden.N``/``attn.N`` refs and the methods count: a Hugging Face model's
+    config count (ALBERT: how often its shared layer runs; an encoder-decoder: its named stack),
+    else the length of the block list (:func:`find_layer_list`). A ConfigError when it has none."""
+    from kdistill.adapters.hf import hf_num_layers, is_hf_model
+
+    count = hf_num_layers(model) if is_hf_model(model) else None
+    return count if count is not None else num_layers(model)
+
+
 def num_layers(model: nn.Module) -> int:
     """How many transformer blocks ``model`` has (see :func:`find_layer_list`)."""
     return len(find_layer_list(model)[1])
@@ -494,6 +504,7 @@ __all__ = [
     "load_factory",
     "load_hf_model",
     "load_tokenizer",
+    "block_count",
     "num_layers",
     "num_layers_of_config",
     "student_from_config",

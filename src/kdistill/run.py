@@ -174,14 +174,11 @@ def student_from_init(init: Mapping, teacher: nn.Module, *, where: str) -> nn.Mo
 
 
 def layer_count(model: nn.Module) -> int | None:
-    """Transformer blocks of ``model`` (from the HF config, else its block list); None if it has none
-    (or, for an encoder-decoder, when no stack is named)."""
+    """:func:`kdistill.models.block_count`, or None when the model has no blocks to count."""
     from kdistill import models
 
-    if is_hf_model(model):
-        return hf_num_layers(model)
     try:
-        return models.num_layers(model)
+        return models.block_count(model)
     except ConfigError:
         return None
 

@@ -21,12 +21,9 @@ def layer_count(model: nn.Module | None, option: int | None, *, role: str, metho
     A model and a disagreeing option is an error rather than a silent choice.
     """
     if model is not None:
-        from kdistill.adapters.hf import hf_num_layers, is_hf_model
-        from kdistill.models import num_layers
+        from kdistill.models import block_count
 
-        count = hf_num_layers(model) if is_hf_model(model) else None
-        if count is None:
-            count = num_layers(model)
+        count = block_count(model)
         if option is not None and option != count:
             raise ConfigError(f"{method}.{role}_layers: {option!r}, but the {role} model has {count} layers; "
                               f"leave the option out when the model is given.")
