@@ -71,12 +71,12 @@ from kdistill.adapters import FunctionAdapter, make_adapter
 from kdistill.adapters.base import to_device
 from kdistill.errors import ConfigError, DataError
 from kdistill.features import Features
+from kdistill.losses import loss_properties, topk_losses
 from kdistill.refs import Ref, parse_ref
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 LENGTHS_FILE = "lengths.npy"
-TOPK_LOSSES = frozenset({"soft_ce", "kl", "reverse_kl", "jsd"})
 _STORAGE_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 # transformers' collators that mask tokens at random each time a batch is drawn.
 _RANDOM_COLLATORS = ("DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask")
@@ -318,11 +318,11 @@ class TeacherCache:
         if self.logits_topk is None or not hasattr(source, "bound"):
             return
         for bound in source.bound:
-            if Ref("logits") in bound.teacher_refs and bound.match.loss_name not in TOPK_LOSSES:
+            if Ref("logits") in bound.teacher_refs and not loss_properties(bound.loss_fn).topk:
                 raise ConfigError(
                     f"cache.logits_topk: {bound.name} reads the teacher's logits with "
                     f"'{bound.match.loss_name}', which compares logit values; top-k keeps only the "
-                    f"distribution. Use one of {', '.join(sorted(TOPK_LOSSES))}, or logits_topk: null."
+                    f"distribution. Use one of {', '.join(topk_losses())}, or logits_topk: null."
                 )
 
     # ------------------------------------------------------------------ binding to data
@@ -811,4 +811,4 @@ def cached_loader(loader: DataLoader, cache: TeacherCache) -> DataLoader:
 
 
 __all__ = ["TeacherCache", "cached_loader", "CachingCollator", "FeatureLayout", "check_deterministic",
-           "teacher_fingerprint", "data_fingerprint", "topk_soft_targets", "TOPK_LOSSES"]
+           "teacher_fingerprint", "data_fingerprint", "topk_soft_targets"]

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from kdistill.adapters import make_adapter
 from kdistill.errors import ConfigError, NonFiniteLossError, ShapeError
 from kdistill.features import Features
-from kdistill.losses import get_loss
-from kdistill.matches import WIDTH_FREE_LOSSES, Match
+from kdistill.losses import get_loss, loss_properties
+from kdistill.matches import Match
 from kdistill.projection import OnAxis, make_projection
 from kdistill.ranges import WEIGHT, check_arguments, check_value
 from kdistill.refs import Ref, format_refs
@@ -315,7 +315,7 @@ class Distiller(nn.Module):
         axis = 1 if student_value.dim() >= 4 and teacher_value.dim() == student_value.dim() else -1
         s_width, t_width = student_value.shape[axis], teacher_value.shape[axis]
         kind = b.match.projection
-        needs_equal = b.match.loss_name not in WIDTH_FREE_LOSSES
+        needs_equal = not loss_properties(b.loss_fn).width_free
         if kind == "auto":
             if s_width == t_width or not needs_equal:
                 return None

@@ -13,13 +13,6 @@ from kdistill.errors import ConfigError
 from kdistill.refs import Ref, format_refs, parse_ref
 from kdistill.schedules import Scalar, step_at
 
-# Losses that compare tensors element by element and so need equal widths (a projection when not).
-WIDTH_FREE_LOSSES = frozenset({
-    "soft_ce", "kl", "reverse_kl", "jsd", "hard_ce", "mmd", "nst", "rkd", "rkd_distance", "rkd_angle",
-    "relation_kl", "value_relation_kl", "attention_mse", "attention_kl", "fsp",
-})
-
-
 @dataclass
 class Match:
     """One term of the distillation loss: ``weight · loss(student[student_ref], teacher[teacher_ref], **args)``.
@@ -142,5 +135,5 @@ def describe_match(match: Match) -> str:
 
 __all__ = [
     "Match", "uniform_layer_map", "last_k_layer_map", "skip_layer_map", "explicit_layer_map",
-    "hidden_matches", "attention_matches", "describe_match", "format_refs", "WIDTH_FREE_LOSSES",
+    "hidden_matches", "attention_matches", "describe_match", "format_refs",
 ]

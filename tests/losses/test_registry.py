@@ -86,3 +86,45 @@ def test_a_range_declared_at_registration_is_checked_for_config_and_distiller():
             "matches[0].args.scale: -2 is out of range; it must be greater than 0."]
     finally:
         LOSSES._items.pop("test_registry_scaled")
+
+
+def test_loss_properties_are_declared_where_each_loss_is_registered():
+    """width_free (no projection where widths differ) and topk (works from top-k cached logits) are
+    part of a loss's registration, not lists of names kept elsewhere."""
+    from kdistill.losses import LOSSES, loss_properties, register_loss, topk_losses
+
+    width_free = {name for name in LOSSES.names() if loss_properties(name).width_free}
+    assert width_free == {"soft_ce", "kl", "reverse_kl", "jsd", "hard_ce", "mmd", "nst", "rkd", "rkd_distance",
+                          "rkd_angle", "relation_kl", "value_relation_kl", "attention_mse", "attention_kl", "fsp"}
+    assert topk_losses() == ["jsd", "kl", "reverse_kl", "soft_ce"]
+    assert not loss_properties("hidden_mse").width_free and not loss_properties(lambda s, t: s).width_free
+
+    @register_loss("_test_gram_distance", width_free=True)
+    def gram_distance(student, teacher):
+        return ((student @ student.T) - (teacher @ teacher.T)).pow(2).mean()
+
+    try:
+        assert loss_properties("_test_gram_distance").width_free
+        assert not loss_properties("_test_gram_distance").topk
+    finally:
+        LOSSES._items.pop("_test_gram_distance")
+
+
+def test_a_width_free_user_loss_gets_no_projection():
+    import torch
+    from torch import nn
+
+    from kdistill import Distiller, Match
+    from kdistill.losses import LOSSES, register_loss
+
+    @register_loss("_test_gram", width_free=True)
+    def gram(student, teacher):
+        return ((student @ student.T) - (teacher @ teacher.T)).pow(2).mean()
+
+    try:
+        teacher, student = nn.Linear(4, 8), nn.Linear(4, 3)
+        distiller = Distiller(teacher, student, [Match("logits", "logits", "_test_gram")])
+        distiller.prepare({"inputs": torch.randn(5, 4)})
+        assert sum(p.numel() for p in distiller.projections.parameters()) == 0
+    finally:
+        LOSSES._items.pop("_test_gram")

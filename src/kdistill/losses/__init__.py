@@ -8,6 +8,7 @@ losses that declare them. Register your own with ``@register_loss()`` or name it
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -17,7 +18,43 @@ from kdistill.registry import Registry
 LossFn = Callable[..., Tensor]
 
 LOSSES: Registry[LossFn] = Registry("loss")
-register_loss = LOSSES.register
+_PROPERTIES = "__kdistill_loss__"
+
+
+@dataclass(frozen=True)
+class LossProperties:
+    """What the engine needs to know of a loss, declared where it is registered.
+
+    ``width_free``: it compares distributions, relations or kernels, so student and teacher widths may
+    differ (no projection is inserted); otherwise it compares tensors element by element.
+    ``topk``: it reads only the teacher's distribution over classes, so the teacher cache may keep
+    just the top-k logits (``cache.logits_topk``).
+    """
+
+    width_free: bool = False
+    topk: bool = False
+
+
+def register_loss(name: str | None = None, *, overwrite: bool = False, ranges=None, width_free: bool = False,
+                  topk: bool = False) -> Callable[[LossFn], LossFn]:
+    """Register a loss under ``name`` (default: the function's name), with its argument ``ranges``
+    (:mod:`kdistill.ranges`) and its :class:`LossProperties`."""
+    def decorator(fn: LossFn) -> LossFn:
+        setattr(fn, _PROPERTIES, LossProperties(width_free=width_free, topk=topk))
+        return LOSSES.register(name, overwrite=overwrite, ranges=ranges)(fn)
+
+    return decorator
+
+
+def topk_losses() -> list[str]:
+    """The registered losses that work from top-k teacher logits, sorted."""
+    return [name for name in LOSSES.names() if loss_properties(name).topk]
+
+
+def loss_properties(loss: str | LossFn) -> LossProperties:
+    """The properties a loss declared (a user function that declared none: element-wise, no top-k)."""
+    fn = get_loss(loss) if isinstance(loss, str) else loss
+    return getattr(fn, _PROPERTIES, None) or LossProperties()
 
 
 def get_loss(name_or_callable: str | LossFn, path: str = "") -> LossFn:
@@ -40,6 +77,7 @@ nst = mmd
 
 __all__ = [
     "LOSSES",
+    "LossProperties",
     "attention_kl",
     "attention_mse",
     "cosine",
@@ -50,6 +88,7 @@ __all__ = [
     "jsd",
     "kl",
     "logits_mse",
+    "loss_properties",
     "mmd",
     "nst",
     "pkd",
@@ -60,5 +99,6 @@ __all__ = [
     "rkd_angle",
     "rkd_distance",
     "soft_ce",
+    "topk_losses",
     "value_relation_kl",
 ]

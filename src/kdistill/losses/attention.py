@@ -44,7 +44,8 @@ def _entry_mask(loss: str, mask: Tensor | None, maps: Tensor) -> Tensor | None:
     return keep[:, None, :, None] & keep[:, None, None, :]
 
 
-@register_loss(ranges={"kind": OneOf(_KINDS, why="attention probabilities or pre-softmax scores")})
+@register_loss(ranges={"kind": OneOf(_KINDS, why="attention probabilities or pre-softmax scores")},
+               width_free=True)
 def attention_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None,
                   kind: str = "probs") -> Tensor:
     """TinyBERT's attention loss: MSE of attention maps over valid (query, key) entries.
@@ -71,7 +72,7 @@ def attention_mse(student: Tensor, teacher: Tensor, *, mask: Tensor | None = Non
     return difference.square().sum() / valid.sum().clamp_min(1)
 
 
-@register_loss()
+@register_loss(width_free=True)
 def attention_kl(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """MiniLM v1's attention transfer: KL(A_teacher ‖ A_student) over keys, per head and query.
 

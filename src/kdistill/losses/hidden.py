@@ -108,7 +108,7 @@ def _mean_squared_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a @ b.transpose(1, 2)).square().mean(dim=(1, 2))
 
 
-@register_loss()
+@register_loss(width_free=True)
 def mmd(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """Neuron Selectivity Transfer (Huang & Wang 2017): MMD² between the student's and teacher's neurons.
 
@@ -129,7 +129,7 @@ def mmd(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tens
     return mean_or_zero(per_example)
 
 
-register_loss("nst")(mmd)
+register_loss("nst", width_free=True)(mmd)
 
 
 def _pair(loss: str, features: object, role: str) -> tuple[Tensor, Tensor]:
@@ -163,7 +163,7 @@ def _flow_matrix(loss: str, first: Tensor, second: Tensor, mask: Tensor | None, 
     return (a @ b.transpose(1, 2)) / positions
 
 
-@register_loss()
+@register_loss(width_free=True)
 def fsp(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], *,
         mask: Tensor | None = None) -> Tensor:
     """FSP "flow of solution procedure" (Yim et al. 2017): match the Gram matrices between two layers.
@@ -233,7 +233,7 @@ def _angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return F.smooth_l1_loss(_triplet_cosines(student), _triplet_cosines(teacher), beta=1.0)
 
 
-@register_loss()
+@register_loss(width_free=True)
 def rkd_distance(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """RKD distance term (Park et al. 2019): Huber loss of pairwise distances, each normalised by its mean.
 
@@ -245,7 +245,7 @@ def rkd_distance(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None
     return _distance_loss(*_rkd_inputs("rkd_distance", student, teacher, mask))
 
 
-@register_loss()
+@register_loss(width_free=True)
 def rkd_angle(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
     """RKD angle term (Park et al. 2019): Huber loss of the cosines of every triplet's angle.
 
@@ -256,7 +256,7 @@ def rkd_angle(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -
     return _angle_loss(*_rkd_inputs("rkd_angle", student, teacher, mask))
 
 
-@register_loss(ranges={"distance_weight": WEIGHT, "angle_weight": WEIGHT})
+@register_loss(ranges={"distance_weight": WEIGHT, "angle_weight": WEIGHT}, width_free=True)
 def rkd(student: Tensor, teacher: Tensor, *, distance_weight: float = 25.0, angle_weight: float = 50.0,
         mask: Tensor | None = None) -> Tensor:
     """Relational KD (Park et al. 2019): distance_weight·rkd_distance + angle_weight·rkd_angle.

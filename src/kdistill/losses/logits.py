@@ -40,7 +40,7 @@ def _t2(temperature: float, t2_scale: bool) -> float:
     return temperature**2 if t2_scale else 1.0
 
 
-@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
 def soft_ce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
             mask: Tensor | None = None) -> Tensor:
     """Hinton soft cross-entropy −Σ softmax(teacher/T)·log_softmax(student/T).
@@ -58,7 +58,7 @@ def soft_ce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_sc
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
 def kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
        mask: Tensor | None = None) -> Tensor:
     """KL(p_teacher ‖ p_student) of the temperature-softened distributions (= soft_ce − teacher entropy).
@@ -73,7 +73,7 @@ def kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: 
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
 def reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
                mask: Tensor | None = None) -> Tensor:
     """Reverse KL(p_student ‖ p_teacher): mode-seeking, the student may ignore teacher modes.
@@ -88,7 +88,7 @@ def reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2
     return mean_or_zero(per_row) * _t2(temperature, t2_scale)
 
 
-@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG})
+@register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
 def jsd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
         mask: Tensor | None = None) -> Tensor:
     """Jensen–Shannon divergence ½KL(p_s ‖ m) + ½KL(p_t ‖ m), m = ½(p_s + p_t); symmetric, ≤ log 2.
@@ -120,7 +120,8 @@ def logits_mse(student: Tensor, teacher: Tensor, *, temperature: float = 1.0,
     return mean_or_zero(((student - teacher) / temperature).square())
 
 
-@register_loss(ranges={"ignore_index": WHOLE, "label_smoothing": PROBABILITY})
+@register_loss(ranges={"ignore_index": WHOLE, "label_smoothing": PROBABILITY},
+               width_free=True)
 def hard_ce(student: Tensor, teacher: Tensor | None = None, *, labels: Tensor, ignore_index: int = -100,
             label_smoothing: float = 0.0) -> Tensor:
     """Ordinary cross-entropy of the student's logits with the true labels; the teacher is ignored.

@@ -27,7 +27,7 @@ def _relation_log_probs(x: Tensor, num_heads: int, keep: Tensor) -> Tensor:
     return F.log_softmax(scores, dim=-1)
 
 
-@register_loss(ranges={"num_heads": _RELATION_HEADS})
+@register_loss(ranges={"num_heads": _RELATION_HEADS}, width_free=True)
 def relation_kl(student: Tensor, teacher: Tensor, *, num_heads: int, mask: Tensor | None = None) -> Tensor:
     """MiniLM v2 self-attention relation: KL(R_teacher ‖ R_student), R = softmax(X Xᵀ / √d_head) per head.
 
@@ -39,7 +39,7 @@ def relation_kl(student: Tensor, teacher: Tensor, *, num_heads: int, mask: Tenso
     return _relation_kl("relation_kl", student, teacher, num_heads=num_heads, mask=mask)
 
 
-@register_loss(ranges={"num_heads": _RELATION_HEADS})
+@register_loss(ranges={"num_heads": _RELATION_HEADS}, width_free=True)
 def value_relation_kl(student: Tensor, teacher: Tensor, *, num_heads: int,
                       mask: Tensor | None = None) -> Tensor:
     """MiniLM v1 value relation: relation_kl applied to the values, with the models' head count.
