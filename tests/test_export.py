@@ -244,14 +244,25 @@ def test_resolve_source_accepts_run_or_model_folder(run_dir, tmp_path):
         resolve_source(tmp_path / "missing")
 
 
-def test_held_out_reads_a_resolved_config_split(tmp_path):
+def test_held_out_reads_the_runs_own_split(tmp_path):
+    """A kdistill run folder: the split is rebuilt by the run's rules (its config's path and split)."""
+    from kdistill.config import config_from_dict
+    from kdistill.run import run
+
     texts, labels = synthetic(50, seed=3)
     write_csv(tmp_path / "all.csv", texts, labels)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.yaml").write_text(
-        f"seed: 0\ndata:\n  path: {tmp_path / 'all.csv'}\n  split: [0.6, 0.2, 0.2]\n  max_length: 16\n")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    config = config_from_dict({
+        "teacher": {"factory": "tiny_models:tiny_bert", "args": {"num_layers": 2, "hidden_size": 32}},
+        "student": {"from_teacher": {"layers": [1]}},
+        "data": {"path": str(tmp_path / "all.csv"), "split": [0.6, 0.2, 0.2], "max_length": 16,
+                 "tokenizer": str(examples / "data" / "tiny_tokenizer")},
+        "method": "hinton", "training": {"max_steps": 1, "progress": False, "tensorboard": False},
+        "output_dir": str(tmp_path / "run"),
+    }, base_dir=examples)
+    run(config)
     data = held_out(tmp_path / "run")
-    assert len(data.texts) == 10 and data.max_length == 16 and "test split of" in data.source
+    assert len(data.texts) == 10 and data.max_length == 16 and "test split of the run" in data.source
     assert all(text in texts for text in data.texts)
     assert [labels[texts.index(t)] for t in data.texts] == data.labels
 

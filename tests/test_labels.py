@@ -234,3 +234,23 @@ def test_the_string_nan_is_a_text(tmp_path):
     train = tmp_path / "train.csv"
     train.write_text("text,label\nnan,1\ngood,0\n", encoding="utf-8")
     assert len(build(_config(teacher, tmp_path, {"train": str(train)})).datasets["train"]) == 2
+
+
+def test_export_and_bench_read_the_runs_labels_by_the_runs_rule(tmp_path):
+    """The held-out data of export and bench is the run's own split with the run's label ids, and a
+    --data file's string labels take the student's id2label (they were sorted names: a teacher that
+    always says 'positive' (id 0) measured 25% instead of 75%)."""
+    from kdistill.export import held_out
+    from kdistill.run_folder import model_label_names
+
+    teacher = _teacher(tmp_path / "teacher", {0: "positive", 1: "negative"}, always=0)
+    labels = ["positive"] * 12 + ["negative"] * 4
+    train = _csv(tmp_path / "train.csv", _rows(labels))
+    test = _csv(tmp_path / "test.csv", _rows(labels, seed=1))
+    run(_config(teacher, tmp_path, {"train": str(train), "validation": str(test), "test": str(test)}))
+    data = held_out(tmp_path / "run", split="test")
+    assert data.labels == [0] * 12 + [1] * 4 and "test split of the run" in data.source
+    names = model_label_names(tmp_path / "run" / "student")
+    assert names == ["positive", "negative"]
+    given = held_out(None, data=test, label_names=names)
+    assert given.labels == [0] * 12 + [1] * 4

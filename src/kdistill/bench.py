@@ -129,20 +129,16 @@ def bench_models(
 def find_teacher(run_dir: Path | None) -> tuple[Path | None, str]:
     """The teacher folder of a run and how it was found; ``(None, why not)`` when there is none.
 
-    Looked for: ``teacher.path`` in a resolved ``config.yaml``; ``teacher_dir``/``teacher_path`` in
+    Looked for: ``teacher.path`` in the run's ``config.resolved.yaml``; ``teacher_dir``/``teacher_path`` in
     ``summary.json``; the demo's fine-tuned teacher cache when ``summary.json`` holds demo settings.
     """
     if run_dir is None:
         return None, "a model folder has no teacher (pass --teacher DIR)"
-    import yaml
+    from kdistill.run_folder import RunFolder
 
-    for name in ("config.yaml", "config.resolved.yaml", "resolved.yaml"):
-        file = run_dir / name
-        if file.is_file():
-            teacher = (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("teacher") or {}
-            path = teacher.get("path") if isinstance(teacher, Mapping) else None
-            if path and (Path(path) / "config.json").is_file():
-                return Path(path), f"teacher.path in {file.name}"
+    folder = RunFolder(run_dir)
+    if folder.is_run and folder.teacher_path() is not None:
+        return folder.teacher_path(), f"teacher.path in {folder.resolved_file.name}"
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text(encoding="utf-8")) or {}
@@ -260,7 +256,7 @@ def bench(
     if data is None or not data.texts:
         raise DataError(
             f"bench: no {split} data found for '{run_dir}' (looked for data/{split}.csv|tsv|jsonl|json, "
-            f"{split}.*, a resolved config.yaml and a demo summary.json); pass --data FILE "
+            f"{split}.*, the run's config.resolved.yaml and a demo summary.json); pass --data FILE "
             "--text-column TEXT --label-column LABEL."
         )
     if data.labels is None:
@@ -502,8 +498,11 @@ def bench_main(args: argparse.Namespace) -> int:
     """``kdistill bench``."""
     data = None
     if args.data is not None:
+        from kdistill.run_folder import model_label_names
+
+        model_dir, _ = resolve_source(args.run)
         data = held_out(None, data=args.data, text_column=args.text_column, label_column=args.label_column,
-                        max_length=args.max_length)
+                        max_length=args.max_length, label_names=model_label_names(model_dir))
     elif args.max_length is not None:
         _, run = resolve_source(args.run)
         data = held_out(run, split=args.split, max_length=args.max_length)

@@ -198,47 +198,33 @@ class HeldOut:
     max_length: int = 128
 
 
-def _table(path: Path, text_column: Any, label_column: str | None, source: str, max_length: int) -> HeldOut:
-    from kdistill.data import load_records, text_table
+def _table(path: Path, text_column: Any, label_column: str | None, source: str, max_length: int,
+           label_names: Sequence[str] | None = None) -> HeldOut:
+    """A labelled file; string labels take the ids of ``label_names`` (the model's own ``id2label``)."""
+    from kdistill.data import label_values_are_ints, load_records, text_table
 
     records = load_records(path)
     if label_column is not None and label_column not in records[0]:
         label_column = None
-    table = text_table(records, text=text_column, label=label_column, source=str(path))
+    names = label_names
+    if label_column is not None and names and label_values_are_ints([r.get(label_column) for r in records]):
+        names = None  # integer labels are class ids as they stand
+    table = text_table(records, text=text_column, label=label_column, source=str(path), label_names=names)
     return HeldOut(table.texts, table.labels, source, max_length)
 
 
-def _from_config_file(run_dir: Path, split: str) -> HeldOut | None:
-    """The split named in a run's resolved config (``data.<split>`` file or ``data.path`` + ``data.split``)."""
-    import yaml
+def _from_run(run_dir: Path, split: str) -> HeldOut | None:
+    """The run's own ``split``, rebuilt by the run's rules (:class:`kdistill.run_folder.RunFolder`)."""
+    from kdistill.run_folder import RunFolder
 
-    for name in ("config.yaml", "config.resolved.yaml", "resolved.yaml"):
-        file = run_dir / name
-        if not file.is_file():
-            continue
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        data = raw.get("data") or {}
-        text, label = data.get("text", "text"), data.get("label", "label")
-        max_length = int(data.get("max_length") or 128)
-        base = file.parent
-        if data.get(split):
-            path = Path(data[split])
-            path = path if path.is_absolute() else base / path
-            return _table(path, text, label, f"{split} file {path}", max_length)
-        ratios = data.get("split")
-        names = ("train", "validation", "test")
-        if data.get("path") and ratios and split in names[: len(ratios)]:
-            from kdistill.data import load_records, split_records
-
-            path = Path(data["path"])
-            path = path if path.is_absolute() else base / path
-            seed = data.get("seed") if data.get("seed") is not None else raw.get("seed", 0)
-            part = split_records(load_records(path), ratios=ratios, seed=seed)[split]
-            from kdistill.data import text_table
-
-            table = text_table(part, text=text, label=label if label and label in part[0] else None, source=str(path))
-            return HeldOut(table.texts, table.labels, f"{split} split of {path} (seed {seed})", max_length)
-    return None
+    folder = RunFolder(run_dir)
+    if not folder.is_run:
+        return None
+    table = folder.split(split)
+    if table is None:
+        return None
+    return HeldOut(list(table.texts), table.labels, f"{split} split of the run in {run_dir}",
+                   folder.config().data.max_length)
 
 
 def _from_demo_summary(run_dir: Path, split: str) -> HeldOut | None:
@@ -268,30 +254,34 @@ def held_out(
     text_column: Any = "text",
     label_column: str | None = "label",
     max_length: int | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> HeldOut | None:
     """Examples to check and measure on; ``None`` when there are none.
 
-    In order: ``data`` (a CSV/TSV/JSONL file); the run's ``data/<split>.*`` or ``<split>.*``; the
-    split a resolved ``config.yaml`` in the run names; the demo's split when ``summary.json`` holds
-    demo settings. Labels are read when ``label_column`` exists in the file.
+    In order: ``data`` (a CSV/TSV/JSONL file); the run's own ``split`` when ``run_dir`` is a
+    kdistill run folder (its config's files, cut, missing-text rule and label ids); a
+    ``data/<split>.*`` or ``<split>.*`` file beside the model; the demo's split when
+    ``summary.json`` holds demo settings. String labels of a file take the ids of ``label_names``
+    (default: the run's student's ``id2label``), so predictions and labels mean the same classes.
     """
+    from kdistill.run_folder import model_label_names
+
     found: HeldOut | None = None
     if data is not None:
         path = Path(data)
         if not path.exists():
             raise DataError(f"--data: '{path}' does not exist.")
-        found = _table(path, text_column, label_column, f"file {path}", max_length or 128)
+        found = _table(path, text_column, label_column, f"file {path}", max_length or 128, label_names)
     elif run_dir is not None:
         run_dir = Path(run_dir)
+        names = label_names if label_names is not None else model_label_names(run_dir / "student")
+        found = _from_run(run_dir, split)
         for folder in (run_dir / "data", run_dir):
             for ext in DATA_EXTENSIONS:
-                if (folder / f"{split}{ext}").is_file():
+                if found is None and (folder / f"{split}{ext}").is_file():
                     found = _table(folder / f"{split}{ext}", text_column, label_column,
-                                   f"{split} file {folder / (split + ext)}", max_length or 128)
-                    break
-            if found:
-                break
-        found = found or _from_config_file(run_dir, split) or _from_demo_summary(run_dir, split)
+                                   f"{split} file {folder / (split + ext)}", max_length or 128, names)
+        found = found or _from_demo_summary(run_dir, split)
     if found is not None and max_length is not None:
         found.max_length = max_length
     return found
@@ -755,8 +745,10 @@ def export_main(args: argparse.Namespace) -> int:
     model_dir, run_dir = resolve_source(args.source)
     data = None
     if args.data is not None:
+        from kdistill.run_folder import model_label_names
+
         data = held_out(None, data=args.data, text_column=args.text_column, label_column=args.label_column,
-                        max_length=args.max_length)
+                        max_length=args.max_length, label_names=model_label_names(model_dir))
     elif run_dir is not None:
         data = held_out(run_dir, max_length=args.max_length)
     result = export(args.source, args.output, args.format, data=data, keep_layers=args.keep_layers,

@@ -65,20 +65,28 @@ def teacher_labels(spec: Any) -> TeacherLabels:
         note = (f"{config_file} has no sequence-classification head (architectures: "
                 f"{', '.join(architectures) or 'none'}); a new one is made")
         return TeacherLabels(None, spec.num_labels, note, new_head=True)
-    try:
-        by_id = {int(key): str(value) for key, value in (raw.get("id2label") or {}).items()}
-    except (TypeError, ValueError):
-        by_id = {}
+    id2label = raw.get("id2label") or {}
     # transformers leaves id2label out of config.json for its default of two classes.
-    size = len(by_id) or raw.get("num_labels") or 2
+    size = len(id2label) or raw.get("num_labels") or 2
     if spec.num_labels is not None and spec.num_labels != size:
         return TeacherLabels(None, spec.num_labels,
                              f"teacher.num_labels {spec.num_labels} replaces the checkpoint's {size}-class head",
                              new_head=True)
-    names = tuple(by_id[i] for i in range(size)) if sorted(by_id) == list(range(size)) else None
-    if names is not None and all(_GENERIC_NAME.fullmatch(name) for name in names):
-        names = None
+    names = class_names(id2label)
     return TeacherLabels(names, size, f"id2label in {config_file}")
+
+
+def class_names(id2label: Mapping) -> tuple[str, ...] | None:
+    """The class names of a classifier's ``id2label`` (``config.json``) in id order; None when its ids
+    are not 0…n−1 or its names are transformers' generic ``LABEL_0``…"""
+    try:
+        by_id = {int(key): str(value) for key, value in id2label.items()}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if not by_id or sorted(by_id) != list(range(len(by_id))):
+        return None
+    names = tuple(by_id[i] for i in range(len(by_id)))
+    return None if all(_GENERIC_NAME.fullmatch(name) for name in names) else names
 
 
 @dataclass(frozen=True)
@@ -154,5 +162,5 @@ def too_many_classes(role: str, outputs: int, classes: int, *, hf: bool = True) 
     return f"{head}; check data.label and the model's output size."
 
 
-__all__ = ["LabelEncoding", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels",
+__all__ = ["LabelEncoding", "class_names", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels",
            "too_many_classes"]

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdistill.adapters.base import get_submodule
 from kdistill.adapters.hf import hf_num_layers, is_hf_model
-from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml, parse_yaml
+from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
 from kdistill.factories import describe as describe_imports
@@ -757,18 +757,16 @@ def _append_stage_metrics(out: Path, part: StageParts) -> None:
 def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Module, DataParts, dict[str, DataLoader]]:
     """Reload a run folder: its config, the teacher, the trained student and the data."""
     from kdistill import models
-    from kdistill.config import config_from_dict
+    from kdistill.run_folder import RunFolder
 
-    folder = Path(run_dir)
-    resolved = folder / RESOLVED_NAME
-    if not resolved.is_file():
-        raise ConfigError(f"'{folder}' is not a kdistill run folder: it has no {RESOLVED_NAME}.")
-    student_dir = folder / "student"
+    folder = RunFolder(run_dir)
+    if not folder.is_run:
+        raise ConfigError(f"'{folder.path}' is not a kdistill run folder: it has no {RESOLVED_NAME}.")
+    student_dir = folder.student_dir
     if not student_dir.is_dir():
-        raise ConfigError(f"'{folder}' holds no trained student (no student/ folder): the run has not finished. "
+        raise ConfigError(f"'{folder.path}' holds no trained student (no student/ folder): the run has not finished. "
                           "Continue it with `kdistill run CONFIG --resume`.")
-    raw = parse_yaml(resolved.read_text(encoding="utf-8"), source=str(resolved))
-    config = config_from_dict(raw, base_dir=folder, source=str(resolved), import_from_base=False)
+    config = folder.config()
     teacher = load_model(config.teacher, "teacher", config)
     if (student_dir / "config.json").is_file():
         task = config.student.task if config.student is not None and config.student.path else config.teacher.task
