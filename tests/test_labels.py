@@ -254,3 +254,29 @@ def test_export_and_bench_read_the_runs_labels_by_the_runs_rule(tmp_path):
     assert names == ["positive", "negative"]
     given = held_out(None, data=test, label_names=names)
     assert given.labels == [0] * 12 + [1] * 4
+
+
+def test_every_run_writes_a_report_whose_figures_are_the_summarys(tmp_path):
+    """report.md: the accuracy table of summary.json, the loss and accuracy plots, the resolved config
+    at its end; a benchmark section added by `kdistill bench` survives the next save."""
+    import yaml
+
+    from kdistill.report import BENCH_END, BENCH_START, CONFIG_HEADING, put_section
+
+    teacher = _teacher(tmp_path / "teacher", {0: "positive", 1: "negative"}, always=0)
+    labels = ["positive"] * 12 + ["negative"] * 4
+    train = _csv(tmp_path / "train.csv", _rows(labels))
+    test = _csv(tmp_path / "test.csv", _rows(labels, seed=1))
+    config = _config(teacher, tmp_path, {"train": str(train), "validation": str(test), "test": str(test)})
+    summary = run(config)
+    out = tmp_path / "run"
+    report = (out / "report.md").read_text()
+    assert (out / "loss.png").is_file() and (out / "accuracy.png").is_file()
+    student = summary["metrics"]["test"]["student"]["accuracy"]
+    assert f"| test | teacher | 75.00% |" in report and f"| test | student | {student:.2%} |" in report
+    head, _, config_part = report.partition(CONFIG_HEADING)
+    assert yaml.safe_load(config_part.strip().removeprefix("```yaml").removesuffix("```")) == config.resolved()
+    put_section(out / "report.md", f"{BENCH_START}\n## Benchmark\nfast\n{BENCH_END}")
+    run(config)  # the same config again: complete; the student is saved again and the report rewritten
+    report = (out / "report.md").read_text()
+    assert "## Benchmark\nfast" in report and report.index("## Benchmark") < report.index(CONFIG_HEADING)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,11 +41,11 @@ from kdistill.export import (
     torch_runner,
 )
 from kdistill.files import atomic_write_text
+from kdistill.report import BENCH_END as SECTION_END
+from kdistill.report import BENCH_START as SECTION_START
 
 RUNTIMES = ("pytorch", "onnx", "onnx-int8")
 BATCH_SIZES = (1, 32)
-SECTION_START = "<!-- kdistill:bench:start -->"
-SECTION_END = "<!-- kdistill:bench:end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,10 +469,9 @@ def markdown_section(result: Mapping[str, Any], rows: Sequence[BenchRow], chart:
 
 def append_report(path: Path, section: str) -> None:
     """Add ``section`` to ``report.md`` (created if absent), replacing an earlier benchmark section; atomic."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Report\n"
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", re.S)
-    text = pattern.sub("", text).rstrip() + "\n\n" + section.rstrip() + "\n"
-    atomic_write_text(path, text)
+    from kdistill.report import put_section
+
+    put_section(path, section)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,17 +35,11 @@ def plot_loss_parts(metrics_files: Mapping[str, Path], path: Path, *, smooth: in
         if not Path(file).exists():
             continue
         records = [r for r in read_metrics(file) if r.get("kind") == "train"]
-        keys = [k for k in (records[0] if records else {}) if k not in ("kind", "step", "time", "lr", "epoch")]
-        for key in keys:
-            steps = [r["step"] for r in records if r.get(key) is not None]
-            values = [r[key] for r in records if r.get(key) is not None]
-            if not values:
-                continue
-            window = max(1, min(smooth, len(values)))
-            smoothed = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-                        for i in range(len(values))]
-            ax.plot(steps, smoothed, label=f"{run_name}: {key}")
-            drawn += 1
+        groups: dict[str, list[dict]] = {}  # a multi-stage run logs each stage's steps from 1
+        for record in records:
+            groups.setdefault(str(record.get("stage", "")), []).append(record)
+        for stage, rows in groups.items():
+            drawn += _plot_parts(ax, rows, f"{run_name}{f' {stage}' if stage else ''}", smooth)
     if not drawn:
         plt.close(fig)
         return None
@@ -56,6 +51,24 @@ def plot_loss_parts(metrics_files: Mapping[str, Path], path: Path, *, smooth: in
     _save(fig, path)
     plt.close(fig)
     return path
+
+
+def _plot_parts(ax, records: list[dict], label: str, smooth: int) -> int:
+    """Each numeric loss part of ``records`` as a smoothed line; returns how many were drawn."""
+    keys = [k for k in (records[0] if records else {})
+            if k not in ("kind", "step", "time", "lr", "epoch", "stage") and isinstance(records[0][k], (int, float))]
+    drawn = 0
+    for key in keys:
+        steps = [r["step"] for r in records if isinstance(r.get(key), (int, float))]
+        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        if not values:
+            continue
+        window = max(1, min(smooth, len(values)))
+        smoothed = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                    for i in range(len(values))]
+        ax.plot(steps, smoothed, label=f"{label}: {key}")
+        drawn += 1
+    return drawn
 
 
 def plot_bars(values: Mapping[str, float], path: Path, *, ylabel: str, title: str = "",
@@ -82,6 +95,63 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+CONFIG_HEADING = "## The resolved config"
+BENCH_START = "<!-- kdistill:bench:start -->"
+BENCH_END = "<!-- kdistill:bench:end -->"
+_BENCH = re.compile(re.escape(BENCH_START) + r".*?" + re.escape(BENCH_END) + r"\n?", re.S)
+
+
+def bench_section(path: Path) -> str | None:
+    """The benchmark section ``kdistill bench`` added to a report, if it has one."""
+    found = _BENCH.search(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return found.group(0).rstrip() if found else None
+
+
+def put_section(path: Path, section: str) -> None:
+    """Add or replace the benchmark ``section`` of ``report.md`` (created if absent), before the
+    resolved config that ends a run's report; atomic."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Report\n"
+    text = _BENCH.sub("", text).rstrip()
+    head, mark, tail = text.partition(CONFIG_HEADING)
+    text = f"{head.rstrip()}\n\n{section.rstrip()}\n" + (f"\n{mark}{tail}\n" if mark else "")
+    atomic_write_text(path, text)
+
+
+def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequence[str] = ()) -> Path:
+    """``out/report.md`` of a finished ``kdistill run``: teacher vs student per split, sizes, time,
+    the loss parts over steps (``loss.png``), test (else validation) accuracy (``accuracy.png``), the
+    sections in ``keep`` (e.g. a benchmark's) and, at its end, the resolved config."""
+    metrics = summary.get("metrics") or {}
+    sections = [f"# kdistill run: {out.name}",
+                f"Method `{summary.get('method')}`; {summary.get('seconds', 0):.1f} s on "
+                f"{summary.get('processes', 1)} process(es). Figures are measured on the saved student "
+                "(`kdistill eval RUN --split test` reproduces them)."]
+    rows = []
+    for split, result in metrics.items():
+        for role in ("teacher", "student"):
+            if role in result:
+                rows.append([split, role, f"{result[role]['accuracy']:.2%}", f"{result[role]['macro_f1']:.4f}",
+                             f"{result['agreement']:.2%}" if role == "student" else "", result["examples"]])
+    if rows:
+        sections.append("## Accuracy\n\n" + markdown_table(
+            ["split", "model", "accuracy", "macro-F1", "agrees with the teacher", "examples"], rows))
+    params = summary.get("parameters") or {}
+    if params:
+        teacher, student = params.get("teacher", 0), params.get("student", 0)
+        sections.append("## Size\n\n" + markdown_table(["model", "parameters"], [
+            ["teacher", f"{teacher:,}"], ["student", f"{student:,} ({student / max(teacher, 1):.1%} of the teacher)"]]))
+    if plot_loss_parts({"run": out / "metrics.jsonl"}, out / "loss.png"):
+        sections.append("## Loss over steps\n\n![loss parts over optimiser steps](loss.png)")
+    split = "test" if "test" in metrics else "validation" if "validation" in metrics else None
+    if split and "teacher" in metrics[split]:
+        plot_bars({role: metrics[split][role]["accuracy"] for role in ("teacher", "student")},
+                  out / "accuracy.png", ylabel=f"{split} accuracy", ylim=(0, 1))
+        sections.append(f"## {split.capitalize()} accuracy\n\n![{split} accuracy](accuracy.png)")
+    sections += list(keep)
+    sections.append(f"{CONFIG_HEADING}\n\n```yaml\n{resolved_yaml.rstrip()}\n```")
+    return write_report(out / "report.md", sections)
 
 
 def write_report(path: Path, sections: Sequence[str]) -> Path:

@@ -596,6 +596,10 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
             "seconds": round(time.time() - started, 2),
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        from kdistill.report import bench_section, run_report
+
+        kept = bench_section(out / "report.md")  # a benchmark of an earlier save stays in the report
+        run_report(out, summary, dump_yaml(config.resolved()), keep=[kept] if kept else [])
         return summary
 
     return on_main_process(write_results)
