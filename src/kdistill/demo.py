@@ -34,7 +34,7 @@ from kdistill.methods import Stage, expand
 from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,
                              student_from_teacher)
 from kdistill.train import TrainConfig, Trainer, evaluate_classifier
-from kdistill.files import atomic_write_text
+from kdistill.files import atomic_write_text, cache_root, fingerprint  # noqa: F401 - re-exported
 
 SPLIT = (0.8, 0.1, 0.1)
 SPLIT_SEED = 0
@@ -94,23 +94,6 @@ class DemoSettings:
         if self.teacher_seed != 0:  # keys of teachers cached before the field existed stay valid
             settings["seed"] = self.teacher_seed
         return settings
-
-
-def cache_root() -> Path:
-    """``$KDISTILL_CACHE`` or ``~/.cache/kdistill``: where fine-tuned teachers and their outputs live."""
-    return Path(os.environ.get("KDISTILL_CACHE") or Path.home() / ".cache" / "kdistill")
-
-
-def fingerprint(*parts: Any) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path) and part.is_file():
-            with open(part, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------

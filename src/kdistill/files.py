@@ -12,6 +12,8 @@ next write of the same target removes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -50,4 +52,22 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["atomic_folder", "atomic_write_text"]
+def cache_root() -> Path:
+    """``$KDISTILL_CACHE`` or ``~/.cache/kdistill``: where fine-tuned teachers and their outputs live."""
+    return Path(os.environ.get("KDISTILL_CACHE") or Path.home() / ".cache" / "kdistill")
+
+
+def fingerprint(*parts: object) -> str:
+    """A short content key: files by their bytes, everything else by its JSON form."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path) and part.is_file():
+            with open(part, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+__all__ = ["atomic_folder", "atomic_write_text", "cache_root", "fingerprint"]
