@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from kdistill.errors import ConfigError, unknown_choice
-from kdistill.schedules import Constant, Cosine, Linear, Piecewise, Scalar
+from kdistill.schedules import SCHEDULES, Constant, Cosine, Linear, Piecewise, Ramp, Scalar
 
 
 def _is_count(value: object) -> bool:
@@ -109,5 +109,7 @@ def one_minus(value: Scalar) -> Scalar:
         return dataclasses.replace(value, start_value=1.0 - value.start_value, end_value=1.0 - value.end_value)
     if isinstance(value, Piecewise):
         return Piecewise(value.boundaries, tuple(1.0 - v for v in value.values))
+    if isinstance(value, Ramp):
+        return Ramp(1.0 - value.start_value, -value.slope, 1.0 - value.end_value)
     raise ConfigError(f"cannot take 1 − {value!r}: give a number or a kdistill schedule "
-                      f"(constant, linear, cosine, piecewise).")
+                      f"({', '.join(SCHEDULES)}).")
