@@ -142,7 +142,8 @@ def declare(obj: Callable, ranges: Mapping[str, Range | OneOf]) -> None:
         params = None
     unknown = [name for name in ranges if params is not None and name not in params]
     if unknown:
-        raise ValueError(f"ranges for {getattr(obj, '__name__', obj)!r} name no parameter of it: {', '.join(unknown)}")
+        raise ConfigError(f"ranges for {getattr(obj, '__name__', obj)!r} name no parameter of it: "
+                          f"{', '.join(unknown)}; its parameters are: {', '.join(params)}.")
     setattr(obj, _ATTRIBUTE, {**declared(obj), **ranges})
 
 
