@@ -28,14 +28,14 @@ def layer_count(model: nn.Module | None, option: int | None, *, role: str, metho
         if count is None:
             count = num_layers(model)
         if option is not None and option != count:
-            raise ConfigError(f"{method}.{role}_layers: {option!r}, but the {role} model has {count} layers; "
+            raise ConfigError(f"method_args.{role}_layers: {option!r}, but the {role} model has {count} layers; "
                               f"leave the option out when the model is given.")
         return count
     if option is None:
         raise ConfigError(f"{method}: cannot tell how many layers the {role} has: give the {role} model "
                           f"or the option '{role}_layers'.")
     if not _is_count(option):
-        raise ConfigError(f"{method}.{role}_layers: expected a positive integer, got {option!r}.")
+        raise ConfigError(f"method_args.{role}_layers: {method} expects a positive integer, got {option!r}.")
     return option
 
 
@@ -48,7 +48,7 @@ def head_count(model: nn.Module | None, option: int | None, *, role: str, method
         count = hf_num_heads(model)
         if count is not None:
             if option is not None and option != count:
-                raise ConfigError(f"{method}.{role}_heads: {option!r}, but the {role} model has {count} "
+                raise ConfigError(f"method_args.{role}_heads: {option!r}, but the {role} model has {count} "
                                   f"attention heads; leave the option out when the model is given.")
             return count
     if option is None:
@@ -57,7 +57,7 @@ def head_count(model: nn.Module | None, option: int | None, *, role: str, method
         raise ConfigError(f"{method}: cannot tell how many attention heads the {role} has: give the {role} "
                           f"model or the option '{role}_heads'.")
     if not _is_count(option):
-        raise ConfigError(f"{method}.{role}_heads: expected a positive integer, got {option!r}.")
+        raise ConfigError(f"method_args.{role}_heads: {method} expects a positive integer, got {option!r}.")
     return option
 
 
@@ -77,24 +77,26 @@ def hidden_width(model: nn.Module | None) -> int | None:
 def check_choice(method: str, option: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise unknown_choice(f"{method}.{option}", option.replace("_", " "), str(value), choices)
+        raise unknown_choice(f"method_args.{option}", f"{method} {option.replace('_', ' ')}", str(value), choices)
     return value  # type: ignore[return-value]
 
 
 def check_fraction(method: str, option: str, value: object) -> float:
     """A fraction of the run in [0, 1], returned as a float (an int 1 would mean *step* 1 to a Match)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"{method}.{option}: expected a fraction of the run between 0 and 1, got {value!r}.")
+        raise ConfigError(f"method_args.{option}: {method} expects a fraction of the run between 0 and 1, "
+                          f"got {value!r}.")
     return float(value)
 
 
 def check_layer_list(method: str, option: str, layers: object, count: int) -> list[int]:
     """A list of 0-based block indices of a model with ``count`` blocks."""
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ConfigError(f"{method}.{option}: expected a non-empty list of 0-based layer indices, got {layers!r}.")
+        raise ConfigError(f"method_args.{option}: {method} expects a non-empty list of 0-based layer indices, "
+                          f"got {layers!r}.")
     for position, index in enumerate(layers):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-            raise ConfigError(f"{method}.{option}[{position}]: {index!r} is not a layer of the teacher "
+            raise ConfigError(f"method_args.{option}[{position}]: {index!r} is not a layer of the teacher "
                               f"(0–{count - 1}).")
     return list(layers)
 

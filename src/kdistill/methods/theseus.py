@@ -81,9 +81,9 @@ def _needs_total_steps(value: object) -> bool:
 
 def _check_rate(value: object) -> None:
     if isinstance(value, bool) or not (isinstance(value, (int, float)) or callable(value)):
-        raise ConfigError(f"theseus.replace_rate: expected a probability or a schedule, got {value!r}.")
+        raise ConfigError(f"method_args.replace_rate: expected a probability or a schedule, got {value!r}.")
     if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"theseus.replace_rate: {value!r} is not a probability in [0, 1].")
+        raise ConfigError(f"method_args.replace_rate: {value!r} is not a probability in [0, 1].")
 
 
 def _per_layer_lists(config: Any, count: int) -> dict[str, list]:
