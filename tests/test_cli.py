@@ -91,6 +91,26 @@ def test_errors_print_one_message_and_exit_2(tmp_path, capsys):
                                        "options such as --resume go after the verb.\n")
 
 
+def test_a_config_module_that_registers_a_taken_loss_name_is_an_error_not_a_traceback(config_file, tmp_path,
+                                                                                        capsys):
+    (tmp_path / "clashing_losses.py").write_text(
+        "from kdistill.losses import register_loss\n"
+        "from tiny_models import tiny_bert\n\n\n"
+        "@register_loss()\n"
+        "def kl(student, teacher):\n"
+        "    return (student - teacher).square().mean()\n", encoding="utf-8")
+    config_file.write_text(config_file.read_text(encoding="utf-8").replace(
+        '"tiny_models:tiny_bert"', '"clashing_losses:tiny_bert"').replace(
+        f"python_path: [{EXAMPLES}]", f"python_path: [{EXAMPLES}, {tmp_path}]"), encoding="utf-8")
+    try:
+        assert main(["validate", str(config_file)]) == 2
+    finally:
+        sys.modules.pop("clashing_losses", None)
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "a loss named 'kl' is already registered (kdistill.losses.logits.kl)" in err
+    assert "Traceback" not in err
+
+
 def test_run_then_eval_then_a_changed_rerun(config_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", str(config_file), f"output_dir={out}"]) == 0

@@ -129,8 +129,8 @@ def test_student_from_teacher_errors():
     teacher = tiny("bert", layers=6)
     with pytest.raises(ConfigError) as info:
         student_from_teacher(teacher, [0, 3, 7])
-    assert str(info.value) == "student.layers[2]=7 is out of range: the teacher has 6 layers (0–5)."
-    with pytest.raises(ConfigError, match=r"student.layers\[0\]=-1 is out of range"):
+    assert str(info.value) == "student.from_teacher.layers[2]: 7 is out of range: the teacher has 6 layers (0–5)."
+    with pytest.raises(ConfigError, match=r"student.from_teacher.layers\[0\]: -1 is out of range"):
         student_from_teacher(teacher, [-1])
     with pytest.raises(ConfigError, match="give at least one teacher layer"):
         student_from_teacher(teacher, [])

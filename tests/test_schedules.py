@@ -7,11 +7,14 @@ import math
 import pytest
 
 from kdistill.errors import ConfigError
+from kdistill.methods._common import one_minus
+from kdistill.ranges import PROBABILITY
 from kdistill.schedules import (
     Constant,
     Cosine,
     Linear,
     Piecewise,
+    Ramp,
     maybe_schedule,
     schedule_from_dict,
     schedule_to_dict,
@@ -72,6 +75,24 @@ def test_piecewise_needs_one_more_value_than_boundaries():
         Piecewise((10,), (1.0,))
 
 
+def test_ramp_moves_by_slope_per_step_and_stops_at_end_value():
+    up, down = Ramp(0.3, 0.3, 1.0), Ramp(2.0, -0.25, 1.0)
+    assert [up(t) for t in (0, 1, 2, 3, 100)] == pytest.approx([0.3, 0.6, 0.9, 1.0, 1.0])
+    assert [down(t, 10) for t in (0, 2, 4, 1000)] == pytest.approx([2.0, 1.5, 1.0, 1.0])
+    assert schedule_from_dict(schedule_to_dict(up)) == up
+    assert schedule_from_dict({"schedule": "ramp", "start_value": 0.3, "slope": 0.3, "end_value": 1.0}) == up
+    assert PROBABILITY.problem(up, "p") is None  # a range checks the values a ramp moves between
+    complement = one_minus(up)  # a scheduled alpha's hard-label weight
+    assert [complement(t) for t in (0, 1, 2, 3, 9)] == pytest.approx([1 - up(t) for t in (0, 1, 2, 3, 9)])
+    assert PROBABILITY.problem(Ramp(0.3, 0.3, 1.5), "p") == "p.end_value: 1.5 is out of range; it must be between 0 and 1."
+    for slope in (0.0, -0.1):
+        with pytest.raises(ConfigError, match=f"^a ramp schedule's slope {slope} does not lead from start_value 0.3"):
+            Ramp(0.3, slope, 1.0)
+    with pytest.raises(ConfigError, match=r"^method_args.replace_rate: a ramp schedule's slope -0.3 does not lead"):
+        schedule_from_dict({"schedule": "ramp", "start_value": 0.3, "slope": -0.3, "end_value": 1.0},
+                           path="method_args.replace_rate")
+
+
 def test_schedule_from_dict_and_back():
     data = {"schedule": "linear", "start_value": 0.3, "end_value": 1.0, "start": 0, "end": 0.5}
     schedule = schedule_from_dict(data)
@@ -87,7 +108,7 @@ def test_unknown_schedule_suggests_and_lists_choices():
         schedule_from_dict({"schedule": "cosin", "start_value": 1, "end_value": 0}, path="matches[1].weight")
     message = str(info.value)
     assert message.startswith("matches[1].weight.schedule: unknown schedule 'cosin'; did you mean 'cosine'?")
-    assert "Available: constant, cosine, linear, piecewise." in message
+    assert "Available: constant, cosine, linear, piecewise, ramp." in message
 
 
 def test_bad_schedule_arguments_name_the_fields():

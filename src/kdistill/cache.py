@@ -246,9 +246,9 @@ class TeacherCache:
         attention: str = "auto",
     ):
         if dtype not in _STORAGE_DTYPES:
-            raise ConfigError(f"cache.dtype: {dtype} is not one of torch.float16, torch.float32.")
+            raise ConfigError(f"TeacherCache: dtype {dtype} is not one of torch.float16, torch.float32.")
         if logits_topk is not None and (not isinstance(logits_topk, int) or logits_topk < 1):
-            raise ConfigError(f"cache.logits_topk: {logits_topk!r} must be a positive integer (or None).")
+            raise ConfigError(f"TeacherCache: logits_topk {logits_topk!r} must be a positive integer (or None).")
         self.directory = Path(directory)
         self.dtype = dtype
         self.logits_topk = logits_topk
@@ -320,9 +320,9 @@ class TeacherCache:
         for bound in source.bound:
             if Ref("logits") in bound.teacher_refs and not loss_properties(bound.loss_fn).topk:
                 raise ConfigError(
-                    f"cache.logits_topk: {bound.name} reads the teacher's logits with "
+                    f"TeacherCache: logits_topk is set, but {bound.name} reads the teacher's logits with "
                     f"'{bound.match.loss_name}', which compares logit values; top-k keeps only the "
-                    f"distribution. Use one of {', '.join(topk_losses())}, or logits_topk: null."
+                    f"distribution. Use one of {', '.join(topk_losses())}, or logits_topk=None."
                 )
 
     # ------------------------------------------------------------------ binding to data

@@ -504,9 +504,10 @@ class LengthBucketSampler(Sampler[list[int]]):
         start_batch: int = 0,
     ):
         if batch_size < 1:
-            raise ConfigError(f"training.batch_size: {batch_size} must be at least 1.")
+            raise ConfigError(f"data.batch_size: {batch_size} must be at least 1.")
         if bucket_size_multiplier < 1:
-            raise ConfigError(f"data.bucket_size_multiplier: {bucket_size_multiplier} must be at least 1.")
+            raise ConfigError(f"LengthBucketSampler: bucket_size_multiplier must be at least 1, "
+                              f"got {bucket_size_multiplier}.")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed

@@ -13,6 +13,7 @@ from kdistill.adapters import make_adapter
 from kdistill.errors import ConfigError, NonFiniteLossError, ShapeError
 from kdistill.features import Features
 from kdistill.losses import get_loss, loss_properties
+from kdistill.losses._common import upcast
 from kdistill.matches import Match
 from kdistill.projection import OnAxis, make_projection
 from kdistill.ranges import WEIGHT, check_arguments, check_value
@@ -269,8 +270,10 @@ class Distiller(nn.Module):
         if b.teacher_refs == (Ref("logits"),) and temperature is not None:
             # Average the soft targets, not the logits: T·log Σ w_i softmax(z_i / T) has
             # softmax(· / T) equal to the weighted mean of the teachers' distributions.
+            # In the teachers' precision, half precision raised to float32 (as the losses do).
             t = value_at(temperature, step, total_steps)
-            mixed = sum(self.teacher_weights[n] * (v.float() / t).softmax(-1) for n, v in values.items())
+            logits = dict(zip(values, upcast(*values.values())))
+            mixed = sum(self.teacher_weights[n] * (v / t).softmax(-1) for n, v in logits.items())
             return t * mixed.clamp_min(1e-12).log()
         return sum(self.teacher_weights[n] * v for n, v in values.items())
 

@@ -38,6 +38,10 @@ class CheckpointError(KdistillError, RuntimeError):
     """A checkpoint is missing, corrupted or does not fit the run."""
 
 
+class MissingDependencyError(KdistillError, ImportError):
+    """An optional extra (onnx, onnxruntime) is needed and not installed; the message says how to install it."""
+
+
 def suggest(value: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` when a close match exists, else ``""``."""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.errors import ConfigError, DataError, KdistillError, unknown_choice
+from kdistill.errors import ConfigError, DataError, KdistillError, MissingDependencyError, unknown_choice
 from kdistill.files import atomic_folder
 
 FORMATS = ("hf", "onnx", "onnx-int8", "torch-int8")
@@ -73,10 +73,6 @@ logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 Runner = Callable[[Mapping[str, torch.Tensor]], np.ndarray]
-
-
-class MissingDependencyError(KdistillError, ImportError):
-    """An optional extra (onnx, onnxruntime) is needed and not installed; the message says how to install it."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -382,11 +382,12 @@ def student_from_teacher(teacher: nn.Module, layers: list[int]) -> nn.Module:
     path, blocks = find_layer_list(teacher)
     count = len(blocks)
     if not layers:
-        raise ConfigError("student.layers: give at least one teacher layer to keep.")
+        raise ConfigError("student.from_teacher.layers: give at least one teacher layer to keep.")
     for position, index in enumerate(layers):
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
             raise ConfigError(
-                f"student.layers[{position}]={index} is out of range: the teacher has {count} layers (0–{count - 1})."
+                f"student.from_teacher.layers[{position}]: {index!r} is out of range: the teacher has {count} layers "
+                f"(0–{count - 1})."
             )
     # Copy everything but the blocks, then each kept block through the same memo, so that
     # objects they share with the rest of the model (the config) stay shared in the student.
@@ -433,7 +434,7 @@ def student_from_config(
     if config is None or not hasattr(config, "to_dict"):
         raise ConfigError(f"student_from_config needs a Hugging Face model; {type(teacher).__name__} has no config.")
     if num_layers < 1:
-        raise ConfigError(f"student.num_layers: {num_layers} must be at least 1.")
+        raise ConfigError(f"student.from_teacher.num_layers: {num_layers} must be at least 1.")
     # Shared-weight layers (ALBERT) are fine here: a fresh model of fewer layers shares its own.
     path = find_layer_list(teacher)[0] if is_encoder_decoder(teacher) else named_blocks(teacher)
     count_keys = layer_count_keys(config, path)
@@ -454,13 +455,13 @@ def student_from_config(
     if intermediate_size is not None:
         keys = [key for key in INTERMEDIATE_KEYS if key in config.to_dict()]
         if not keys:
-            raise ConfigError(f"student.intermediate_size: {type(config).__name__} has no feed-forward size to set.")
+            raise ConfigError(f"student.from_teacher.intermediate_size: {type(config).__name__} has no feed-forward size to set.")
         setattr(config, keys[0], intermediate_size)
     heads = getattr(config, "num_attention_heads", None)
     width = getattr(config, "hidden_size", None)
     if heads and width and width % heads:
         raise ConfigError(
-            f"student.hidden_size: {width} is not divisible by num_attention_heads={heads}; pick sizes that divide."
+            f"student.from_teacher.hidden_size: {width} is not divisible by num_attention_heads={heads}; pick sizes that divide."
         )
     if "head_dim" in config.to_dict() and (hidden_size is not None or num_attention_heads is not None):
         config.head_dim = width // heads
@@ -470,7 +471,7 @@ def student_from_config(
             config.num_key_value_heads = heads
         elif heads % kv_heads:
             raise ConfigError(
-                f"student.num_attention_heads: {heads} is not a multiple of num_key_value_heads={kv_heads}."
+                f"student.from_teacher.num_attention_heads: {heads} is not a multiple of num_key_value_heads={kv_heads}."
             )
     builder = getattr(type(teacher), "_from_config", None)
     student = builder(config) if builder is not None else type(teacher)(config)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdistill.errors import ConfigError, suggest
-from kdistill.schedules import Constant, Cosine, Linear, Piecewise
+from kdistill.schedules import SCHEDULES, Constant, Piecewise, Schedule
 
 _ATTRIBUTE = "__kdistill_ranges__"
 
@@ -70,7 +70,7 @@ class Range:
 
     def problem(self, value: Any, where: str) -> str | None:
         """The sentence saying why ``value`` is not valid at config path ``where``; None when it is."""
-        if isinstance(value, (Constant, Linear, Cosine, Piecewise)):
+        if isinstance(value, tuple(SCHEDULES.values())):
             if self.integer:
                 return f"{where}: expected {self.describe()}, not a schedule{self._because()}."
             for field, number in schedule_values(value):
@@ -125,7 +125,7 @@ FRACTION = Range(0, 1, why="a fraction of the run")
 ALPHA = Range(0, 1, why="the weight of the soft-target loss; the hard-label weight is 1 − alpha")
 
 
-def schedule_values(schedule: Constant | Linear | Cosine | Piecewise) -> list[tuple[str, float]]:
+def schedule_values(schedule: Schedule) -> list[tuple[str, float]]:
     """(field, value) of the values a schedule moves between; every value it takes lies among or between them."""
     if isinstance(schedule, Constant):
         return [("value", schedule.value)]
@@ -142,7 +142,8 @@ def declare(obj: Callable, ranges: Mapping[str, Range | OneOf]) -> None:
         params = None
     unknown = [name for name in ranges if params is not None and name not in params]
     if unknown:
-        raise ValueError(f"ranges for {getattr(obj, '__name__', obj)!r} name no parameter of it: {', '.join(unknown)}")
+        raise ConfigError(f"ranges for {getattr(obj, '__name__', obj)!r} name no parameter of it: "
+                          f"{', '.join(unknown)}; its parameters are: {', '.join(params)}.")
     setattr(obj, _ATTRIBUTE, {**declared(obj), **ranges})
 
 

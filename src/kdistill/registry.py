@@ -38,9 +38,12 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             key = name or getattr(obj, "__name__", None)
             if not key:
-                raise ValueError(f"cannot register {obj!r} as a {self.kind}: give it a name")
-            if key in self._items and not overwrite and self._items[key] is not obj:
-                raise ValueError(f"a {self.kind} named '{key}' is already registered")
+                raise ConfigError(f"cannot register {obj!r} as a {self.kind}: it has no __name__; give it one "
+                                  f"with register(name=...).")
+            existing = self._items.get(key)
+            if existing is not None and not overwrite and existing is not obj:
+                raise ConfigError(f"a {self.kind} named '{key}' is already registered ({_origin(existing)}); choose "
+                                  f"another name, or pass overwrite=True to replace it.")
             if ranges:
                 _ranges.declare(obj, ranges)
             self._items[key] = obj
@@ -68,6 +71,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def _origin(obj: object) -> str:
+    """Where a registered object was defined, e.g. ``kdistill.losses.logits.kl``."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
 def is_standard_library(module: str) -> bool:

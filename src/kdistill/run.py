@@ -168,7 +168,7 @@ def student_from_init(init: Mapping, teacher: nn.Module, *, where: str) -> nn.Mo
             return models.student_from_teacher(teacher, list(options["layers"]))
         return models.student_from_config(teacher, **options)
     except ConfigError as exc:
-        raise _reprefix(exc, "student.", f"{where}.") from None
+        raise _reprefix(exc, "student.from_teacher.", f"{where}.") from None
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
 
@@ -780,7 +780,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
             student = load_model(config.student, "student", config, teacher=teacher)
         else:
             draft = make_recipe(config, teacher, None)
-            student = student_from_init(draft.student_init or {}, teacher, where="student")
+            student = student_from_init(draft.student_init or {}, teacher,
+                                        where=f"method '{config.method}' student_init")
         from safetensors.torch import load_model as load_weights_into
 
         load_weights_into(student, str(student_dir / "student.safetensors"))

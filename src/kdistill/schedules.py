@@ -89,8 +89,31 @@ class Piecewise:
         return float(value)
 
 
-Schedule = Union[Constant, Linear, Cosine, Piecewise]
-SCHEDULES = {"constant": Constant, "linear": Linear, "cosine": Cosine, "piecewise": Piecewise}
+@dataclass(frozen=True)
+class Ramp:
+    """``start_value + slope · step``, stopping at ``end_value``: a fixed change per step, whatever the run's length.
+
+    BERT-of-Theseus' curriculum p(t) = min(1, k·t + b) is ``Ramp(b, k, 1.0)``. ``slope`` must move
+    from ``start_value`` towards ``end_value`` (negative to go down).
+    """
+
+    start_value: float
+    slope: float
+    end_value: float
+
+    def __post_init__(self) -> None:
+        if self.slope == 0 or (self.end_value - self.start_value) * self.slope < 0:
+            raise ConfigError(f"a ramp schedule's slope {self.slope} does not lead from start_value "
+                              f"{self.start_value} to end_value {self.end_value}; give a slope of the sign of "
+                              f"end_value − start_value.")
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
+        value = self.start_value + self.slope * step
+        return float(min(value, self.end_value) if self.slope > 0 else max(value, self.end_value))
+
+
+Schedule = Union[Constant, Linear, Cosine, Piecewise, Ramp]
+SCHEDULES = {"constant": Constant, "linear": Linear, "cosine": Cosine, "piecewise": Piecewise, "ramp": Ramp}
 Scalar = Union[float, int, Schedule]
 
 
@@ -113,6 +136,8 @@ def schedule_from_dict(data: dict, *, path: str = "schedule") -> Schedule:
     except (TypeError, KeyError) as exc:
         fields = ", ".join(cls.__dataclass_fields__)
         raise ConfigError(f"{path}: bad arguments for a '{kind}' schedule ({exc}); it takes {fields}.") from None
+    except ConfigError as exc:  # the schedule's own check, e.g. a ramp's slope
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def schedule_to_dict(value: Scalar) -> float | dict:

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdistill import Distiller, Match
 from kdistill.adapters import FunctionAdapter, ModuleAdapter, make_adapter
-from kdistill.errors import FeatureError, RefError
+from kdistill.errors import ConfigError, DataError, FeatureError, RefError
 from kdistill.features import Features
 from kdistill.refs import Ref, parse_ref
 from tiny_engine import SmallCNN
@@ -104,8 +104,17 @@ def test_function_adapter_returning_features_or_garbage():
 
     with pytest.raises(FeatureError, match=r"adapter function broken returned list; return Features or a dict"):
         make_adapter(model, [], broken)(IMAGES)
-    with pytest.raises(TypeError, match=r"takes \(model, batch\)"):
-        make_adapter(model, [], lambda batch: batch)
+    with pytest.raises(ConfigError, match=r"^student adapter: <lambda> takes \(batch\), but an adapter function "
+                                          r"takes \(model, batch\)"):
+        make_adapter(model, [], lambda batch: batch, where="student")
+    with pytest.raises(ConfigError, match=r"^teacher adapter: expected a function \(model, batch\) -> Features or "
+                                          r"dict, got str 'features'"):
+        make_adapter(model, [], "features", where="teacher")
+
+
+def test_a_batch_of_no_known_shape_is_a_data_error():
+    with pytest.raises(DataError, match=r"cannot feed a batch of type str to a model: a batch must be a tensor"):
+        make_adapter(SmallCNN().eval(), [])("not a batch")
 
 
 def test_distiller_with_cnns_inserts_a_channel_projection():

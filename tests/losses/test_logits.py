@@ -166,3 +166,17 @@ def test_shape_errors_say_what_differs_and_what_to_do():
         hard_ce(randn(B, C, seed=0), labels=torch.zeros(B, T, dtype=torch.long))
     with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
         kl(randn(B, C, seed=0), randn(B, C, seed=0), temperature=0)
+
+
+@pytest.mark.parametrize("loss", [soft_ce, kl, reverse_kl, jsd, logits_mse])
+def test_a_temperature_tensor_is_one_number_or_a_config_error(loss):
+    student, teacher = randn(3, 4, seed=0), randn(3, 4, seed=1)
+    name = loss.__name__
+    assert float(loss(student, teacher, temperature=torch.tensor(2.0))) == pytest.approx(
+        float(loss(student, teacher, temperature=2.0)))
+    with pytest.raises(ConfigError, match=rf"{name}: temperature must be one number > 0, got a tensor of shape \(2,\)"):
+        loss(student, teacher, temperature=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ConfigError, match=rf"{name}: temperature must be > 0, got tensor\(-1.\)"):
+        loss(student, teacher, temperature=torch.tensor(-1.0))
+    with pytest.raises(ConfigError, match=rf"{name}: temperature must be a number > 0, got str '2'"):
+        loss(student, teacher, temperature="2")

@@ -54,6 +54,17 @@ def test_user_loss_registers_with_a_decorator_and_is_found_by_name():
         LOSSES._items.pop("test_registry_unnamed")
 
 
+def test_a_name_taken_by_another_loss_is_a_config_error_naming_both():
+    def kl(student, teacher):
+        return (student - teacher).sum()
+
+    with pytest.raises(ConfigError, match=r"^a loss named 'kl' is already registered \(kdistill.losses.logits.kl\); "
+                                          r"choose another name, or pass overwrite=True to replace it.$"):
+        register_loss()(kl)
+    assert get_loss("kl") is losses.kl
+    register_loss()(losses.kl)  # registering the same object again is harmless
+
+
 def test_a_callable_passes_through_and_an_import_string_is_imported():
     def custom(student, teacher):
         return (student - teacher).sum()

@@ -96,7 +96,7 @@ def test_masked_lm_candidates_are_its_top_whole_words(tokenizer):
 def test_errors(tokenizer, embeddings):
     with pytest.raises(ConfigError, match="give a masked language model"):
         augment_texts(["good"], tokenizer)
-    with pytest.raises(ConfigError, match=r"embedding_matrix: expected \(vocabulary size ≥ 25, width\) rows"):
+    with pytest.raises(ConfigError, match=r"augment_texts: embedding_matrix must be \(vocabulary size ≥ 25, width\) rows"):
         augment_texts(["good"], tokenizer, embedding_matrix=embeddings[:5])
     with pytest.raises(ConfigError, match="p_replace"):
         augment_texts(["good"], tokenizer, embedding_matrix=embeddings, p_replace=2.0)

@@ -44,7 +44,7 @@ def test_task_is_detected_from_the_teacher():
         "ce": ("kl", 5.0, "logits"), "cos": ("cosine", 1.0, "hidden.-1")}
     with pytest.raises(ConfigError, match="cannot tell whether the teacher BertModel is a masked LM"):
         expand("distilbert", transformers.BertModel(tiny_bert(2).config))
-    with pytest.raises(ConfigError, match=r"distilbert.layers\[1\]: 9 is not a layer of the teacher \(0–3\)"):
+    with pytest.raises(ConfigError, match=r"method_args.layers\[1\]: 9 is not a layer of the teacher \(0–3\)"):
         expand("distilbert", tiny_bert(4), layers=[0, 9])
 
 

@@ -105,7 +105,7 @@ def test_teacher_assistant_chain_runs_both_links():
     forward_backward(stage_distiller(recipe.stages[1], assistant, student), batch)
     copied = expand("minilm", teacher, student, version=2, assistant={"layers": [0, 2]})
     assert copied.assistant == {"from_teacher": {"layers": [0, 2]}}
-    with pytest.raises(ConfigError, match=r"minilm.assistant: unknown key\(s\) 'depth'"):
+    with pytest.raises(ConfigError, match=r"method_args.assistant: unknown key\(s\) 'depth'"):
         expand("minilm", teacher, student, assistant={"depth": 2})
     with pytest.raises(ConfigError, match="the teacher has 2 heads and the assistant 4; use version: 2"):
         expand("minilm", teacher, student, assistant={"num_layers": 4, "num_attention_heads": 4, "hidden_size": 64})

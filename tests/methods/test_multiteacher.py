@@ -7,6 +7,7 @@ import torch
 
 from kdistill import Distiller
 from kdistill.errors import ConfigError
+from kdistill.losses import get_loss
 from kdistill.methods import expand
 
 from ._helpers import forward_backward, make_batch, tiny_bert
@@ -76,3 +77,29 @@ def test_errors_name_the_teacher_and_the_key(models):
         expand("multiteacher", teachers, student, teacher_weights={"huge": 1.0})
     with pytest.raises(ConfigError, match="the weights sum to 0"):
         expand("multiteacher", teachers, student, teacher_weights={"big": 0.0})
+
+
+def test_float64_teachers_give_a_float64_ensemble_target():
+    teachers = {"big": tiny_bert(2, 32, 2, seed=1).double(), "small": tiny_bert(2, 32, 2, seed=3).double()}
+    student = tiny_bert(2, 32, 2, seed=2).double()
+    recipe = expand("multiteacher", teachers, student, temperature=3.0, alpha=1.0,
+                    teacher_weights={"big": 1.0, "small": 3.0})
+    seen = []
+
+    def kl_seen(student_logits, teacher_logits, *, temperature, t2_scale):
+        seen.append(teacher_logits.dtype)
+        return get_loss("kl")(student_logits, teacher_logits, temperature=temperature, t2_scale=t2_scale)
+
+    soft = recipe.stages[0].matches[0]
+    distiller = Distiller(teachers, student, [soft.with_(loss=kl_seen)], hard_label_weight=0.0,
+                          teacher_weights=recipe.teacher_weights)
+    batch = make_batch()
+    with torch.no_grad():
+        loss = distiller(batch, step=0).parts["soft"]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        p = [torch.softmax(teachers[n](**inputs).logits / 3.0, -1) for n in ("big", "small")]
+        log_p_s = torch.log_softmax(student(**inputs).logits / 3.0, -1)
+    mixed = 0.25 * p[0] + 0.75 * p[1]
+    oracle = 9.0 * (mixed * (mixed.log() - log_p_s)).sum(-1).mean()
+    assert seen and set(seen) == {torch.float64} and loss.dtype == torch.float64
+    assert float(loss) == pytest.approx(float(oracle), rel=1e-12)

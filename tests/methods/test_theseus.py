@@ -86,9 +86,26 @@ def test_linear_rate_and_successor_only_phase():
 def test_curriculum_rate_is_the_reference_linear_scheduler():
     rate = curriculum_rate(0.3, 0.01)
     assert [rate(t) for t in (0, 10, 70, 100)] == pytest.approx([0.3, 0.4, 1.0, 1.0])
+    assert curriculum_rate(0.3, 0.3)(2) == pytest.approx(0.9)  # the slope is k, not (1 − b) / ceil((1 − b) / k)
     assert group_layers(5, 2) == [[0, 1], [2, 3, 4]] and group_layers(12, 6)[1] == [2, 3]
     with pytest.raises(ConfigError, match="between 1 and 4 layers"):
         group_layers(4, 5)
+
+
+@pytest.mark.parametrize("base", [0.0, 0.3, 0.5, 0.77, 1.0])
+@pytest.mark.parametrize("k", [1e-4, 0.003, 0.07, 0.3, 0.45, 2.0])
+def test_curriculum_rate_is_min_1_kt_plus_b_at_every_step(base, k):
+    rate = curriculum_rate(base, k)
+    module_rate = [min(1.0, k * t + base) for t in range(0, 400)]
+    assert [rate(t) for t in range(0, 400)] == pytest.approx(module_rate, abs=1e-12)
+    assert rate(10**9, 10) == 1.0 and rate(3, None) == pytest.approx(min(1.0, 3 * k + base))
+
+
+def test_a_module_on_the_curriculum_replaces_with_the_reference_probability():
+    module = TheseusModule(tiny_bert(4), 2, replace_rate=curriculum_rate(0.3, 0.3))
+    assert [module.rate(t) for t in (0, 1, 2, 3)] == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    with pytest.raises(ConfigError, match=r"curriculum rate needs 0 ≤ base ≤ 1 and k > 0"):
+        curriculum_rate(0.3, 0.0)
 
 
 def test_fractions_need_total_steps():

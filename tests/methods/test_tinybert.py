@@ -45,7 +45,7 @@ def test_option_errors_name_the_option(models):
     with pytest.raises(ConfigError, match=r"method_args.attention: 'score' is not valid; did you mean 'scores'\? "
                                           r"It must be one of scores, probs"):
         expand("tinybert", teacher_layers=4, student_layers=2, attention="score")
-    with pytest.raises(ConfigError, match=r"tinybert.teacher_layers: 6, but the teacher model has 4 layers"):
+    with pytest.raises(ConfigError, match=r"method_args.teacher_layers: 6, but the teacher model has 4 layers"):
         expand("tinybert", teacher, teacher_layers=6, student_layers=2)
     with pytest.raises(ConfigError, match=r"give the student model or the option 'student_layers'"):
         expand("tinybert", teacher)

@@ -30,7 +30,7 @@ def make_adapter(
     """The adapter for ``model`` that can produce every ref in ``refs`` (checked now, not mid-run)."""
     refs = list(refs)
     if adapter is not None:
-        return FunctionAdapter(model, refs, adapter)
+        return FunctionAdapter(model, refs, adapter, where=where)
     if is_hf_model(model):
         return HFAdapter(model, refs, attention=attention, where=where)
     return ModuleAdapter(model, refs, where=where)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from torch import Tensor, nn
 
-from kdistill.errors import FeatureError, RefError
+from kdistill.errors import ConfigError, DataError, FeatureError, RefError
 from kdistill.features import Features, features_from_dict
 from kdistill.refs import Ref
 
@@ -74,7 +74,8 @@ def model_inputs(batch: object) -> tuple[tuple, dict]:
         if "inputs" in batch:
             return (batch["inputs"],), {}
         return (), {k: v for k, v in batch.items() if k not in NON_INPUT_KEYS}
-    raise TypeError(f"cannot feed a batch of type {type(batch).__name__} to a model")
+    raise DataError(f"cannot feed a batch of type {type(batch).__name__} to a model: a batch must be a tensor, "
+                    "an (inputs, labels) tuple or list, or a mapping of model inputs (input_ids, attention_mask, …).")
 
 
 def to_device(batch: object, device: object) -> object:
@@ -142,15 +143,18 @@ def _example_path(model: nn.Module) -> str:
 class FunctionAdapter:
     """A user function ``(model, batch) -> Features | dict`` (see ``features_from_dict`` for dict keys)."""
 
-    def __init__(self, model: nn.Module, refs: Iterable[Ref], function: Callable):
+    def __init__(self, model: nn.Module, refs: Iterable[Ref], function: Callable, *, where: str = "model"):
         if not callable(function):
-            raise TypeError(f"adapter must be callable, got {type(function).__name__}")
+            raise ConfigError(f"{where} adapter: expected a function (model, batch) -> Features or dict, got "
+                              f"{type(function).__name__} {function!r}.")
         self.model = model
         self.function = function
         self.num_layers = None
         params = inspect.signature(function).parameters
         if len(params) < 2:
-            raise TypeError("an adapter function takes (model, batch); see kdistill.adapters")
+            name = getattr(function, "__name__", repr(function))
+            raise ConfigError(f"{where} adapter: {name} takes ({', '.join(params)}), but an adapter function takes "
+                              "(model, batch); see kdistill.adapters.")
 
     def __call__(self, batch: object) -> Features:
         result = self.function(self.model, batch)

@@ -61,6 +61,11 @@ def mean_or_zero(values: Tensor) -> Tensor:
     return values.mean() if values.numel() else values.sum()
 
 
-def require_positive(loss: str, name: str, value: float) -> None:
+def require_positive(loss: str, name: str, value: float | Tensor) -> None:
+    """A number (or one-element tensor) > 0; anything else is a ConfigError naming the loss and ``name``."""
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise ConfigError(f"{loss}: {name} must be one number > 0, got a tensor of shape {tuple(value.shape)}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise ConfigError(f"{loss}: {name} must be a number > 0, got {type(value).__name__} {value!r}.")
     if not value > 0:
         raise ConfigError(f"{loss}: {name} must be > 0, got {value!r}.")

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from kdistill.errors import ConfigError, unknown_choice
-from kdistill.schedules import Constant, Cosine, Linear, Piecewise, Scalar
+from kdistill.schedules import SCHEDULES, Constant, Cosine, Linear, Piecewise, Ramp, Scalar
 
 
 def _is_count(value: object) -> bool:
@@ -25,14 +25,14 @@ def layer_count(model: nn.Module | None, option: int | None, *, role: str, metho
 
         count = block_count(model)
         if option is not None and option != count:
-            raise ConfigError(f"{method}.{role}_layers: {option!r}, but the {role} model has {count} layers; "
+            raise ConfigError(f"method_args.{role}_layers: {option!r}, but the {role} model has {count} layers; "
                               f"leave the option out when the model is given.")
         return count
     if option is None:
         raise ConfigError(f"{method}: cannot tell how many layers the {role} has: give the {role} model "
                           f"or the option '{role}_layers'.")
     if not _is_count(option):
-        raise ConfigError(f"{method}.{role}_layers: expected a positive integer, got {option!r}.")
+        raise ConfigError(f"method_args.{role}_layers: {method} expects a positive integer, got {option!r}.")
     return option
 
 
@@ -45,7 +45,7 @@ def head_count(model: nn.Module | None, option: int | None, *, role: str, method
         count = hf_num_heads(model)
         if count is not None:
             if option is not None and option != count:
-                raise ConfigError(f"{method}.{role}_heads: {option!r}, but the {role} model has {count} "
+                raise ConfigError(f"method_args.{role}_heads: {option!r}, but the {role} model has {count} "
                                   f"attention heads; leave the option out when the model is given.")
             return count
     if option is None:
@@ -54,7 +54,7 @@ def head_count(model: nn.Module | None, option: int | None, *, role: str, method
         raise ConfigError(f"{method}: cannot tell how many attention heads the {role} has: give the {role} "
                           f"model or the option '{role}_heads'.")
     if not _is_count(option):
-        raise ConfigError(f"{method}.{role}_heads: expected a positive integer, got {option!r}.")
+        raise ConfigError(f"method_args.{role}_heads: {method} expects a positive integer, got {option!r}.")
     return option
 
 
@@ -74,24 +74,26 @@ def hidden_width(model: nn.Module | None) -> int | None:
 def check_choice(method: str, option: str, value: object, choices: Iterable[str]) -> str:
     choices = list(choices)
     if value not in choices:
-        raise unknown_choice(f"{method}.{option}", option.replace("_", " "), str(value), choices)
+        raise unknown_choice(f"method_args.{option}", f"{method} {option.replace('_', ' ')}", str(value), choices)
     return value  # type: ignore[return-value]
 
 
 def check_fraction(method: str, option: str, value: object) -> float:
     """A fraction of the run in [0, 1], returned as a float (an int 1 would mean *step* 1 to a Match)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"{method}.{option}: expected a fraction of the run between 0 and 1, got {value!r}.")
+        raise ConfigError(f"method_args.{option}: {method} expects a fraction of the run between 0 and 1, "
+                          f"got {value!r}.")
     return float(value)
 
 
 def check_layer_list(method: str, option: str, layers: object, count: int) -> list[int]:
     """A list of 0-based block indices of a model with ``count`` blocks."""
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ConfigError(f"{method}.{option}: expected a non-empty list of 0-based layer indices, got {layers!r}.")
+        raise ConfigError(f"method_args.{option}: {method} expects a non-empty list of 0-based layer indices, "
+                          f"got {layers!r}.")
     for position, index in enumerate(layers):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
-            raise ConfigError(f"{method}.{option}[{position}]: {index!r} is not a layer of the teacher "
+            raise ConfigError(f"method_args.{option}[{position}]: {index!r} is not a layer of the teacher "
                               f"(0–{count - 1}).")
     return list(layers)
 
@@ -106,5 +108,7 @@ def one_minus(value: Scalar) -> Scalar:
         return dataclasses.replace(value, start_value=1.0 - value.start_value, end_value=1.0 - value.end_value)
     if isinstance(value, Piecewise):
         return Piecewise(value.boundaries, tuple(1.0 - v for v in value.values))
+    if isinstance(value, Ramp):
+        return Ramp(1.0 - value.start_value, -value.slope, 1.0 - value.end_value)
     raise ConfigError(f"cannot take 1 − {value!r}: give a number or a kdistill schedule "
-                      f"(constant, linear, cosine, piecewise).")
+                      f"({', '.join(SCHEDULES)}).")

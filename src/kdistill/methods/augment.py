@@ -136,10 +136,10 @@ def augment_texts(
         raise ConfigError("augment: give a masked language model (mlm_model) or a word-embedding matrix "
                           "(embedding_matrix, e.g. teacher.get_input_embeddings().weight).")
     if not 0.0 <= p_replace <= 1.0:
-        raise ConfigError(f"augment.p_replace: expected a probability in [0, 1], got {p_replace!r}.")
+        raise ConfigError(f"augment_texts: p_replace must be a probability in [0, 1], got {p_replace!r}.")
     for name, value in (("n_per_text", n_per_text), ("k_candidates", k_candidates)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"augment.{name}: expected a positive integer, got {value!r}.")
+            raise ConfigError(f"augment_texts: {name} must be a positive integer, got {value!r}.")
     vocabulary = _Vocabulary(tokenizer)
     if embedding_matrix is None and mlm_model is not None:
         embedding_matrix = mlm_model.get_input_embeddings().weight
@@ -213,7 +213,7 @@ class _EmbeddingNeighbours:
     def __init__(self, matrix: Tensor, vocabulary: _Vocabulary, k: int):
         matrix = matrix.detach().float().cpu()
         if matrix.dim() != 2 or matrix.shape[0] < vocabulary.size:
-            raise ConfigError(f"augment.embedding_matrix: expected (vocabulary size ≥ {vocabulary.size}, width) "
+            raise ConfigError(f"augment_texts: embedding_matrix must be (vocabulary size ≥ {vocabulary.size}, width) "
                               f"rows indexed by token id, got shape {tuple(matrix.shape)}.")
         self.matrix = matrix
         self.vocabulary = vocabulary
@@ -247,7 +247,8 @@ def _mlm_candidates(text: str, words: list[_Word], targets: list[int], tokenizer
     """Top-k whole-word predictions of the MLM at each target word, masked one at a time (one batch)."""
     mask_token = getattr(tokenizer, "mask_token", None)
     if mask_token is None:
-        raise ConfigError("augment.mlm_model: the tokenizer has no mask token; use embedding_matrix instead.")
+        raise ConfigError("augment_texts: mlm_model needs a tokenizer with a mask token, and this one has none; "
+                          "give embedding_matrix instead.")
     masked_texts = [_splice(text, words, {i: mask_token}) for i in targets]
     encoded = tokenizer(masked_texts, [text] * len(targets), truncation=True, max_length=max_length,
                         padding=True, return_tensors="pt")

@@ -112,7 +112,8 @@ class MLMCollator:
         if getattr(tokenizer, "mask_token_id", None) is None:
             raise ConfigError("mlm_collator: the tokenizer has no mask token; masked-LM training needs one.")
         if not 0.0 < mlm_probability < 1.0:
-            raise ConfigError(f"mlm_collator.mlm_probability: expected a probability in (0, 1), got {mlm_probability!r}.")
+            raise ConfigError(f"mlm_collator: mlm_probability must be a probability in (0, 1), "
+                              f"got {mlm_probability!r}.")
         if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
             raise ConfigError("mlm_collator: mask_fraction + random_fraction must lie in [0, 1].")
         self.mask_token_id = int(tokenizer.mask_token_id)

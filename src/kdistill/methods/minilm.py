@@ -59,18 +59,19 @@ def v2_matches(*, num_relation_heads: int, teacher_layer: int = -1, student_laye
 def _assistant_spec(assistant: Mapping, teacher: nn.Module | None) -> tuple[dict, int | None, int | None]:
     """The Recipe's assistant spec and, where known, the assistant's head count and width."""
     if not isinstance(assistant, Mapping):
-        raise ConfigError(f"minilm.assistant: expected a mapping such as {{layers: [0, 2, 4]}} or "
+        raise ConfigError(f"method_args.assistant: expected a mapping such as {{layers: [0, 2, 4]}} or "
                           f"{{num_layers: 12, hidden_size: 384}}, got {assistant!r}.")
     unknown = [k for k in assistant if k not in ("layers", *ASSISTANT_CONFIG_KEYS)]
     if unknown:
-        raise ConfigError(f"minilm.assistant: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: layers, "
+        raise ConfigError(f"method_args.assistant: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: layers, "
                           f"{', '.join(ASSISTANT_CONFIG_KEYS)}.")
     from kdistill.adapters.hf import hf_num_heads
 
     teacher_heads = hf_num_heads(teacher) if teacher is not None else None
     if "layers" in assistant:
         if len(assistant) > 1:
-            raise ConfigError("minilm.assistant: 'layers' (copy teacher blocks) cannot be combined with config sizes.")
+            raise ConfigError("method_args.assistant: 'layers' (copy teacher blocks) cannot be combined with "
+                              "config sizes.")
         layers = list(assistant["layers"])
         if teacher is not None:
             from kdistill.models import num_layers
@@ -78,7 +79,7 @@ def _assistant_spec(assistant: Mapping, teacher: nn.Module | None) -> tuple[dict
             layers = check_layer_list("minilm", "assistant.layers", layers, num_layers(teacher))
         return {"from_teacher": {"layers": layers}}, teacher_heads, hidden_width(teacher)
     if "num_layers" not in assistant:
-        raise ConfigError("minilm.assistant: give 'layers' (teacher blocks to copy) or 'num_layers' with sizes.")
+        raise ConfigError("method_args.assistant: give 'layers' (teacher blocks to copy) or 'num_layers' with sizes.")
     heads = assistant.get("num_attention_heads", teacher_heads)
     width = assistant.get("hidden_size", hidden_width(teacher))
     return {"config": dict(assistant)}, heads, width
@@ -106,10 +107,11 @@ def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None
     """
     method = "minilm"
     if version not in (1, 2):
-        raise ConfigError(f"minilm.version: expected 1 or 2, got {version!r}.")
+        raise ConfigError(f"method_args.version: MiniLM is version 1 or 2, got {version!r}.")
     check_choice(method, "data", data, DATA)
     if isinstance(teacher_layer, bool) or not isinstance(teacher_layer, int):
-        raise ConfigError(f"minilm.teacher_layer: expected a 0-based block index (−1 = last), got {teacher_layer!r}.")
+        raise ConfigError(f"method_args.teacher_layer: expected a 0-based block index (−1 = last), "
+                          f"got {teacher_layer!r}.")
     t_heads = head_count(teacher, teacher_heads, role="teacher", method=method, required=False)
     s_heads = head_count(student, student_heads, role="student", method=method, required=False)
     notes: list[str] = []
@@ -141,11 +143,11 @@ def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None
         else:
             relation_heads = num_relation_heads if num_relation_heads is not None else next_heads
             if relation_heads is None:
-                raise ConfigError("minilm.num_relation_heads: cannot default it to the student's head count "
+                raise ConfigError("method_args.num_relation_heads: cannot default it to the student's head count "
                                   "without the student; give num_relation_heads (papers: 48 for base, 64 for large).")
             for who, w in ((role, width), (next_name, next_width)):
                 if w is not None and w % relation_heads:
-                    raise ConfigError(f"minilm.num_relation_heads: {relation_heads} does not divide the {who}'s "
+                    raise ConfigError(f"method_args.num_relation_heads: {relation_heads} does not divide the {who}'s "
                                       f"width {w}; choose a number of relation heads that divides both widths.")
             matches = v2_matches(num_relation_heads=relation_heads, teacher_layer=layer)
         if weight != 1.0:

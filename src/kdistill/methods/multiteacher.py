@@ -29,7 +29,7 @@ INTERMEDIATE_KEYS = ("teacher_name", "teacher", "student", "loss", "weight", "ar
 
 
 def _intermediate_match(index: int, spec: Mapping[str, Any], teacher_names: Sequence[str] | None) -> Match:
-    where = f"multiteacher.intermediate[{index}]"
+    where = f"method_args.intermediate[{index}]"
     if isinstance(spec, Match):
         match = spec
     else:
@@ -65,15 +65,16 @@ def multiteacher(*, teacher: nn.Module | Mapping[str, nn.Module] | None = None, 
     names = list(teacher) if isinstance(teacher, Mapping) else None
     if teacher_weights is not None:
         if not isinstance(teacher_weights, Mapping) or not teacher_weights:
-            raise ConfigError(f"{method}.teacher_weights: expected a mapping teacher name -> weight, got {teacher_weights!r}.")
+            raise ConfigError(f"method_args.teacher_weights: {method} expects a mapping teacher name -> weight, "
+                              f"got {teacher_weights!r}.")
         for name, value in teacher_weights.items():
             if names is not None and name not in names:
-                raise ConfigError(f"{method}.teacher_weights: no teacher named '{name}'{suggest(name, names)} "
+                raise ConfigError(f"method_args.teacher_weights: no teacher named '{name}'{suggest(name, names)} "
                                   f"Teachers: {', '.join(names)}.")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"{method}.teacher_weights.{name}: expected a weight ≥ 0, got {value!r}.")
+                raise ConfigError(f"method_args.teacher_weights.{name}: expected a weight ≥ 0, got {value!r}.")
         if sum(teacher_weights.values()) <= 0:
-            raise ConfigError(f"{method}.teacher_weights: the weights sum to 0; give at least one positive weight.")
+            raise ConfigError("method_args.teacher_weights: the weights sum to 0; give at least one positive weight.")
     soft = Match("logits", "logits", loss, alpha, args={"temperature": temperature, "t2_scale": True},
                  teacher_name=ENSEMBLE, name="soft")
     matches = [soft] + [_intermediate_match(i, spec, names) for i, spec in enumerate(intermediate)]

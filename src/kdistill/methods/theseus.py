@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, layer_count
 from kdistill.models import LAYER_COUNT_KEYS, find_layer_list, layer_count_keys, student_from_teacher
 from kdistill.ranges import FLAG, LAYERS, OneOf, Range
-from kdistill.schedules import Constant, Linear, Scalar, step_at, value_at
+from kdistill.schedules import Constant, Ramp, Scalar, step_at, value_at
 
 SUCCESSOR_INIT = ("first", "groups")
 
@@ -65,11 +64,11 @@ def successor_init_layers(predecessor_layers: int, successor_layers: int, how: s
     return [group[0] for group in groups]
 
 
-def curriculum_rate(base: float, k: float) -> Linear:
-    """The reference's linear replacement scheduler p(t) = min(1, k·t + b) as a schedule (t in steps)."""
-    if not 0.0 <= base <= 1.0 or k <= 0:
+def curriculum_rate(base: float, k: float) -> Ramp:
+    """The reference's linear replacement scheduler p(t) = min(1, k·t + b) as a schedule (t: the step)."""
+    if not 0.0 <= base <= 1.0 or not k > 0:
         raise ConfigError(f"theseus: curriculum rate needs 0 ≤ base ≤ 1 and k > 0, got base={base}, k={k}.")
-    return Linear(base, 1.0, 0, max(int(math.ceil((1.0 - base) / k)), 1))
+    return Ramp(base, k, 1.0)
 
 
 def _needs_total_steps(value: object) -> bool:
@@ -82,9 +81,9 @@ def _needs_total_steps(value: object) -> bool:
 
 def _check_rate(value: object) -> None:
     if isinstance(value, bool) or not (isinstance(value, (int, float)) or callable(value)):
-        raise ConfigError(f"theseus.replace_rate: expected a probability or a schedule, got {value!r}.")
+        raise ConfigError(f"method_args.replace_rate: expected a probability or a schedule, got {value!r}.")
     if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"theseus.replace_rate: {value!r} is not a probability in [0, 1].")
+        raise ConfigError(f"method_args.replace_rate: {value!r} is not a probability in [0, 1].")
 
 
 def _per_layer_lists(config: Any, count: int) -> dict[str, list]:

@@ -23,6 +23,9 @@ Known differences from the reference code (huawei-noah/Pretrained-Language-Model
   (``shared_projection=True`` gives the reference's single shared map, inserted even at equal widths).
 - The reference zeroes scores ≤ −100 (padding) and averages over *all* entries, zeros included;
   ``attention_mse`` averages over the real (query, key) entries only (see its docstring).
+- The prediction loss: the reference's ``soft_cross_entropy`` is ``(−p_t · log p_s).mean()``, a mean
+  over examples *and classes*; ``soft_ce`` sums over classes and averages over examples (the paper's
+  L_pred), so its value is C times the reference's for C classes (the same gradients up to that factor).
 - Fractions of a run (``intermediate_fraction``) need ``total_steps``; the Trainer always passes it.
 """
 
