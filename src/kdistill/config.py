@@ -73,6 +73,18 @@ class FromTeacherSpec(_Strict):
     num_attention_heads: int | None = Field(default=None, ge=1)
 
 
+class FinetuneSpec(_Strict):
+    """``teacher.finetune``: train the pretrained base on the run's labels first (kdistill.finetune)."""
+
+    epochs: float = Field(default=3.0, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    warmup: float = Field(default=0.1, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    freeze: list[str] = Field(default_factory=list)
+    max_steps: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+
+
 class ModelSpec(_Strict):
     """A model: a Hugging Face folder (``path``), a Python factory, or (students) ``from_teacher``."""
 
@@ -82,6 +94,7 @@ class ModelSpec(_Strict):
     factory: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     from_teacher: FromTeacherSpec | None = None
+    finetune: FinetuneSpec | None = None  # teacher only: fine-tune this pretrained base on the run's labels first
     # The block list (dotted module path) that methods copy, drop or replace and layer refs count;
     # needed where kdistill will not pick one (encoder-decoders). A from_teacher student inherits it.
     blocks: str | None = None
@@ -175,6 +188,7 @@ class _TopLevel(_Strict):
     output_dir: str | None = None
     seed: int = 0
     python_path: list[str] = Field(default_factory=list)
+    baseline: bool = False  # also train the student on the labels alone (kdistill.finetune)
 
 
 class RunConfig(_TopLevel):
@@ -580,6 +594,12 @@ class _Checker:
             self.add(f"{where}: give only one of {', '.join(allowed)}; this has {' and '.join(sources)}.")
         if spec.args and spec.factory is None:
             self.add(f"{where}.args: arguments are passed to a 'factory' only; this model has none.")
+        if spec.finetune is not None and (role != "teacher" or spec.path is None
+                                          or spec.task != "sequence-classification"):
+            self.add(f"{where}.finetune: fine-tunes a teacher given by 'path' (a pretrained Hugging Face folder) as a "
+                     "sequence classifier; "
+                     + ("a student is trained by the run itself." if role != "teacher" else
+                        f"this teacher has {'a factory' if spec.path is None else f'task {spec.task!r}'}."))
         if spec.num_labels is not None and spec.path is None:
             self.add(f"{where}.num_labels: applies to a Hugging Face 'path' (its classifier size); a factory takes "
                      "its sizes in 'args'.")
@@ -1038,6 +1058,10 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         weight = top.hard_label_weight if top is not None else None
         if not labelled and isinstance(weight, (int, float)) and weight:
             check.add("hard_label_weight: is set, but data.label is null (no labels to learn from).")
+        if not labelled and teacher is not None and teacher.finetune is not None:
+            check.add("teacher.finetune: needs labelled training data, but data.label is null.")
+        if not labelled and top is not None and top.baseline:
+            check.add("baseline: trains the student on the labels alone, but data.label is null.")
         text_data = data.builtin not in IMAGE_DATA
         if (text_data and teacher is not None and teacher.path is None and data.tokenizer is None
                 and (data.builtin or data.train or data.path)):

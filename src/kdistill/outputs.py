@@ -69,7 +69,7 @@ STAGE_OWNED = _with_temporaries({
 })
 OWNED = _with_temporaries({
     STAGE_DONE: ALL, "stages": {"*": STAGE_OWNED}, "summary.json": ALL, "student": LISTED,
-    "report.md": ALL, "loss.png": ALL, "accuracy.png": ALL,
+    "report.md": ALL, "loss.png": ALL, "accuracy.png": ALL, "baseline": ALL, "teacher": ALL,
     **STAGE_OWNED, ".student.tmp-*": ALL, ".student.old-*": LISTED, ".kdistill-write-test-*": ALL,
     RESOLVED_NAME: ALL,
 })

@@ -128,12 +128,17 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
                 f"Method `{summary.get('method')}`; {summary.get('seconds', 0):.1f} s on "
                 f"{summary.get('processes', 1)} process(es). Figures are measured on the saved student "
                 "(`kdistill eval RUN --split test` reproduces them)."]
+    baseline = (summary.get("baseline") or {}).get("metrics") or {}
     rows = []
     for split, result in metrics.items():
         for role in ("teacher", "student"):
             if role in result:
                 rows.append([split, role, f"{result[role]['accuracy']:.2%}", f"{result[role]['macro_f1']:.4f}",
                              f"{result['agreement']:.2%}" if role == "student" else "", result["examples"]])
+        if split in baseline:  # the student trained on the labels alone
+            row = baseline[split]
+            rows.append([split, "baseline", f"{row['accuracy']:.2%}", f"{row['macro_f1']:.4f}",
+                         f"{row['agreement']:.2%}", result["examples"]])
     if rows:
         sections.append("## Accuracy\n\n" + markdown_table(
             ["split", "model", "accuracy", "macro-F1", "agrees with the teacher", "examples"], rows))
@@ -146,7 +151,10 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
         sections.append("## Loss over steps\n\n![loss parts over optimiser steps](loss.png)")
     split = "test" if "test" in metrics else "validation" if "validation" in metrics else None
     if split and "teacher" in metrics[split]:
-        plot_bars({role: metrics[split][role]["accuracy"] for role in ("teacher", "student")},
+        bars = {role: metrics[split][role]["accuracy"] for role in ("teacher", "student")}
+        if split in baseline:
+            bars["baseline"] = baseline[split]["accuracy"]
+        plot_bars(bars,
                   out / "accuracy.png", ylabel=f"{split} accuracy", ylim=(0, 1))
         sections.append(f"## {split.capitalize()} accuracy\n\n![{split} accuracy](accuracy.png)")
     sections += list(keep)

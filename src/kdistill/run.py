@@ -93,6 +93,8 @@ class RunParts:
     stages: list[StageParts]
     layer_map: list[tuple[int, int]] | None
     model_sources: dict[str, str] = field(default_factory=dict)
+    finetuned: Any = None  # kdistill.finetune.FinetunedTeacher when teacher.finetune is set
+    baseline: nn.Module | None = None  # the student as built, to train on labels alone (baseline: true)
 
     @property
     def datasets(self) -> dict[str, Dataset]:
@@ -306,71 +308,134 @@ def _make_distiller(config: RunConfig, part: StageParts) -> Distiller:
 # build
 
 
-def build(config: RunConfig) -> RunParts:
-    """Load models and tokenizers, read and tokenise the data, expand the method, make the stages.
+def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
+    """Read and tokenise the data, load the models, expand the method, make the stages.
 
-    Loads weights (so call it after the config validated); trains nothing.
+    Loads weights (so call it after the config validated). Trains nothing, except that with
+    ``finetune`` a teacher that ``teacher.finetune`` asks for and the cache lacks is fine-tuned now
+    (``run``); without it (``plan``) the base stands in for it, with the same shapes.
     """
+    torch.manual_seed(config.train_seed())
+    tokenizer, student_tokenizer, tokenizer_source = _tokenizers(config)
+    data = build_data(config, tokenizer, student_tokenizer)
+    loaders = make_loaders(config, data)
+    teacher, sources, finetuned = _teacher(config, data, loaders, tokenizer, finetune)
+    student, recipe, source = _student(config, teacher)
+    sources["student"] = source
+    assistant = None
+    if recipe is not None and recipe.assistant:
+        assistant = student_from_init(recipe.assistant, teacher, where=f"method '{config.method}' assistant")
+        sources["assistant"] = f"built by method '{config.method}': {recipe.assistant}"
+    baseline = None
+    if config.baseline:
+        from kdistill.finetune import baseline_of
+
+        baseline = baseline_of(student)  # the student as built: the baseline starts where it starts
+    trained = student
+    if recipe is not None and recipe.student_wrapper is not None:
+        trained = recipe.student_wrapper(teacher, student)
+    if tokenizer is not None:
+        _check_vocab_sizes(config, teacher, student, tokenizer, student_tokenizer)
+    _check_classes(config, data, loaders, teacher, student)
+
+    layer_map = None
+    if any(m.teacher.endswith(".*") for m in config.matches):
+        layer_map = resolve_layer_map(config.layer_map, teacher, student)
+    recipe, stage_origins = _recipe_with_matches(config, recipe, layer_map)
+    stages = _stages(config, recipe, stage_origins, loaders, teacher, trained, assistant)
+    if finetuned is None:
+        _check_teacher_head(config, stages)
+    parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
+                     data, loaders, recipe, stages, layer_map, sources, finetuned, baseline)
+    if assistant is None:
+        for i in range(len(stages)):
+            parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
+    return parts
+
+
+def _tokenizers(config: RunConfig) -> tuple[Any, Any, str | None]:
+    """The teacher's tokenizer (``data.tokenizer`` or the teacher's folder), the student's own if it has
+    one, and where the first came from; ``None``s for image data."""
     from kdistill import models
 
-    torch.manual_seed(config.train_seed())
-    sources = {}
-    teacher = load_model(config.teacher, "teacher", config)
-    sources["teacher"] = config.teacher.path or f"factory {config.teacher.factory}"
+    if config.data.builtin in IMAGE_DATA:
+        return None, None, None
+    source = config.data.tokenizer or config.teacher.path
+    tokenizer = models.load_tokenizer(source, where="data.tokenizer" if config.data.tokenizer else "teacher.path")
+    student_tokenizer = None
+    if config.data.student_tokenizer:
+        student_tokenizer = models.load_tokenizer(config.data.student_tokenizer, where="data.student_tokenizer")
+    return tokenizer, student_tokenizer, source
 
-    recipe = None
+
+def _teacher(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader], tokenizer: Any,
+             finetune: bool) -> tuple[nn.Module, dict[str, str], Any]:
+    """The teacher, where it came from, and (``teacher.finetune``) its fine-tune's cache entry."""
+    if config.teacher.finetune is None:
+        teacher = load_model(config.teacher, "teacher", config)
+        return teacher, {"teacher": config.teacher.path or f"factory {config.teacher.factory}"}, None
+    from kdistill import finetune as kfinetune
+    from kdistill.models import load_hf_model
+
+    if distributed_world_size() > 1:
+        raise ConfigError("teacher.finetune: fine-tune the teacher in one process first (kdistill run without "
+                          "--processes, or kdistill plan to see the cache), then run the processes: they reuse it.")
+    entry = kfinetune.finetuned_teacher(config, data.datasets["train"], data.label_names, data.num_classes)
+    base = config.teacher.path
+    if entry.cached:
+        teacher = load_hf_model(entry.folder)
+        source = f"fine-tuned from {base} (cached in {entry.folder})"
+    elif finetune:
+        teacher = kfinetune.finetune_teacher(config, entry, loaders, data.label_names, data.num_classes, tokenizer)
+        source = f"fine-tuned from {base} in this run (cached in {entry.folder})"
+    else:  # the plan: the base with a new head has the fine-tuned teacher's shapes
+        teacher = load_hf_model(base, num_labels=data.num_classes)
+        epochs = config.teacher.finetune.max_steps or config.teacher.finetune.epochs
+        unit = "steps" if config.teacher.finetune.max_steps else "epoch(s)"
+        source = (f"{base}, to be fine-tuned first: {epochs} {unit} on {len(data.datasets['train']):,} labelled "
+                  f"examples (not cached yet; it will be in {entry.folder})")
+    torch.manual_seed(config.train_seed())  # the student starts the same whether the teacher was cached or not
+    return teacher, {"teacher": source}, entry
+
+
+def _student(config: RunConfig, teacher: nn.Module) -> tuple[nn.Module, Recipe | None, str]:
+    """The student (from the config or the method's ``student_init``), the method's recipe and the source."""
     if config.student is not None:
         student = load_model(config.student, "student", config, teacher=teacher)
-        sources["student"] = (config.student.path or (config.student.factory and f"factory {config.student.factory}")
-                              or f"from_teacher {config.student.from_teacher.model_dump(exclude_none=True)}")
+        source = (config.student.path or (config.student.factory and f"factory {config.student.factory}")
+                  or f"from_teacher {config.student.from_teacher.model_dump(exclude_none=True)}")
     else:
         draft = make_recipe(config, teacher, None)
         if not draft.student_init:
             raise ConfigError(f"student: required: method '{config.method}' does not say how to build a student. "
                               "Give student: {path: …}, {factory: …} or {from_teacher: {layers: [0, 2, 4]}}.")
         student = student_from_init(draft.student_init, teacher, where=f"method '{config.method}' student_init")
-        sources["student"] = f"built by method '{config.method}': {draft.student_init}"
-    if config.method is not None:
-        recipe = make_recipe(config, teacher, student)
+        source = f"built by method '{config.method}': {draft.student_init}"
+    recipe = make_recipe(config, teacher, student) if config.method is not None else None
+    return student, recipe, source
 
-    assistant = None
-    if recipe is not None and recipe.assistant:
-        assistant = student_from_init(recipe.assistant, teacher, where=f"method '{config.method}' assistant")
-        sources["assistant"] = f"built by method '{config.method}': {recipe.assistant}"
-    trained = student
-    if recipe is not None and recipe.student_wrapper is not None:
-        trained = recipe.student_wrapper(teacher, student)
 
-    tokenizer = student_tokenizer = None
-    tokenizer_source = None
-    if config.data.builtin not in IMAGE_DATA:
-        tokenizer_source = config.data.tokenizer or config.teacher.path
-        tokenizer = models.load_tokenizer(tokenizer_source, where="data.tokenizer" if config.data.tokenizer
-                                          else "teacher.path")
-        if config.data.student_tokenizer:
-            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer, where="data.student_tokenizer")
-        _check_vocab_sizes(config, teacher, student, tokenizer, student_tokenizer)
-    data = build_data(config, tokenizer, student_tokenizer)
-    loaders = make_loaders(config, data)
-    _check_classes(config, data, loaders, teacher, student)
-
-    layer_map = None
-    if any(m.teacher.endswith(".*") for m in config.matches):
-        layer_map = resolve_layer_map(config.layer_map, teacher, student)
+def _recipe_with_matches(config: RunConfig, recipe: Recipe | None,
+                         layer_map: list[tuple[int, int]] | None) -> tuple[Recipe, list[list[str]]]:
+    """The method's recipe with the config's own matches joined to its last stage (or a recipe of the
+    matches alone), and each stage's match origins."""
     extra, extra_origins = config_matches(config, layer_map)
     if recipe is None:
         hard = maybe_schedule(config.hard_label_weight, path="hard_label_weight")
-        recipe = Recipe("matches", [Stage("distil", extra, hard_label_weight=hard if hard is not None else 0.0)])
-        stage_origins = [extra_origins]
-    else:
-        stage_origins = []
-        for i, stage in enumerate(recipe.stages):
-            last = i == len(recipe.stages) - 1
-            stage.matches, origins = _stage_matches(stage, extra, extra_origins, last, config.method)
-            stage_origins.append(origins)
-            if config.hard_label_weight is not None:
-                stage.hard_label_weight = maybe_schedule(config.hard_label_weight, path="hard_label_weight")
+        return Recipe("matches", [Stage("distil", extra, hard_label_weight=hard if hard is not None else 0.0)]), \
+            [extra_origins]
+    stage_origins = []
+    for i, stage in enumerate(recipe.stages):
+        last = i == len(recipe.stages) - 1
+        stage.matches, origins = _stage_matches(stage, extra, extra_origins, last, config.method)
+        stage_origins.append(origins)
+        if config.hard_label_weight is not None:
+            stage.hard_label_weight = maybe_schedule(config.hard_label_weight, path="hard_label_weight")
+    return recipe, stage_origins
 
+
+def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], loaders: dict[str, DataLoader],
+            teacher: nn.Module, trained: nn.Module, assistant: nn.Module | None) -> list[StageParts]:
     out = Path(config.output_dir)
     chain = {"teacher": teacher, "assistant": assistant}
     stages = []
@@ -383,18 +448,11 @@ def build(config: RunConfig) -> RunParts:
         stage_teacher = chain.get(stage.teacher)
         if stage_teacher is None:
             raise ConfigError(f"method '{recipe.method}' stage '{stage.name}': no '{stage.teacher}' model in this run.")
-        stage_student = learners[i]
-        check_refs(stage.matches, stage_origins[i], stage_teacher, stage_student)
+        check_refs(stage.matches, stage_origins[i], stage_teacher, learners[i])
         directory = out if len(recipe.stages) == 1 else out / "stages" / f"{i + 1}-{stage.name}"
-        stages.append(StageParts(i, stage, stage_teacher, stage_student, loaders[stage.data], stage_origins[i],
+        stages.append(StageParts(i, stage, stage_teacher, learners[i], loaders[stage.data], stage_origins[i],
                                  directory))
-    _check_teacher_head(config, stages)
-    parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
-                     data, loaders, recipe, stages, layer_map, sources)
-    if assistant is None:
-        for i in range(len(stages)):
-            parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
-    return parts
+    return stages
 
 
 def _check_teacher_head(config: RunConfig, stages: list[StageParts]) -> None:
@@ -542,8 +600,10 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     # Under a launcher (several processes) only the main process checks and writes the output
     # folder; the others wait for its answer (or its error).
     out, continuing = on_main_process(check_output_dir, config, resume=resume, overwrite=overwrite)
+    if config.baseline and distributed_world_size() > 1:
+        raise ConfigError("baseline: trained in one process for now; run without --processes, or set baseline: false.")
     started = time.time()
-    parts = build(config)
+    parts = build(config, finetune=True)
     kept, reopened = _finished_stages(parts, continuing=continuing, resume=resume)
     for part in parts.stages:  # a chain's stage taught by the assistant is checked when it starts (see below)
         if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
@@ -580,6 +640,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
 
         on_main_process(finish_stage)
         stage_summaries.append(record)
+    baseline = _train_baseline(parts, out)
 
     def write_results() -> dict[str, Any]:
         final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
@@ -594,6 +655,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
             "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
             "processes": distributed_world_size(),
             "seconds": round(time.time() - started, 2),
+            **_labels_only_results(parts, baseline, out),
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
         from kdistill.report import bench_section, run_report
@@ -603,6 +665,40 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         return summary
 
     return on_main_process(write_results)
+
+
+def _train_baseline(parts: RunParts, out: Path) -> dict | None:
+    """``baseline: true``: the student as built, trained on the labels alone with the last stage's
+    settings when it trains on the labelled data (else the run's ``training``), the same seed."""
+    if parts.baseline is None:
+        return None
+    from kdistill.finetune import train_baseline
+    from kdistill.train import TrainConfig
+
+    last = parts.stages[-1]
+    if last.stage.data == "train":
+        train_config = stage_train_config(parts.config, last)
+    else:
+        train_config = TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
+    return train_baseline(parts.baseline, parts.loaders, train_config, out)
+
+
+def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> dict[str, Any]:
+    """The summary's entries for the teacher's fine-tune and the baseline (none when not asked for)."""
+    extra: dict[str, Any] = {}
+    if parts.finetuned is not None:
+        from kdistill.finetune import copy_into_run
+
+        extra["teacher_finetune"] = {"folder": str(copy_into_run(parts.finetuned, out)),
+                                     "cache": str(parts.finetuned.folder), "cached": parts.finetuned.cached,
+                                     "settings": parts.finetuned.settings}
+    if baseline is not None:
+        metrics = evaluate_splits(parts.teacher, parts.baseline, parts.loaders)
+        extra["baseline"] = {"student": str(out / "baseline" / "student"), "steps": baseline["steps"],
+                             "parameters": count_parameters(parts.baseline),
+                             "metrics": {split: {**result["student"], "agreement": result["agreement"]}
+                                         for split, result in metrics.items() if "student" in result}}
+    return extra
 
 
 def _prepare_stage(parts: RunParts, part: StageParts) -> Distiller:
@@ -905,6 +1001,9 @@ def plan(config: RunConfig) -> str:
             lines.append(f"  {role:<9} {_model_line(model)}")
             lines.append(f"  {'':<9} {describe_blocks(model)}")
             lines.append(f"  {'':<9} source: {parts.model_sources.get(role, '?')}")
+    if parts.baseline is not None:
+        lines.append(f"  {'baseline':<9} the student as built, trained on the labels alone with the same settings and "
+                     "seed (baseline/); summary and report show it beside teacher and student")
     if parts.layer_map is not None:
         lines += ["", f"layer map ({config.layer_map if isinstance(config.layer_map, str) else 'explicit'}; "
                       "teacher hidden -> student hidden, 0 = embeddings)",

@@ -1,0 +1,182 @@
+"""Training on labels alone, inside a run: the teacher fine-tuned from a pretrained base, and the
+no-distillation baseline.
+
+    teacher: {path: ./my-pretrained-bert, finetune: {epochs: 3, lr: 1e-4, freeze: ["*word_embeddings*"]}}
+    baseline: true
+
+**Teacher fine-tuning.** The base is given a classifier for the run's classes (their names in
+``id2label``), trained on the run's training split (``data.batch_size``, the finetune settings, the
+run's seed), evaluated on validation and test, saved as a Hugging Face folder in the run
+(``teacher/``) and cached by content in ``<cache>/teachers/<key>/`` (``$KDISTILL_CACHE`` or
+``~/.cache/kdistill``). The key covers the base's files, the tokenised training data and its labels,
+the label names and the settings, so a second run — another student, another method — reuses the
+teacher, and any change fine-tunes afresh. ``kdistill plan`` says which.
+
+**Baseline.** The student as it was built (the same weights before training) trained on the labels
+alone with the run's training settings and seed, saved in ``baseline/student`` and evaluated on the
+same splits; summary and report set teacher, student and baseline side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.files import cache_root, fingerprint
+
+TEACHER_DIR = "teacher"  # the fine-tuned teacher, saved in the run
+BASELINE_DIR = "baseline"
+
+
+@dataclass
+class FinetunedTeacher:
+    """Where the run's teacher comes from when ``teacher.finetune`` is set."""
+
+    folder: Path  # the cache folder of this fine-tune
+    cached: bool  # already there before this run
+    key: str
+    settings: dict
+
+
+def _weight_files(base: Path) -> list[Path]:
+    names = ("config.json", "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+    return [base / name for name in names if (base / name).is_file()] + sorted(base.glob("model-*.safetensors"))
+
+
+def finetune_settings(config: Any) -> dict:
+    """Everything besides the data and the base that decides the fine-tuned teacher."""
+    spec = config.teacher.finetune
+    return {**spec.model_dump(mode="json"), "seed": spec.seed if spec.seed is not None else config.train_seed(),
+            "batch_size": config.data.batch_size, "max_length": config.data.max_length}
+
+
+def finetuned_teacher(config: Any, train: Any, label_names: list[str] | None, classes: int) -> FinetunedTeacher:
+    """The cache entry of the teacher ``config`` fine-tunes on ``train`` (a TokenizedDataset)."""
+    settings = finetune_settings(config)
+    base = Path(config.teacher.path)
+    data = hashlib.sha256(train.teacher.input_ids.tobytes() + train.teacher.offsets.tobytes()
+                          + (train.labels.tobytes() if train.labels is not None else b"")).hexdigest()
+    key = fingerprint(*_weight_files(base), data, label_names, classes, settings)
+    folder = cache_root() / "teachers" / key
+    return FinetunedTeacher(folder, (folder / "config.json").is_file(), key, settings)
+
+
+def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, DataLoader], label_names,
+                     classes: int, tokenizer: Any) -> nn.Module:
+    """Fine-tune the base on the labels of ``loaders['train']`` and store it in the cache entry.
+
+    Its checkpoints live beside the entry (``<key>.work/``), not in the run folder, so a fine-tune
+    cut short continues in the next run that needs the same teacher, whatever its output folder.
+    """
+    import shutil
+
+    import torch
+
+    from kdistill.models import load_hf_model, save_model_folder
+
+    torch.manual_seed(entry.settings["seed"])
+    teacher = load_hf_model(config.teacher.path, num_labels=classes)
+    if label_names:
+        teacher.config.id2label = dict(enumerate(label_names))
+        teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
+    spec = config.teacher.finetune
+    train_config = _train_config(config, epochs=spec.epochs, lr=spec.lr, warmup=spec.warmup,
+                                 weight_decay=spec.weight_decay, freeze=list(spec.freeze), max_steps=spec.max_steps,
+                                 seed=entry.settings["seed"], loader=loaders["train"])
+    work = entry.folder.with_name(f"{entry.key}.work")
+    train_on_labels(teacher, loaders, train_config, work)
+    teacher.eval()
+    save_model_folder(teacher, entry.folder, tokenizer)
+    shutil.rmtree(work, ignore_errors=True)
+    return teacher
+
+
+def copy_into_run(entry: FinetunedTeacher, out: Path) -> Path:
+    """The fine-tuned teacher as a Hugging Face folder in the run (``teacher/``), copied from the cache."""
+    import shutil
+
+    from kdistill.files import atomic_folder
+
+    with atomic_folder(out / TEACHER_DIR) as tmp:
+        shutil.copytree(entry.folder, tmp, dirs_exist_ok=True)
+    return out / TEACHER_DIR
+
+
+def _train_config(config: Any, *, loader: DataLoader, epochs: float, max_steps: int | None = None, **fields):
+    import math
+
+    from kdistill.train import TrainConfig
+
+    training = config.training
+    if max_steps is None and not float(epochs).is_integer():
+        max_steps = max(1, round(epochs * math.ceil(len(loader) / training.grad_accum)))
+    return TrainConfig(**{**training.model_dump(), **fields, "epochs": max(int(math.ceil(epochs)), 1),
+                          "max_steps": max_steps, "layerdrop": 0.0})
+
+
+def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, output_dir: Path) -> Any:
+    """Train ``model`` on the labels of ``loaders['train']`` (cross-entropy, no teacher), checkpointed
+    in ``output_dir`` and continued from its last checkpoint when one is there."""
+    from kdistill.distiller import Distiller
+    from kdistill.train import Trainer
+
+    distiller = Distiller(None, model, hard_label_weight=1.0)
+    resume = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").iterdir())
+    trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=loaders.get("validation"),
+                      output_dir=output_dir)
+    return trainer.train(resume=resume)
+
+
+def baseline_of(student: nn.Module) -> nn.Module:
+    """The baseline's starting point: a copy of the student as built, before any training."""
+    return copy.deepcopy(student)
+
+
+def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, out: Path) -> dict:
+    """Train the baseline on labels alone with the distilled student's settings and save it in
+    ``baseline/``; a run continued after the baseline finished loads it instead."""
+    from kdistill.files import atomic_write_text
+
+    folder = out / BASELINE_DIR
+    done = folder / "stage_done.json"
+    if done.is_file() and (folder / "student").is_dir():
+        load_baseline(model, out)
+        return json.loads(done.read_text(encoding="utf-8"))
+    result = train_on_labels(model, loaders, train_config, folder)
+    _save(model, folder / "student")
+    record = {"steps": result.steps, "final_metrics": result.final_metrics}
+    atomic_write_text(done, json.dumps(record, indent=2))
+    return record
+
+
+def load_baseline(model: nn.Module, out: Path) -> None:
+    """Put the saved baseline's weights into ``model`` (a run continued after its baseline finished)."""
+    from safetensors.torch import load_model
+
+    folder = out / BASELINE_DIR / "student"
+    file = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "student.safetensors"
+    load_model(model, str(file), strict=False)
+
+
+def _save(model: nn.Module, folder: Path) -> None:
+    from kdistill.adapters.hf import is_hf_model
+    from kdistill.files import atomic_folder
+    from kdistill.models import save_pretrained
+    from kdistill.train import save_weights
+
+    with atomic_folder(folder) as tmp:
+        if is_hf_model(model):
+            save_pretrained(model, tmp)
+        else:
+            save_weights(model, tmp / "student.safetensors")
+
+
+__all__ = ["BASELINE_DIR", "FinetunedTeacher", "TEACHER_DIR", "baseline_of", "copy_into_run", "finetune_settings",
+           "finetune_teacher", "finetuned_teacher", "load_baseline", "train_baseline", "train_on_labels"]

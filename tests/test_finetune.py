@@ -1,0 +1,117 @@
+"""One run from a pretrained base and a labelled CSV: the teacher fine-tuned first (and cached by
+content), the student distilled, the baseline on labels alone, all side by side (issue 16, items 2–3)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdistill.config import config_from_dict
+from kdistill.errors import ConfigError
+from kdistill.run import plan, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "examples" / "data" / "tiny_tokenizer"
+POSITIVE, NEGATIVE, FILLER = ["good", "great", "sharp"], ["bad", "dull", "not"], ["film", "plot", "story", "cast"]
+
+
+def _base(folder: Path) -> Path:
+    """A pretrained base as users have one: a BertModel (no classifier head) with its tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    vocab = len((TOKENIZER / "vocab.txt").read_text(encoding="utf-8").split())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(TOKENIZER / name, folder / name)
+    return folder
+
+
+def _csv(path: Path, count: int, seed: int) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "verdict"])
+        for _ in range(count):
+            positive = bool(torch.randint(0, 2, (1,), generator=generator))
+            words = [FILLER[int(i)] for i in torch.randint(0, len(FILLER), (3,), generator=generator)]
+            cue = (POSITIVE if positive else NEGATIVE)[int(torch.randint(0, 3, (1,), generator=generator))]
+            writer.writerow([" ".join(words + [cue]), "yes" if positive else "no"])
+    return path
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    base = _base(tmp_path / "base")
+    data = {"train": str(_csv(tmp_path / "train.csv", 64, 0)), "validation": str(_csv(tmp_path / "dev.csv", 16, 1)),
+            "test": str(_csv(tmp_path / "test.csv", 16, 2)), "text": "review", "label": "verdict",
+            "max_length": 12, "batch_size": 8}
+    return tmp_path, base, data
+
+
+def _config(tmp_path, base, data, name, layers):
+    return config_from_dict({
+        "teacher": {"path": str(base), "finetune": {"epochs": 2, "lr": 1e-3}},
+        "student": {"from_teacher": {"layers": layers}},
+        "data": data, "method": "hinton", "baseline": True,
+        "training": {"lr": 1e-3, "max_steps": 4, "log_every": 1, "progress": False, "tensorboard": False},
+        "output_dir": str(tmp_path / name),
+    }, base_dir=tmp_path)
+
+
+def test_a_base_and_a_labelled_csv_give_teacher_student_and_baseline_in_one_run(setup):
+    from transformers import AutoModelForSequenceClassification
+
+    tmp_path, base, data = setup
+    first = _config(tmp_path, base, data, "run1", [1])
+    text = plan(first)
+    assert "to be fine-tuned first: 2.0 epoch(s) on 64 labelled examples (not cached yet" in text
+    assert "baseline  the student as built, trained on the labels alone" in text
+    summary = run(first)
+    out = tmp_path / "run1"
+    finetune = summary["teacher_finetune"]
+    assert finetune["cached"] is False and Path(finetune["cache"], "config.json").is_file()
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "teacher")
+    assert teacher.config.id2label == {0: "no", 1: "yes"}  # the run's label ids, saved with the teacher
+    assert set(summary["baseline"]["metrics"]) == {"validation", "test"}
+    assert summary["baseline"]["parameters"] == summary["parameters"]["student"]
+    report = (out / "report.md").read_text()
+    assert "| test | baseline |" in report and "| test | teacher |" in report
+    assert (out / "baseline" / "student" / "model.safetensors").is_file()
+
+    # Another student from the same base and data: the fine-tuned teacher comes from the cache.
+    second = _config(tmp_path, base, data, "run2", [0])
+    assert f"fine-tuned from {base} (cached in {finetune['cache']})" in plan(second)
+    again = run(second)
+    assert again["teacher_finetune"]["cached"] is True and again["teacher_finetune"]["cache"] == finetune["cache"]
+    assert again["metrics"]["test"]["teacher"] == summary["metrics"]["test"]["teacher"]
+    # A changed fine-tune setting is another teacher.
+    third = config_from_dict({**json.loads(json.dumps(second.resolved())),
+                              "teacher": {"path": str(base), "finetune": {"epochs": 1, "lr": 1e-3}},
+                              "output_dir": str(tmp_path / "run3")}, base_dir=tmp_path)
+    assert "not cached yet" in plan(third)
+
+
+def test_the_baseline_continues_and_is_not_trained_twice(setup):
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "run", [1])
+    summary = run(config)
+    again = run(config)  # the same config: complete; the baseline is read back, not retrained
+    assert again["baseline"]["metrics"] == summary["baseline"]["metrics"]
+
+
+def test_finetune_applies_to_a_teacher_folder_with_labels(tmp_path, setup):
+    _, base, data = setup
+    with pytest.raises(ConfigError, match="student.finetune: fine-tunes a teacher given by 'path'"):
+        config_from_dict({"teacher": {"path": str(base)}, "student": {"path": str(base), "finetune": {}},
+                          "data": data, "method": "hinton"}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="baseline: trains the student on the labels alone, but data.label is null"):
+        config_from_dict({"teacher": {"path": str(base)}, "student": {"from_teacher": {"layers": [0]}},
+                          "data": {**data, "label": None}, "method": "hinton", "baseline": True}, base_dir=tmp_path)
