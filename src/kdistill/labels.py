@@ -55,6 +55,8 @@ def teacher_labels(spec: Any) -> TeacherLabels:
         return TeacherLabels(None, None, f"teacher.task is '{spec.task}' (no classifier)")
     if spec.path is None:
         return TeacherLabels(None, None, "the teacher is built by a factory (no config.json to read)")
+    if getattr(spec, "finetune", None) is not None:
+        return TeacherLabels(None, spec.num_labels, "teacher.finetune trains its classifier on these ids")
     config_file = Path(spec.path) / "config.json"
     try:
         raw = json.loads(config_file.read_text(encoding="utf-8"))

@@ -40,8 +40,10 @@ def register_loss(name: str | None = None, *, overwrite: bool = False, ranges=No
     """Register a loss under ``name`` (default: the function's name), with its argument ``ranges``
     (:mod:`kdistill.ranges`) and its :class:`LossProperties`."""
     def decorator(fn: LossFn) -> LossFn:
-        setattr(fn, _PROPERTIES, LossProperties(width_free=width_free, topk=topk))
-        return LOSSES.register(name, overwrite=overwrite, ranges=ranges)(fn)
+        registered = LOSSES.register(name, overwrite=overwrite, ranges=ranges)(fn)
+        if width_free or topk or not hasattr(fn, _PROPERTIES):  # registering it again keeps what it declared
+            setattr(fn, _PROPERTIES, LossProperties(width_free=width_free, topk=topk))
+        return registered
 
     return decorator
 
