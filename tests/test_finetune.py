@@ -46,6 +46,18 @@ def _csv(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+def _independent_accuracy(folder: Path, test_csv: Path) -> float:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rows = list(csv.DictReader(open(test_csv, encoding="utf-8")))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    encoded = tokenizer([r["review"] for r in rows], truncation=True, max_length=12, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**encoded).logits.argmax(-1).tolist()
+    return sum(model.config.id2label[p] == r["verdict"] for p, r in zip(predicted, rows)) / len(rows)
+
+
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
@@ -84,7 +96,12 @@ def test_a_base_and_a_labelled_csv_give_teacher_student_and_baseline_in_one_run(
     assert summary["baseline"]["parameters"] == summary["parameters"]["student"]
     report = (out / "report.md").read_text()
     assert "| test | baseline |" in report and "| test | teacher |" in report
-    assert (out / "baseline" / "student" / "model.safetensors").is_file()
+    # Every saved model re-evaluates to its summary figure with plain transformers (its own tokenizer).
+    for role, folder in (("teacher", out / "teacher"), ("student", out / "student"),
+                         ("baseline", out / "baseline" / "student")):
+        figure = (summary["baseline"]["metrics"]["test"] if role == "baseline"
+                  else summary["metrics"]["test"][role])["accuracy"]
+        assert _independent_accuracy(folder, tmp_path / "test.csv") == pytest.approx(figure, abs=1e-6), role
 
     # Another student from the same base and data: the fine-tuned teacher comes from the cache.
     second = _config(tmp_path, base, data, "run2", [0])

@@ -167,11 +167,13 @@ def _run(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     print(f"done: student in {summary['student']}")
+    baseline = (summary.get("baseline") or {}).get("metrics") or {}
     for split, result in summary.get("metrics", {}).items():
         if "student" in result:
+            also = f", baseline accuracy {baseline[split]['accuracy']:.4f}" if split in baseline else ""
             print(f"  {split}: teacher accuracy {result['teacher']['accuracy']:.4f}, student accuracy "
-                  f"{result['student']['accuracy']:.4f}, agreement {result['agreement']:.4f}")
-    print(f"  summary: {config.output_dir}/summary.json")
+                  f"{result['student']['accuracy']:.4f}{also}, agreement {result['agreement']:.4f}")
+    print(f"  summary: {config.output_dir}/summary.json; report: {config.output_dir}/report.md")
     return 0
 
 

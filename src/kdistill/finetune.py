@@ -139,7 +139,8 @@ def baseline_of(student: nn.Module) -> nn.Module:
     return copy.deepcopy(student)
 
 
-def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, out: Path) -> dict:
+def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, out: Path,
+                   tokenizer: Any = None) -> dict:
     """Train the baseline on labels alone with the distilled student's settings and save it in
     ``baseline/``; a run continued after the baseline finished loads it instead."""
     from kdistill.files import atomic_write_text
@@ -150,7 +151,7 @@ def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_confi
         load_baseline(model, out)
         return json.loads(done.read_text(encoding="utf-8"))
     result = train_on_labels(model, loaders, train_config, folder)
-    _save(model, folder / "student")
+    _save(model, folder / "student", tokenizer)
     record = {"steps": result.steps, "final_metrics": result.final_metrics}
     atomic_write_text(done, json.dumps(record, indent=2))
     return record
@@ -165,7 +166,8 @@ def load_baseline(model: nn.Module, out: Path) -> None:
     load_model(model, str(file), strict=False)
 
 
-def _save(model: nn.Module, folder: Path) -> None:
+def _save(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
+    """Like the student: a Hugging Face folder with the tokenizer that feeds it, else safetensors."""
     from kdistill.adapters.hf import is_hf_model
     from kdistill.files import atomic_folder
     from kdistill.models import save_pretrained
@@ -174,6 +176,8 @@ def _save(model: nn.Module, folder: Path) -> None:
     with atomic_folder(folder) as tmp:
         if is_hf_model(model):
             save_pretrained(model, tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
         else:
             save_weights(model, tmp / "student.safetensors")
 
