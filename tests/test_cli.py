@@ -261,3 +261,21 @@ def test_a_named_t5_stack_is_shown_in_the_plan_and_theseus_runs(tmp_path, capsys
     assert main(["validate", str(_stack_config(tmp_path, f"{{path: {teacher}, blocks: 'encoder..block'}}",
                                                "method: theseus"))]) == 2
     assert "teacher.blocks: value error, expected the dotted module path" in capsys.readouterr().err
+
+
+def test_plan_json_is_the_plan_as_data(capsys):
+    """`kdistill plan --json`: the same plan as the text, as data for tools."""
+    import json as _json
+
+    from kdistill.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "examples" / "tinybert_matches.yaml")
+    assert main(["plan", config, "--json"]) == 0
+    data = _json.loads(capsys.readouterr().out)
+    assert {"source", "splits", "models", "stages", "parameters", "total_steps", "expansion"} <= set(data)
+    stage = data["stages"][0]
+    assert stage["matches"] and {"teacher_shape", "student_shape", "projection", "active"} <= set(stage["matches"][0])
+    assert data["total_steps"] == sum(s["steps"] for s in data["stages"])
+    assert main(["plan", config]) == 0
+    text = capsys.readouterr().out
+    assert f"estimated steps: {data['total_steps']} optimiser steps in all" in text

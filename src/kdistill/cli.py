@@ -82,6 +82,7 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
                "the models for, the method's expansion and the number of steps.")
     sub.add_argument("config", metavar="CONFIG")
     sub.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    sub.add_argument("--json", action="store_true", help="print the plan as JSON (kdistill.planning.Plan), for tools")
     sub.set_defaults(handler=_plan)
 
     sub = verb("eval", "accuracy and macro-F1 of teacher and student of a finished run, and their agreement",
@@ -178,9 +179,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from kdistill.run import plan
+    from kdistill.planning import make_plan
 
-    print(plan(_load(args)), end="")
+    made = make_plan(_load(args))
+    print(json.dumps(made.to_dict(), indent=2, default=str) if args.json else made.render(), end="\n" if args.json else "")
     return 0
 
 

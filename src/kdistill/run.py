@@ -15,7 +15,6 @@ only the main process writes the folder (docs/scale.md).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -35,7 +34,6 @@ from kdistill.adapters.hf import hf_num_layers, is_hf_model
 from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
-from kdistill.factories import describe as describe_imports
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage, chain_learners
@@ -53,7 +51,7 @@ from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's nam
 from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.registry import importable
 from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
-from kdistill.schedules import maybe_schedule, schedule_to_dict, step_at
+from kdistill.schedules import maybe_schedule
 from kdistill.files import atomic_write_text
 
 
@@ -909,190 +907,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
 # plan
 
 
-def _shape(shape: tuple) -> str:
-    if shape and isinstance(shape[0], tuple):
-        return " & ".join(_shape(s) for s in shape)
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def _model_line(model: nn.Module) -> str:
-    parts = [type(model).__name__]
-    layers = layer_count(model)
-    if layers is not None:
-        parts.append(f"{layers} layers")
-    width = getattr(getattr(model, "config", None), "hidden_size", None)
-    if width:
-        parts.append(f"hidden {width}")
-    parts.append(f"{count_parameters(model):,} parameters")
-    return ", ".join(parts)
-
-
-def _adapter_line(adapter: Any, refs: list) -> str:
-    describe = getattr(adapter, "describe", None)
-    if describe is not None:
-        return describe() or "logits only"
-    modules = sorted({str(ref) for ref in refs if ref.kind == "module"})
-    if type(adapter).__name__ == "ModuleAdapter":
-        return "forward output as logits" + (f"; forward hooks on {', '.join(modules)}" if modules else "")
-    return f"user function {getattr(getattr(adapter, 'function', None), '__name__', type(adapter).__name__)}"
-
-
-def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-
-
-def _weight(value: Any) -> str:
-    try:
-        converted = schedule_to_dict(value)
-    except StopIteration:
-        return "scheduled"
-    if isinstance(converted, dict):
-        return f"{converted['schedule']} {converted.get('start_value', '')}→{converted.get('end_value', '')}".strip()
-    return f"{converted:g}"
-
-
 def plan(config: RunConfig) -> str:
-    """What the run will do: data, models, every match with shapes, projections, parameter counts,
-    the method's expansion and the steps. Loads the models and runs one batch; trains nothing."""
-    from kdistill.models import describe_blocks
-    from kdistill.model_files import teacher_tokenizer_reason
+    """What the run will do, as text (:class:`kdistill.planning.Plan`); loads the models and runs one
+    batch, trains nothing."""
+    from kdistill.planning import make_plan
 
-    parts = build(config)
-    lines = [f"kdistill plan: {config.source or 'config'}", "", *describe_imports(config.imports), ""]
-    data = parts.data
-    lines.append("data")
-    for split, dataset in data.datasets.items():
-        lines.append(f"  {split:<11} {len(dataset):>7,} examples  from {data.sources.get(split, '?')}")
-    if data.kind == "text":
-        spec = config.data
-        classes = ""
-        if data.num_classes:
-            names = f": {', '.join(data.label_names)}" if data.label_names else ""
-            classes = f" ({data.num_classes} classes{names})"
-        if spec.builtin is None:
-            lines.append(f"  text: {spec.text}; label: {spec.label}{classes}")
-        else:
-            lines.append(f"  text and label of '{spec.builtin}'{classes}")
-        if data.labels_how:
-            lines.append(f"  labels: {data.labels_how}")
-        if data.skipped:
-            counts = ", ".join(f"{split} {count}" for split, count in data.skipped.items())
-            lines.append(f"  records left out for a missing text (data.missing_text: skip): {counts}")
-        train = data.datasets.get("train")
-        truncated = int((train.teacher.lengths >= spec.max_length).sum()) if train is not None else 0
-        lines.append(f"  max_length: {spec.max_length} tokens, longer texts truncated "
-                     f"({truncated} of {len(train) if train is not None else 0} train texts reach the limit)")
-        lines.append(f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, "
-                     f"vocabulary {len(parts.tokenizer):,})")
-        if parts.student_tokenizer is not None:
-            lines.append(f"  student tokenizer: {config.data.student_tokenizer} "
-                         f"(vocabulary {len(parts.student_tokenizer):,}); the student reads its own tokens")
-        else:
-            lines.append(f"  student tokenizer: the teacher's ({teacher_tokenizer_reason(config.student, config.method)})")
-    else:
-        lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
-    lines.append(f"  batches: {config.data.batch_size} (train{', length-bucketed' if config.data.bucket and data.kind == 'text' else ''}), "
-                 f"{config.data.eval_batch_size or config.data.batch_size} (evaluation)")
-    if config.cache:
-        lines.append(f"  cache: {config.cache} (see each stage)")
-    lines += ["", "models"]
-    for role, model in (("teacher", parts.teacher), ("assistant", parts.assistant), ("student", parts.student)):
-        if model is not None:
-            lines.append(f"  {role:<9} {_model_line(model)}")
-            lines.append(f"  {'':<9} {describe_blocks(model)}")
-            lines.append(f"  {'':<9} source: {parts.model_sources.get(role, '?')}")
-    if parts.baseline is not None:
-        lines.append(f"  {'baseline':<9} the student as built, trained on the labels alone with the same settings and "
-                     "seed (baseline/); summary and report show it beside teacher and student")
-    if parts.layer_map is not None:
-        lines += ["", f"layer map ({config.layer_map if isinstance(config.layer_map, str) else 'explicit'}; "
-                      "teacher hidden -> student hidden, 0 = embeddings)",
-                  "  " + ", ".join(f"{t}->{s}" for t, s in parts.layer_map)]
-
-    projections_total = 0
-    total_steps = 0
-    for part in parts.stages:
-        distiller = parts.stage_distiller(part.index)
-        batch = next(iter(part.loader))
-        try:
-            match_plans = distiller.prepare(batch)
-        except ShapeError as exc:
-            raise _name_match(exc, distiller, part) from None
-        train_config = stage_train_config(config, part)
-        steps = estimated_steps(train_config, part.loader)
-        total_steps += steps
-        stage = part.stage
-        lines += ["", f"stage {part.index + 1}/{len(parts.stages)} '{stage.name}': {stage.teacher} -> "
-                      f"{'assistant' if part.student is parts.assistant else 'student'}, data '{stage.data}', "
-                      f"hard_label_weight {_weight(stage.hard_label_weight)}, "
-                      f"{train_config.max_steps or train_config.epochs} {'steps' if train_config.max_steps else 'epoch(s)'}"]
-        rows = [["match", "teacher", "shape", "student", "shape", "loss", "weight", "projection", "active"]]
-        for match_plan, bound in zip(match_plans, distiller.bound):
-            active = _active(bound.match.start, bound.match.stop, steps)
-            rows.append([match_plan.name, match_plan.teacher, _shape(match_plan.teacher_shape), match_plan.student,
-                         _shape(match_plan.student_shape), match_plan.loss, _weight(match_plan.weight),
-                         match_plan.projection or "-", active])
-        if distiller.part_names() and "hard_label" in distiller.part_names():
-            rows.append(["hard_label", "labels", "", "logits", "", "hard_ce", _weight(stage.hard_label_weight), "-",
-                         "labelled batches"])
-        lines += _table(rows) if len(rows) > 1 else ["  (no matches)"]
-        inserted = [p for p in match_plans if p.projection]
-        stage_projection = sum(p.numel() for p in distiller.projections.parameters())
-        projections_total += stage_projection
-        lines.append(f"  projections inserted: {len(inserted)}"
-                     + (f" ({stage_projection:,} parameters: "
-                        + "; ".join(f"{p.name} {p.projection}" for p in inserted) + ")" if inserted else ""))
-        teacher_refs = [ref for b in distiller.bound for ref in b.teacher_refs]
-        student_refs = [ref for b in distiller.bound for ref in b.student_refs]
-        lines.append(f"  teacher asks for: {_adapter_line(distiller.teacher_adapters[next(iter(distiller.teachers))], teacher_refs)}")
-        lines.append(f"  student asks for: {_adapter_line(distiller.student_adapter, student_refs)}")
-        lines.append(f"  steps: {steps} ({len(part.loader)} batches per epoch"
-                     + (f", grad_accum {train_config.grad_accum}" if train_config.grad_accum > 1 else "") + ")")
-        if config.cache == "teacher":
-            cache, why = stage_cache(part, distiller, Path(config.output_dir))
-            lines.append(f"  cache: {cache.describe() if cache is not None else f'none ({why}); the teacher runs live'}")
-
-    student_params = count_parameters(parts.trained)
-    frozen = sum(p.numel() for name, p in parts.trained.named_parameters()
-                 if any(fnmatch.fnmatchcase(name, pattern) for pattern in config.training.freeze))
-    trainable = student_params - frozen + projections_total
-    lines += ["", "parameters",
-              f"  teacher      {count_parameters(parts.teacher):>12,}",
-              f"  student      {student_params:>12,}  ({student_params / max(count_parameters(parts.teacher), 1):.1%} of the teacher)",
-              f"  projections  {projections_total:>12,}",
-              f"  trainable    {trainable:>12,}" + (f"  ({frozen:,} frozen by training.freeze)" if frozen else ""),
-              "", f"estimated steps: {total_steps} optimiser steps in all",
-              "", "method expansion (copy under `matches:` to edit):"]
-    expansion = _recipe_dict(parts.recipe)
-    notes = expansion.pop("notes", None) or []
-    lines += ["  " + line for line in dump_yaml(expansion).rstrip().splitlines()]
-    if notes:
-        lines += ["", "notes"] + [f"  - {note}" for note in notes]
-    return "\n".join(lines) + "\n"
-
-
-def _active(start: int | float, stop: int | float | None, total: int) -> str:
-    """When a match is on, e.g. "steps 0–2 (first 50%)"."""
-    if not start and stop is None:
-        return "always"
-
-    begin = step_at(start, total)
-    end = step_at(stop, total) if stop is not None else total
-    return f"steps {begin}–{end - 1}" if end > begin else "never (empty range)"
-
-
-def _recipe_dict(recipe: Recipe) -> dict:
-    try:
-        return recipe.to_dict()
-    except StopIteration:  # a weight that is a function of a schedule (e.g. Hinton's 1 − α(t))
-        data = {"method": recipe.method, "stages": []}
-        for stage in recipe.stages:
-            from kdistill.methods import match_to_dict
-
-            data["stages"].append({"name": stage.name, "hard_label_weight": "scheduled",
-                                   "matches": [match_to_dict(m) for m in stage.matches]})
-        return data
+    return make_plan(config).render()
 
 
 def _name_match(exc: ShapeError, distiller: Distiller, part: StageParts) -> ShapeError:
