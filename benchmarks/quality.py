@@ -466,7 +466,7 @@ def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,
         try:
             steps += Trainer(distiller, loader, config=config, eval_data=eval_loader).train().steps
         finally:
-            demo.remove_hooks(distiller)
+            distiller.remove_hooks()
             if handle is not None:
                 handle.remove()
     return steps

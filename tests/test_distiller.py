@@ -118,6 +118,20 @@ def test_projection_only_where_widths_differ_and_the_loss_needs_it(teacher):
     assert isinstance(distiller.projections["m0"], torch.nn.Linear)
 
 
+def test_projections_are_made_in_prepare_never_in_a_forward(teacher):
+    """A projection made by the first forward would be missing from an optimiser built before it:
+    the forward refuses and says to prepare first; with prepare() first it runs."""
+    lazy = Distiller(teacher, make_student(16), [Match("hidden.2", "hidden.2")])
+    with pytest.raises(ConfigError, match=r"the matches need projections \(hidden_mse\[hidden.2\]\): call "
+                                          r"distiller.prepare\(first_batch\) before building the optimiser"):
+        lazy(batch())
+    prepared = Distiller(teacher, make_student(16), [Match("hidden.2", "hidden.2")])
+    prepared.prepare(batch())
+    assert prepared(batch()).loss.requires_grad
+    same = Distiller(teacher, make_student(32), [Match("hidden.2")])  # nothing to project: a forward may prepare
+    assert same(batch()).loss.requires_grad
+
+
 def test_same_width_needs_no_projection(teacher):
     distiller = Distiller(teacher, make_student(32), [Match("hidden.2")])
     assert distiller.prepare(batch())[0].projection is None
@@ -258,8 +272,8 @@ def test_refs_are_checked_against_both_models(teacher):
 def test_unknown_loss_and_unknown_loss_arguments(teacher):
     with pytest.raises(ConfigError, match=r"matches\[0\].loss: unknown loss 'hiden_mse'; did you mean 'hidden_mse'\?"):
         Distiller(teacher, make_student(32), [Match("hidden.1", loss="hiden_mse")])
-    with pytest.raises(ConfigError, match=r"matches\[0\].args: loss 'kl' takes no argument 'temprature'; "
-                                          r"it takes: temperature, t2_scale"):
+    with pytest.raises(ConfigError, match=r"matches\[0\].args.temprature: loss 'kl' takes no argument 'temprature'; "
+                                          r"did you mean 'temperature'\? It takes: temperature, t2_scale"):
         Distiller(teacher, make_student(32), [Match("logits", loss="kl", args={"temprature": 2})])
 
 

@@ -862,17 +862,12 @@ class _Checker:
 
         if loss not in LOSSES:
             return
-        params = inspect.signature(LOSSES.get(loss)).parameters
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        inputs = ("student", "teacher", "mask", "labels", "student_features", "teacher_features")
-        valid = [p for p in params if p not in inputs and params[p].kind != params[p].VAR_KEYWORD]
-        for key in args:
-            if key in inputs:
-                self.add(f"{where}.{key}: '{key}' is supplied by kdistill, not set in args.")
-            elif key not in params and not takes_any:
-                self.add(f"{where}.{key}: loss '{loss}' takes no argument '{key}'{_hint(key, valid)} "
-                         f"It takes: {', '.join(valid) or 'none'}.")
-        self.arguments(LOSSES.get(loss), {k: v for k, v in args.items() if k in params and k not in inputs}, where)
+        from kdistill.losses import SUPPLIED_INPUTS, argument_problems
+
+        loss_fn = LOSSES.get(loss)
+        self.errors += argument_problems(loss_fn, loss, args, where)
+        params = inspect.signature(loss_fn).parameters
+        self.arguments(loss_fn, {k: v for k, v in args.items() if k in params and k not in SUPPLIED_INPUTS}, where)
 
     def match(self, spec: MatchSpec, where: str, layer_map_used: list[bool]) -> None:
         from kdistill.losses import LOSSES

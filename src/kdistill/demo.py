@@ -272,14 +272,6 @@ def stage_loader(stage: Stage, train: TokenizedDataset, unlabelled: TokenizedDat
     return make_loader_with(dataset, settings, collate)
 
 
-def remove_hooks(distiller: Distiller) -> None:
-    """Forward hooks the adapters put on the models (the teacher outlives every stage)."""
-    for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
-        hooks = getattr(adapter, "hooks", None)
-        if hooks is not None:
-            hooks.remove()
-
-
 def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, logits: dict[str, np.ndarray],
                    output_dir: Path):
     """Distil a student copied from ``settings.layers`` of the teacher, through every stage of the
@@ -303,7 +295,7 @@ def distil_student(settings: DemoSettings, teacher: nn.Module, data: DemoData, l
         try:
             result = Trainer(distiller, loader, config=config, eval_data=eval_loader, output_dir=folder).train()
         finally:
-            remove_hooks(distiller)
+            distiller.remove_hooks()
     return student, result
 
 

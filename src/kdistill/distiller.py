@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kdistill.adapters import make_adapter
 from kdistill.errors import ConfigError, NonFiniteLossError, ShapeError
 from kdistill.features import Features
-from kdistill.losses import get_loss, loss_properties
+from kdistill.losses import argument_problems, get_loss, loss_properties
 from kdistill.losses._common import upcast
 from kdistill.matches import Match
 from kdistill.projection import OnAxis, make_projection
@@ -153,12 +153,9 @@ class Distiller(nn.Module):
         except (TypeError, ValueError):
             params = {}
         accepts = frozenset(p for p in _OPTIONAL_LOSS_INPUTS if p in params)
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-        unknown = [k for k in match.args if k not in params and not takes_any]
-        if unknown:
-            valid = [p for p in params if p not in ("student", "teacher", *_OPTIONAL_LOSS_INPUTS)]
-            raise ConfigError(f"{where}.args: loss '{match.loss_name}' takes no argument "
-                              f"{', '.join(map(repr, unknown))}; it takes: {', '.join(valid) or 'none'}.")
+        problems = argument_problems(loss_fn, match.loss_name, match.args, f"{where}.args")
+        if problems:
+            raise ConfigError(problems[0] if len(problems) == 1 else "\n".join(problems))
         check_value(WEIGHT, match.weight, f"{where}.weight")
         check_arguments(loss_fn, match.args, f"{where}.args")
         if match.teacher_name not in (None, ENSEMBLE) and match.teacher_name not in self.teachers:
@@ -198,6 +195,13 @@ class Distiller(nn.Module):
         with torch.no_grad():
             return {name: adapter(batch) for name, adapter in wanted.items()}
 
+    def remove_hooks(self) -> None:
+        """Take off the forward hooks the adapters put on the models (a teacher outlives its stage)."""
+        for adapter in [self.student_adapter, *self.teacher_adapters.values()]:
+            hooks = getattr(adapter, "hooks", None)
+            if hooks is not None:
+                hooks.remove()
+
     def active_teachers(self, step: int, total_steps: int | None) -> list[str]:
         """Teachers some match active at ``step`` reads; the others are not run at all."""
         return [name for name in self.teachers
@@ -211,6 +215,11 @@ class Distiller(nn.Module):
                 check_finite: bool = True) -> DistillOutput:
         if not self.prepared:
             self.prepare(batch)
+            if len(self.projections):  # made now, after any optimiser was built: they would never train
+                raise ConfigError(
+                    f"the matches need projections ({', '.join(p.name for p in self.plan if p.projection)}): call "
+                    "distiller.prepare(first_batch) before building the optimiser, so they are trained with the "
+                    "student (the Trainer does this).")
         teacher = self.teacher_features(batch, self.active_teachers(step, total_steps))
         student = self.student_features(batch)
         labels = batch.get("labels") if isinstance(batch, Mapping) else None

@@ -573,13 +573,6 @@ def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str
     return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
 
 
-def _remove_hooks(distiller: Distiller) -> None:
-    for adapter in [distiller.student_adapter, *distiller.teacher_adapters.values()]:
-        hooks = getattr(adapter, "hooks", None)
-        if hooks is not None:
-            hooks.remove()
-
-
 # ---------------------------------------------------------------------------------------------
 # run
 
@@ -624,7 +617,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
             loader = teacher_cached_loader(part, distiller, out)
         trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
         result = trainer.train(resume=continuing)
-        _remove_hooks(distiller)
+        distiller.remove_hooks()
         record = {"stage": part.stage.name, "steps": result.steps, "total_steps": result.total_steps,
                   "best_metric": result.best_metric, "best_step": result.best_step,
                   "final_metrics": result.final_metrics, "skipped_steps": result.skipped_steps,

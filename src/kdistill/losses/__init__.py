@@ -7,7 +7,8 @@ losses that declare them. Register your own with ``@register_loss()`` or name it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -48,6 +49,32 @@ def register_loss(name: str | None = None, *, overwrite: bool = False, ranges=No
     return decorator
 
 
+# What kdistill passes to a loss itself (never set in a match's args).
+SUPPLIED_INPUTS = ("student", "teacher", "mask", "labels", "student_features", "teacher_features")
+
+
+def argument_problems(loss_fn: LossFn, name: str, args: Mapping, where: str) -> list[str]:
+    """The one binder of a match's ``args`` to its loss, for ``kdistill validate`` and the Distiller
+    alike: an input kdistill supplies, or an argument the loss does not take (with a suggestion), as
+    ``where.key: …`` sentences. (Ranges: :func:`kdistill.ranges.argument_problems`.)"""
+    from kdistill.errors import suggest
+
+    try:
+        params = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):
+        return []
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    valid = [p for p in params if p not in SUPPLIED_INPUTS and params[p].kind != params[p].VAR_KEYWORD]
+    problems = []
+    for key in args:
+        if key in SUPPLIED_INPUTS:
+            problems.append(f"{where}.{key}: '{key}' is supplied by kdistill, not set in args.")
+        elif key not in params and not takes_any:
+            problems.append(f"{where}.{key}: loss '{name}' takes no argument '{key}'{suggest(key, valid) or '.'} "
+                            f"It takes: {', '.join(valid) or 'none'}.")
+    return problems
+
+
 def topk_losses() -> list[str]:
     """The registered losses that work from top-k teacher logits, sorted."""
     return [name for name in LOSSES.names() if loss_properties(name).topk]
@@ -79,6 +106,8 @@ nst = mmd
 
 __all__ = [
     "LOSSES",
+    "SUPPLIED_INPUTS",
+    "argument_problems",
     "LossProperties",
     "attention_kl",
     "attention_mse",
