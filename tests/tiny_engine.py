@@ -155,6 +155,8 @@ def quiet_config(**overrides):
 
 def fixed_loss(distiller, batch: dict) -> torch.Tensor:
     """The distiller's loss on ``batch`` in eval mode (no dropout), as a plain tensor."""
+    if not distiller.prepared:
+        distiller.prepare(batch)
     was_training = distiller.training
     distiller.eval()
     try:

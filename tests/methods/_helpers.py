@@ -57,14 +57,18 @@ def make_batch(*, batch: int = 4, length: int = 8, num_labels: int | None = 3, s
     return out
 
 
-def stage_distiller(stage: Stage, teacher, student: nn.Module, **kwargs) -> Distiller:
-    """The Distiller a runner builds for one recipe stage."""
-    return Distiller(teacher, student, stage.matches, hard_label_weight=stage.hard_label_weight, **kwargs)
+def stage_distiller(stage: Stage, teacher, student: nn.Module, *, batch: dict | None = None, **kwargs) -> Distiller:
+    """The Distiller a runner builds for one recipe stage, prepared on a first batch (projections made)."""
+    distiller = Distiller(teacher, student, stage.matches, hard_label_weight=stage.hard_label_weight, **kwargs)
+    distiller.prepare(batch if batch is not None else make_batch())
+    return distiller
 
 
 def forward_backward(distiller: Distiller, batch: dict, *, step: int = 0, total_steps: int | None = 10):
     """One training forward and backward; the loss must be finite and reach the student's parameters."""
     distiller.train()
+    if not distiller.prepared:
+        distiller.prepare(batch)
     out = distiller(batch, step=step, total_steps=total_steps)
     assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach())), out.parts
     out.loss.backward()
