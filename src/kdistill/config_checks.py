@@ -1,0 +1,449 @@
+"""The meaning checks of a config, after its types are right (kdistill.config's schema).
+
+One :class:`Checker` walks the sections — models (folders, factories, ``from_teacher``,
+``finetune``), data (sources, splits and the keys a split would ignore, files and their columns,
+tokenizers), matches (losses, arguments, refs, projections, schedules), the layer map and the method —
+and collects every problem as a ``path: problem`` sentence; ``kdistill.config`` joins them into one
+ConfigError. Nothing here loads weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from kdistill.config import (
+    _EXTENSIONS,
+    BUILTIN_DATA,
+    DATA_FORMATS,
+    IMAGE_DATA,
+    LAYER_MAPS,
+    PROJECTIONS,
+    DataSpec,
+    FromTeacherSpec,
+    MatchSpec,
+    ModelSpec,
+    _hint,
+    _show,
+)
+from kdistill.errors import ConfigError, RefError
+from kdistill.factories import FACTORY_RE, strings_in
+from kdistill.model_files import folder_contents, missing_tokenizer
+from kdistill.ranges import WEIGHT, Range, argument_problems
+from kdistill.refs import LAYER_KINDS, parse_ref
+
+
+class Checker:
+    """Meaning checks after the types are right; every problem goes to ``errors``."""
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self.errors: list[str] = []
+        self.factories: list[tuple[str, str]] = []  # (config path, "module:function") to import
+
+    def add(self, text: str) -> None:
+        self.errors.append(text)
+
+    def resolve(self, value: str) -> Path:
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    # ------------------------------------------------------------------ models
+    def model(self, spec: ModelSpec, where: str, *, role: str) -> None:
+        sources = [key for key in ("path", "factory", "from_teacher") if getattr(spec, key) is not None]
+        allowed = ("path", "factory") if role == "teacher" else ("path", "factory", "from_teacher")
+        if spec.from_teacher is not None and role == "teacher":
+            self.add(f"{where}.from_teacher: only a student can be built from the teacher; give the teacher a "
+                     "'path' (a Hugging Face folder) or a 'factory'.")
+            sources.remove("from_teacher")
+        if not sources:
+            self.add(f"{where}: say where the model comes from: one of {', '.join(allowed)}.")
+        elif len(sources) > 1:
+            self.add(f"{where}: give only one of {', '.join(allowed)}; this has {' and '.join(sources)}.")
+        if spec.args and spec.factory is None:
+            self.add(f"{where}.args: arguments are passed to a 'factory' only; this model has none.")
+        if spec.finetune is not None and (role != "teacher" or spec.path is None
+                                          or spec.task != "sequence-classification"):
+            self.add(f"{where}.finetune: fine-tunes a teacher given by 'path' (a pretrained Hugging Face folder) as a "
+                     "sequence classifier; "
+                     + ("a student is trained by the run itself." if role != "teacher" else
+                        f"this teacher has {'a factory' if spec.path is None else f'task {spec.task!r}'}."))
+        if spec.num_labels is not None and spec.path is None:
+            self.add(f"{where}.num_labels: applies to a Hugging Face 'path' (its classifier size); a factory takes "
+                     "its sizes in 'args'.")
+        if spec.path is not None:
+            spec.path = self.model_folder(spec.path, f"{where}.path")
+        if spec.factory is not None:
+            self.factory(spec.factory, f"{where}.factory")
+        if spec.from_teacher is not None:
+            self.from_teacher(spec.from_teacher, f"{where}.from_teacher")
+
+    def model_folder(self, value: str, where: str) -> str:
+        folder = self.resolve(value)
+        if not folder.exists():
+            self.add(f"{where}: the model folder '{folder}' does not exist (models load offline, from a folder "
+                     "holding config.json and the weights; nothing is downloaded).")
+            return str(folder)
+        if not folder.is_dir():
+            self.add(f"{where}: '{folder}' is a file; give the folder that holds config.json and the weights.")
+            return str(folder)
+        if not os.access(folder, os.R_OK | os.X_OK):
+            self.add(f"{where}: the model folder '{folder}' cannot be read (permission denied).")
+            return str(folder)
+        config = folder / "config.json"
+        if not config.is_file():
+            self.add(f"{where}: the folder '{folder}' has no config.json, so it is not a Hugging Face model "
+                     f"folder (it holds: {folder_contents(folder)}).")
+            return str(folder)
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            self.add(f"{where}: cannot read '{config}': {exc}.")
+        except json.JSONDecodeError as exc:
+            self.add(f"{where}: '{config}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                     "the model folder is damaged.")
+        return str(folder)
+
+    def factory(self, value: str, where: str) -> None:
+        """Check the form of a ``module:function`` string; well-formed ones are imported at the end."""
+        if not FACTORY_RE.match(value):
+            self.add(f"{where}: '{value}' is not of the form 'package.module:function' "
+                     "(e.g. 'my_models:build_student').")
+        else:
+            self.factories.append((where, value))
+
+    def from_teacher(self, spec: FromTeacherSpec, where: str) -> None:
+        if (spec.layers is None) == (spec.num_layers is None):
+            self.add(f"{where}: give either 'layers' (teacher blocks to copy, e.g. [0, 2, 4]) or 'num_layers' "
+                     "(a randomly initialised smaller model), not both or neither.")
+        if spec.layers is not None:
+            if not spec.layers:
+                self.add(f"{where}.layers: give at least one teacher layer to keep.")
+            for i, layer in enumerate(spec.layers):
+                if layer < 0:
+                    self.add(f"{where}.layers[{i}]: {layer} is negative; layers count from 0.")
+            sizes = [k for k in ("hidden_size", "intermediate_size", "num_attention_heads") if getattr(spec, k) is not None]
+            if sizes:
+                self.add(f"{where}: {', '.join(sizes)} apply with 'num_layers' only; copied layers keep the teacher's sizes.")
+
+    # ------------------------------------------------------------------ data
+    def data(self, spec: DataSpec, where: str = "data") -> None:
+        files = [key for key in ("train", "validation", "test") if getattr(spec, key) is not None]
+        sources = (["builtin"] if spec.builtin else []) + (["path"] if spec.path else []) + (["train"] if spec.train else [])
+        if not sources:
+            if files:
+                self.add(f"{where}.train: required when validation/test files are given.")
+            else:
+                self.add(f"{where}: say where the examples come from: 'train' (with optional 'validation' and "
+                         f"'test') files, one 'path' cut by 'split', or 'builtin' ({', '.join(BUILTIN_DATA)}).")
+        elif len(sources) > 1:
+            self.add(f"{where}: give only one of 'builtin', 'path' or 'train'/'validation'/'test' files; "
+                     f"this has {' and '.join(sources)}.")
+        elif sources != ["train"]:
+            self.cut_data(spec, sources[0], where)
+        if spec.split is not None:
+            if spec.train is not None:
+                self.add(f"{where}.split: applies to 'path' or 'builtin' data, not to separate train/validation/test files.")
+            ratios = spec.split
+            if len(ratios) not in (2, 3) or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+                self.add(f"{where}.split: {ratios} must be two or three non-negative fractions that sum to 1 "
+                         "(train, validation[, test]), e.g. [0.8, 0.1, 0.1].")
+        text_columns = self.text_columns(spec.text, f"{where}.text")
+        image = spec.builtin in IMAGE_DATA
+        for key in ("train", "validation", "test", "path"):
+            value = getattr(spec, key)
+            if value is None:
+                continue
+            resolved = self.resolve(value)
+            setattr(spec, key, str(resolved))
+            columns = self.data_file(resolved, f"{where}.{key}", spec.format)
+            if columns is None:
+                continue
+            for column in text_columns or []:
+                if column not in columns:
+                    self.add(f"{where}.text: no column '{column}' in '{resolved}'{_hint(column, columns)} "
+                             f"Columns: {', '.join(columns)}.")
+            if spec.label is not None and spec.label not in columns:
+                self.add(f"{where}.label: no column '{spec.label}' in '{resolved}'{_hint(spec.label, columns)} "
+                         f"Columns: {', '.join(columns)}. (Set 'label: null' for unlabelled data.)")
+        if spec.unlabelled is not None:
+            resolved = self.resolve(spec.unlabelled)
+            spec.unlabelled = str(resolved)
+            fmt = None if resolved.suffix.lower() == ".txt" else spec.format
+            columns = self.data_file(resolved, f"{where}.unlabelled", fmt)
+            if columns is not None and text_columns and text_columns[0] not in columns:
+                self.add(f"{where}.unlabelled: no column '{text_columns[0]}' in '{resolved}'"
+                         f"{_hint(text_columns[0], columns)} Columns: {', '.join(columns)}. "
+                         "(A .txt file holds one text per line.)")
+        for key in ("tokenizer", "student_tokenizer"):
+            value = getattr(spec, key)
+            if value is not None:
+                folder = self.resolve(value)
+                setattr(spec, key, str(folder))
+                if not folder.is_dir():
+                    self.add(f"{where}.{key}: the tokenizer folder '{folder}' does not exist.")
+                elif missing := missing_tokenizer(folder, f"{where}.{key}"):
+                    self.add(missing)
+        if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
+            self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
+                     "apply to text data only.")
+
+    def cut_data(self, spec: DataSpec, source: str, where: str) -> None:
+        """Data cut by ``split`` (a ``path`` or a ``builtin`` set): every key it would ignore is an error."""
+        if spec.validation is not None:
+            self.add(f"{where}.validation: '{source}' data is cut into train/validation by 'split', so a validation "
+                     "file would be ignored; remove it, or give 'train', 'validation' and 'test' files instead.")
+        if spec.test is not None:
+            if source == "builtin":
+                self.add(f"{where}.test: a 'builtin' set is cut into train/validation/test by 'split'; a test file "
+                         "would be ignored. Give your own 'train'/'validation'/'test' files instead.")
+            elif spec.split is not None and len(spec.split) == 3:
+                self.add(f"{where}.split: {spec.split} cuts a test split too, but data.test names a test file; give "
+                         "two fractions [train, validation] (e.g. [0.9, 0.1]), or drop data.test.")
+        if source == "builtin":
+            defaults = DataSpec.model_fields
+            for key in ("text", "label", "format"):
+                if getattr(spec, key) != defaults[key].default:
+                    self.add(f"{where}.{key}: the builtin set '{spec.builtin}' has its own columns and format, so "
+                             f"'{key}' would be ignored; remove it.")
+
+    def text_columns(self, value: Any, where: str) -> list[str] | None:
+        columns = [value] if isinstance(value, str) else value
+        if (not isinstance(columns, list) or not 1 <= len(columns) <= 2
+                or not all(isinstance(c, str) and c for c in columns)):
+            self.add(f"{where}: give one text column name or a list of two (a pair such as "
+                     f"[question, sentence]), got {_show(value)}.")
+            return None
+        return columns
+
+    def data_file(self, path: Path, where: str, format: str | None) -> list[str] | None:
+        """The column names of a data file, read from its header (None when it cannot tell)."""
+        if not path.exists():
+            self.add(f"{where}: the data file '{path}' does not exist.")
+            return None
+        fmt = format or ("hf" if path.is_dir() else _EXTENSIONS.get(path.suffix.lower()))
+        if fmt == "hf":
+            if not path.is_dir():
+                self.add(f"{where}: format 'hf' needs a dataset folder saved with save_to_disk; '{path}' is a file.")
+            return None
+        if path.is_dir():
+            self.add(f"{where}: '{path}' is a folder; give a data file (or format: hf for a saved dataset).")
+            return None
+        if fmt is None:
+            self.add(f"{where}: cannot tell the format of '{path}' from its extension; set data.format to one "
+                     f"of {', '.join(DATA_FORMATS)}.")
+            return None
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                head = _first_lines(handle, 2)
+        except UnicodeDecodeError:
+            self.add(f"{where}: '{path}' is not UTF-8 text; save it as UTF-8.")
+            return None
+        except OSError as exc:
+            self.add(f"{where}: cannot read '{path}': {exc.strerror or exc}.")
+            return None
+        if not head:
+            self.add(f"{where}: the data file '{path}' is empty.")
+            return None
+        if fmt == "txt":
+            return None
+        if fmt in ("csv", "tsv"):
+            rows = list(csv.reader(head, delimiter="," if fmt == "csv" else "\t"))
+            if len(rows) < 2:
+                self.add(f"{where}: the data file '{path}' has a header but no records.")
+                return None
+            return rows[0]
+        first = head[0].strip()
+        if fmt == "json" and first.startswith("["):
+            try:
+                records = json.loads(path.read_text(encoding="utf-8-sig"))
+            except json.JSONDecodeError as exc:
+                self.add(f"{where}: '{path}' is not valid JSON (line {exc.lineno}: {exc.msg}).")
+                return None
+            if not records:
+                self.add(f"{where}: the data file '{path}' holds an empty list.")
+                return None
+            record = records[0]
+        else:
+            try:
+                record = json.loads(first)
+            except json.JSONDecodeError as exc:
+                self.add(f"{where}: the first line of '{path}' is not valid JSON ({exc.msg}).")
+                return None
+        if not isinstance(record, dict):
+            self.add(f"{where}: the first record of '{path}' is a JSON {type(record).__name__}, not an object.")
+            return None
+        return list(record)
+
+    # ------------------------------------------------------------------ matches, methods, schedules
+    def scalar(self, value: Any, where: str, *, what: str = "a number", within: Range | None = None) -> Any:
+        """A number, or a schedule mapping validated by kdistill.schedules; in ``within`` when given.
+
+        Returns the number or the schedule object, or None after reporting a problem.
+        """
+        from kdistill.schedules import schedule_from_dict
+
+        if isinstance(value, dict):
+            if "schedule" not in value:
+                self.add(f"{where}: a mapping here must be a schedule, e.g. {{schedule: linear, start_value: 0.0, "
+                         f"end_value: 1.0}}; it has no 'schedule' key.")
+                return None
+            kind = value["schedule"]
+            if not isinstance(kind, str):  # a list or mapping here is not a name (nor hashable)
+                self.add(f"{where}.schedule: expected a schedule name such as 'linear', got {_show(kind)}.")
+                return None
+            try:
+                schedule = schedule_from_dict(value, path=where)
+                for step in (0, 5, 10):  # the numbers inside must be numbers: try it over a 10-step run
+                    if not math.isfinite(schedule(step, 10)):
+                        raise ValueError(f"it is {schedule(step, 10)} at step {step}")
+            except ConfigError as exc:
+                self.add(str(exc).rstrip())
+                return None
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                self.add(f"{where}: the schedule {_show(value)} does not give a number ({exc}); its values and "
+                         "steps must be numbers.")
+                return None
+            value = schedule
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.add(f"{where}: expected {what} or a schedule, got {_show(value)}.")
+            return None
+        problem = within.problem(value, where) if within is not None else None
+        if problem:
+            self.add(problem)
+            return None
+        return value
+
+    def arguments(self, function: Any, args: dict, where: str) -> None:
+        """``args`` against the ranges ``function`` declares; schedule mappings are checked as schedules."""
+        values = {}
+        for key, value in args.items():
+            if isinstance(value, dict) and "schedule" in value:
+                value = self.scalar(value, f"{where}.{key}")
+                if value is None:
+                    continue
+            values[key] = value
+        self.errors += argument_problems(function, values, where)
+
+    def loss_args(self, loss: str, args: dict, where: str) -> None:
+        from kdistill.losses import LOSSES
+
+        if loss not in LOSSES:
+            return
+        from kdistill.losses import SUPPLIED_INPUTS, argument_problems
+
+        loss_fn = LOSSES.get(loss)
+        self.errors += argument_problems(loss_fn, loss, args, where)
+        params = inspect.signature(loss_fn).parameters
+        self.arguments(loss_fn, {k: v for k, v in args.items() if k in params and k not in SUPPLIED_INPUTS}, where)
+
+    def match(self, spec: MatchSpec, where: str, layer_map_used: list[bool]) -> None:
+        from kdistill.losses import LOSSES
+
+        if spec.loss not in LOSSES and ":" not in spec.loss:
+            names = LOSSES.names()
+            self.add(f"{where}.loss: unknown loss '{spec.loss}'{_hint(spec.loss, names)} Available: {', '.join(names)}.")
+        elif ":" in spec.loss:
+            self.factory(spec.loss, f"{where}.loss")
+        else:
+            self.loss_args(spec.loss, spec.args, f"{where}.args")
+        teacher_star = self.ref(spec.teacher, f"{where}.teacher")
+        student_star = self.ref(spec.student, f"{where}.student") if spec.student is not None else teacher_star
+        if teacher_star != student_star:
+            self.add(f"{where}: '.*' refs expand over the layer map, so teacher and student must both use one "
+                     f"of the same kind (e.g. teacher: hidden.*, student: hidden.*); got '{spec.teacher}' and '{spec.student}'.")
+        elif teacher_star:
+            layer_map_used.append(True)
+        self.scalar(spec.weight, f"{where}.weight", what="a weight", within=WEIGHT)
+        for key in ("start", "stop"):
+            value = getattr(spec, key)
+            if value is None and key == "stop":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                self.add(f"{where}.{key}: expected a step (a whole number) or a fraction of the run (0.0–1.0), "
+                         f"got {_show(value)}.")
+        if spec.projection is not None and ":" in spec.projection:
+            self.factory(spec.projection, f"{where}.projection")
+        elif spec.projection is not None and spec.projection not in PROJECTIONS:
+            self.add(f"{where}.projection: unknown projection '{spec.projection}'{_hint(spec.projection, PROJECTIONS)} "
+                     f"Available: {', '.join(PROJECTIONS)}, or 'package.module:function' building a module "
+                     "from (in_width, out_width).")
+        if spec.teacher_name not in (None, "teacher", "ensemble"):
+            self.add(f"{where}.teacher_name: no teacher named '{spec.teacher_name}'; this run has one teacher, "
+                     "'teacher'.")
+
+    def ref(self, text: str, where: str) -> str | None:
+        """Check a ref; return its kind when it is a layer wildcard (``hidden.*``)."""
+        if isinstance(text, str) and text.endswith(".*"):
+            kind = text[:-2]
+            if kind not in LAYER_KINDS:
+                self.add(f"{where}: '{text}': only layer refs expand over the layer map: "
+                         f"{', '.join(k + '.*' for k in LAYER_KINDS)}{_hint(kind, LAYER_KINDS)}")
+                return None
+            return kind
+        try:
+            parse_ref(text, where=where)
+        except RefError as exc:
+            self.add(str(exc))
+        return None
+
+    def layer_map(self, value: Any, where: str = "layer_map") -> None:
+        if isinstance(value, str):
+            if value not in LAYER_MAPS:
+                self.add(f"{where}: unknown layer map '{value}'{_hint(value, LAYER_MAPS)} Available: "
+                         f"{', '.join(LAYER_MAPS)}, or a list of [teacher_hidden, student_hidden] pairs.")
+            return
+        if not isinstance(value, list) or not value:
+            self.add(f"{where}: expected one of {', '.join(LAYER_MAPS)} or a list of [teacher_hidden, "
+                     f"student_hidden] pairs, got {_show(value)}.")
+            return
+        for i, pair in enumerate(value):
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in pair)):
+                self.add(f"{where}[{i}]: expected [teacher_hidden, student_hidden] (two layer numbers, 0 = "
+                         f"embeddings), got {_show(pair)}.")
+
+    def method(self, name: str, args: dict) -> None:
+        from kdistill.methods import METHODS
+
+        for where, text in strings_in(args, "method_args"):  # e.g. a loss given as 'my_losses:fn'
+            self.factory(text, where)
+        if name not in METHODS:
+            if ":" in name:
+                self.factory(name, "method")
+            else:
+                names = METHODS.names()
+                self.add(f"method: unknown method '{name}'{_hint(name, names)} Available: {', '.join(names)}.")
+            return
+        try:
+            params = inspect.signature(METHODS.get(name)).parameters
+        except (TypeError, ValueError):
+            return
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        valid = [p for p in params if p not in ("teacher", "student") and params[p].kind != params[p].VAR_KEYWORD]
+        for key in args:
+            if key in ("teacher", "student"):
+                self.add(f"method_args.{key}: the models come from the config's 'teacher' and 'student'.")
+            elif key not in params and not takes_any:
+                self.add(f"method_args.{key}: method '{name}' takes no argument '{key}'{_hint(key, valid)} "
+                         f"It takes: {', '.join(valid) or 'none'}.")
+        known = {k: v for k, v in args.items() if k in params and k not in ("teacher", "student")}
+        self.arguments(METHODS.get(name), known, "method_args")
+
+
+def _first_lines(handle, count: int) -> list[str]:
+    lines = []
+    for line in handle:
+        if line.strip():
+            lines.append(line)
+            if len(lines) == count:
+                break
+    return lines
+
+
+__all__ = ["Checker"]
