@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from kdistill.errors import ConfigError, suggest
 from kdistill.factories import Imported, resolve
 from kdistill.model_files import model_problems
-from kdistill.ranges import WEIGHT
 
 TASKS = ("sequence-classification", "base", "masked-lm")
 BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist")
@@ -601,20 +600,7 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
 
     check = Checker(base)
     if top is not None:
-        top.python_path = [str(check.resolve(p)) for p in top.python_path]
-        for i, folder in enumerate(top.python_path):
-            if not Path(folder).is_dir():
-                check.add(f"python_path[{i}]: the folder '{folder}' does not exist.")
-        if import_from_base and str(base) not in top.python_path:
-            top.python_path.insert(0, str(base))
-        if top.method is not None:
-            check.method(top.method, top.method_args)
-        if top.hard_label_weight is not None:
-            check.scalar(top.hard_label_weight, "hard_label_weight", what="a weight", within=WEIGHT)
-        if top.output_dir is None:
-            stem = Path(source).stem if source else "kdistill"
-            top.output_dir = str(Path("runs") / stem)
-        top.output_dir = str(Path(os.path.expanduser(top.output_dir)).absolute())
+        check.top_level(top, source, import_from_base)
     if "teacher" in parsed:
         check.model(parsed["teacher"], "teacher", role="teacher")
     if "student" in parsed:
@@ -628,29 +614,8 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     if top is not None and (layer_map_used or "layer_map" in raw):
         check.layer_map(top.layer_map)
 
-    # Checks across sections.
-    method = top.method if top is not None else raw.get("method")
-    if method is None and not raw_matches:
-        check.add("matches: give a 'method' (e.g. method: hinton; see `kdistill methods`) or a list of "
-                  "'matches' (see `kdistill losses`) — the run has neither.")
-    if raw.get("student") is None and method is None:
-        check.add("student: required when no 'method' builds it: a Hugging Face 'path', a 'factory' or "
-                  "'from_teacher' (e.g. from_teacher: {layers: [0, 2, 4]}).")
+    check.across_sections(top, parsed, raw)
     data, teacher = parsed.get("data"), parsed.get("teacher")
-    if data is not None:
-        labelled = data.label is not None or data.builtin is not None
-        weight = top.hard_label_weight if top is not None else None
-        if not labelled and isinstance(weight, (int, float)) and weight:
-            check.add("hard_label_weight: is set, but data.label is null (no labels to learn from).")
-        if not labelled and teacher is not None and teacher.finetune is not None:
-            check.add("teacher.finetune: needs labelled training data, but data.label is null.")
-        if not labelled and top is not None and top.baseline:
-            check.add("baseline: trains the student on the labels alone, but data.label is null.")
-        text_data = data.builtin not in IMAGE_DATA
-        if (text_data and teacher is not None and teacher.path is None and data.tokenizer is None
-                and (data.builtin or data.train or data.path)):
-            check.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
-                      "the text (data.tokenizer: path/to/folder).")
 
     imports: list[Imported] = []
     if top is not None:  # a config is code: import what it names now, refusing the standard library

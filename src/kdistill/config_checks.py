@@ -53,6 +53,52 @@ class Checker:
         path = Path(os.path.expanduser(value))
         return path if path.is_absolute() else (self.base_dir / path)
 
+    # ------------------------------------------------------------------ top level, across sections
+    def top_level(self, top: Any, source: str | None, import_from_base: bool) -> None:
+        """The run's scalar keys: python_path folders (the config's own folder first), the method and
+        its arguments, hard_label_weight, and output_dir (default ``runs/<config name>``)."""
+        top.python_path = [str(self.resolve(p)) for p in top.python_path]
+        for i, folder in enumerate(top.python_path):
+            if not Path(folder).is_dir():
+                self.add(f"python_path[{i}]: the folder '{folder}' does not exist.")
+        if import_from_base and str(self.base_dir) not in top.python_path:
+            top.python_path.insert(0, str(self.base_dir))
+        if top.method is not None:
+            self.method(top.method, top.method_args)
+        if top.hard_label_weight is not None:
+            self.scalar(top.hard_label_weight, "hard_label_weight", what="a weight", within=WEIGHT)
+        if top.output_dir is None:
+            stem = Path(source).stem if source else "kdistill"
+            top.output_dir = str(Path("runs") / stem)
+        top.output_dir = str(Path(os.path.expanduser(top.output_dir)).absolute())
+
+    def across_sections(self, top: Any, parsed: dict, raw: dict) -> None:
+        """What one section asks of another: a method or matches, a student, labels for the keys that
+        learn from them, a tokenizer for text when the teacher is a factory."""
+        raw_matches = raw.get("matches")
+        method = top.method if top is not None else raw.get("method")
+        if method is None and not raw_matches:
+            self.add("matches: give a 'method' (e.g. method: hinton; see `kdistill methods`) or a list of "
+                     "'matches' (see `kdistill losses`) — the run has neither.")
+        if raw.get("student") is None and method is None:
+            self.add("student: required when no 'method' builds it: a Hugging Face 'path', a 'factory' or "
+                     "'from_teacher' (e.g. from_teacher: {layers: [0, 2, 4]}).")
+        data, teacher = parsed.get("data"), parsed.get("teacher")
+        if data is not None:
+            labelled = data.label is not None or data.builtin is not None
+            weight = top.hard_label_weight if top is not None else None
+            if not labelled and isinstance(weight, (int, float)) and weight:
+                self.add("hard_label_weight: is set, but data.label is null (no labels to learn from).")
+            if not labelled and teacher is not None and teacher.finetune is not None:
+                self.add("teacher.finetune: needs labelled training data, but data.label is null.")
+            if not labelled and top is not None and top.baseline:
+                self.add("baseline: trains the student on the labels alone, but data.label is null.")
+            text_data = data.builtin not in IMAGE_DATA
+            if (text_data and teacher is not None and teacher.path is None and data.tokenizer is None
+                    and (data.builtin or data.train or data.path)):
+                self.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
+                         "the text (data.tokenizer: path/to/folder).")
+
     # ------------------------------------------------------------------ models
     def model(self, spec: ModelSpec, where: str, *, role: str) -> None:
         sources = [key for key in ("path", "factory", "from_teacher") if getattr(spec, key) is not None]
