@@ -132,3 +132,19 @@ def test_finetune_applies_to_a_teacher_folder_with_labels(tmp_path, setup):
     with pytest.raises(ConfigError, match="baseline: trains the student on the labels alone, but data.label is null"):
         config_from_dict({"teacher": {"path": str(base)}, "student": {"from_teacher": {"layers": [0]}},
                           "data": {**data, "label": None}, "method": "hinton", "baseline": True}, base_dir=tmp_path)
+
+
+def test_eval_and_bench_read_the_runs_fine_tuned_teacher_not_the_base(setup):
+    from safetensors.torch import load_file
+
+    from kdistill.bench import find_teacher
+    from kdistill.run import evaluate_run, load_run
+
+    tmp_path, base, data = setup
+    summary = run(_config(tmp_path, base, data, "run", [1]))
+    out = tmp_path / "run"
+    assert find_teacher(out)[0] == out / "teacher"
+    _, teacher, _, _, _ = load_run(out)
+    saved = load_file(out / "teacher" / "model.safetensors")
+    assert torch.equal(teacher.state_dict()["classifier.weight"], saved["classifier.weight"])
+    assert evaluate_run(out)["teacher"] == summary["metrics"]["test"]["teacher"]
