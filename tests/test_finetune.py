@@ -148,3 +148,14 @@ def test_eval_and_bench_read_the_runs_fine_tuned_teacher_not_the_base(setup):
     saved = load_file(out / "teacher" / "model.safetensors")
     assert torch.equal(teacher.state_dict()["classifier.weight"], saved["classifier.weight"])
     assert evaluate_run(out)["teacher"] == summary["metrics"]["test"]["teacher"]
+
+
+def test_a_resumed_longer_run_continues_the_baseline_too(setup):
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "run", [1])
+    run(config)
+    longer = config_from_dict({**json.loads(json.dumps(config.resolved())),
+                               "training": {**config.resolved()["training"], "max_steps": 6}}, base_dir=tmp_path)
+    summary = run(longer, resume=True)
+    assert summary["stages"][0]["steps"] == 6
+    assert summary["baseline"]["steps"] == 6  # not the 4-step baseline of the shorter run beside a 6-step student

@@ -140,16 +140,19 @@ def baseline_of(student: nn.Module) -> nn.Module:
 
 
 def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, out: Path,
-                   tokenizer: Any = None) -> dict:
+                   tokenizer: Any = None, planned: int | None = None) -> dict:
     """Train the baseline on labels alone with the distilled student's settings and save it in
-    ``baseline/``; a run continued after the baseline finished loads it instead."""
+    ``baseline/``; a run continued after the baseline finished loads it instead, unless it now plans
+    more steps (``--resume`` with a longer run): then the baseline continues to them as the student does."""
     from kdistill.files import atomic_write_text
 
     folder = out / BASELINE_DIR
     done = folder / "stage_done.json"
     if done.is_file() and (folder / "student").is_dir():
-        load_baseline(model, out)
-        return json.loads(done.read_text(encoding="utf-8"))
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if planned is None or planned <= int(record.get("steps") or 0):
+            load_baseline(model, out)
+            return record
     result = train_on_labels(model, loaders, train_config, folder)
     _save(model, folder / "student", tokenizer)
     record = {"steps": result.steps, "final_metrics": result.final_metrics}

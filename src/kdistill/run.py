@@ -671,8 +671,8 @@ def _train_baseline(parts: RunParts, out: Path) -> dict | None:
         train_config = stage_train_config(parts.config, last)
     else:
         train_config = TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
-    return train_baseline(parts.baseline, parts.loaders, train_config, out,
-                          parts.student_tokenizer or parts.tokenizer)
+    return train_baseline(parts.baseline, parts.loaders, train_config, out, parts.student_tokenizer or parts.tokenizer,
+                          planned=estimated_steps(train_config, parts.loaders["train"]))
 
 
 def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> dict[str, Any]:
