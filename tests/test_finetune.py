@@ -159,3 +159,16 @@ def test_a_resumed_longer_run_continues_the_baseline_too(setup):
     summary = run(longer, resume=True)
     assert summary["stages"][0]["steps"] == 6
     assert summary["baseline"]["steps"] == 6  # not the 4-step baseline of the shorter run beside a 6-step student
+
+
+def test_the_run_training_settings_a_fine_tune_inherits_are_in_its_cache_key(setup):
+    from kdistill.finetune import finetune_settings
+
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "run", [1])
+    raw = json.loads(json.dumps(config.resolved()))
+    for name, value in (("grad_accum", 4), ("lr_schedule", "cosine"), ("max_grad_norm", 0.1)):
+        changed = config_from_dict({**raw, "training": {**raw["training"], name: value}}, base_dir=tmp_path)
+        assert finetune_settings(changed) != finetune_settings(config), name  # another teacher, not the cached one
+    quieter = config_from_dict({**raw, "training": {**raw["training"], "log_every": 5}}, base_dir=tmp_path)
+    assert finetune_settings(quieter) == finetune_settings(config)

@@ -50,11 +50,20 @@ def _weight_files(base: Path) -> list[Path]:
     return [base / name for name in names if (base / name).is_file()] + sorted(base.glob("model-*.safetensors"))
 
 
+# The run's ``training`` settings a fine-tune inherits (the others are the finetune's own, or only
+# say how it is logged and saved); with early stopping, also those that decide when it stops.
+INHERITED_TRAINING = ("lr_schedule", "grad_accum", "max_grad_norm", "mixed_precision", "on_nonfinite", "unpad")
+EARLY_STOP_TRAINING = ("early_stop_patience", "metric", "greater_is_better", "eval_every")
+
+
 def finetune_settings(config: Any) -> dict:
     """Everything besides the data and the base that decides the fine-tuned teacher."""
     spec = config.teacher.finetune
+    training = config.training
+    inherited = INHERITED_TRAINING + (EARLY_STOP_TRAINING if training.early_stop_patience else ())
     return {**spec.model_dump(mode="json"), "seed": spec.seed if spec.seed is not None else config.train_seed(),
-            "batch_size": config.data.batch_size, "max_length": config.data.max_length}
+            "batch_size": config.data.batch_size, "max_length": config.data.max_length,
+            "training": {name: getattr(training, name) for name in inherited}}
 
 
 def finetuned_teacher(config: Any, train: Any, label_names: list[str] | None, classes: int) -> FinetunedTeacher:
