@@ -172,3 +172,13 @@ def test_the_run_training_settings_a_fine_tune_inherits_are_in_its_cache_key(set
         assert finetune_settings(changed) != finetune_settings(config), name  # another teacher, not the cached one
     quieter = config_from_dict({**raw, "training": {**raw["training"], "log_every": 5}}, base_dir=tmp_path)
     assert finetune_settings(quieter) == finetune_settings(config)
+
+
+def test_a_report_without_a_test_split_names_a_split_kdistill_eval_can_read(tmp_path):
+    from kdistill.report import run_report
+
+    figures = {"accuracy": 1.0, "macro_f1": 1.0}
+    summary = {"method": "hinton", "metrics": {"validation": {"examples": 4, "agreement": 1.0, "teacher": figures,
+                                                              "student": figures}}}
+    report = run_report(tmp_path, summary, "method: hinton\n").read_text()
+    assert "`kdistill eval RUN --split validation` reproduces them" in report  # the run has no test split
