@@ -132,3 +132,53 @@ def test_finetune_applies_to_a_teacher_folder_with_labels(tmp_path, setup):
     with pytest.raises(ConfigError, match="baseline: trains the student on the labels alone, but data.label is null"):
         config_from_dict({"teacher": {"path": str(base)}, "student": {"from_teacher": {"layers": [0]}},
                           "data": {**data, "label": None}, "method": "hinton", "baseline": True}, base_dir=tmp_path)
+
+
+def test_eval_and_bench_read_the_runs_fine_tuned_teacher_not_the_base(setup):
+    from safetensors.torch import load_file
+
+    from kdistill.bench import find_teacher
+    from kdistill.run import evaluate_run, load_run
+
+    tmp_path, base, data = setup
+    summary = run(_config(tmp_path, base, data, "run", [1]))
+    out = tmp_path / "run"
+    assert find_teacher(out)[0] == out / "teacher"
+    _, teacher, _, _, _ = load_run(out)
+    saved = load_file(out / "teacher" / "model.safetensors")
+    assert torch.equal(teacher.state_dict()["classifier.weight"], saved["classifier.weight"])
+    assert evaluate_run(out)["teacher"] == summary["metrics"]["test"]["teacher"]
+
+
+def test_a_resumed_longer_run_continues_the_baseline_too(setup):
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "run", [1])
+    run(config)
+    longer = config_from_dict({**json.loads(json.dumps(config.resolved())),
+                               "training": {**config.resolved()["training"], "max_steps": 6}}, base_dir=tmp_path)
+    summary = run(longer, resume=True)
+    assert summary["stages"][0]["steps"] == 6
+    assert summary["baseline"]["steps"] == 6  # not the 4-step baseline of the shorter run beside a 6-step student
+
+
+def test_the_run_training_settings_a_fine_tune_inherits_are_in_its_cache_key(setup):
+    from kdistill.finetune import finetune_settings
+
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "run", [1])
+    raw = json.loads(json.dumps(config.resolved()))
+    for name, value in (("grad_accum", 4), ("lr_schedule", "cosine"), ("max_grad_norm", 0.1)):
+        changed = config_from_dict({**raw, "training": {**raw["training"], name: value}}, base_dir=tmp_path)
+        assert finetune_settings(changed) != finetune_settings(config), name  # another teacher, not the cached one
+    quieter = config_from_dict({**raw, "training": {**raw["training"], "log_every": 5}}, base_dir=tmp_path)
+    assert finetune_settings(quieter) == finetune_settings(config)
+
+
+def test_a_report_without_a_test_split_names_a_split_kdistill_eval_can_read(tmp_path):
+    from kdistill.report import run_report
+
+    figures = {"accuracy": 1.0, "macro_f1": 1.0}
+    summary = {"method": "hinton", "metrics": {"validation": {"examples": 4, "agreement": 1.0, "teacher": figures,
+                                                              "student": figures}}}
+    report = run_report(tmp_path, summary, "method: hinton\n").read_text()
+    assert "`kdistill eval RUN --split validation` reproduces them" in report  # the run has no test split

@@ -50,11 +50,20 @@ def _weight_files(base: Path) -> list[Path]:
     return [base / name for name in names if (base / name).is_file()] + sorted(base.glob("model-*.safetensors"))
 
 
+# The run's ``training`` settings a fine-tune inherits (the others are the finetune's own, or only
+# say how it is logged and saved); with early stopping, also those that decide when it stops.
+INHERITED_TRAINING = ("lr_schedule", "grad_accum", "max_grad_norm", "mixed_precision", "on_nonfinite", "unpad")
+EARLY_STOP_TRAINING = ("early_stop_patience", "metric", "greater_is_better", "eval_every")
+
+
 def finetune_settings(config: Any) -> dict:
     """Everything besides the data and the base that decides the fine-tuned teacher."""
     spec = config.teacher.finetune
+    training = config.training
+    inherited = INHERITED_TRAINING + (EARLY_STOP_TRAINING if training.early_stop_patience else ())
     return {**spec.model_dump(mode="json"), "seed": spec.seed if spec.seed is not None else config.train_seed(),
-            "batch_size": config.data.batch_size, "max_length": config.data.max_length}
+            "batch_size": config.data.batch_size, "max_length": config.data.max_length,
+            "training": {name: getattr(training, name) for name in inherited}}
 
 
 def finetuned_teacher(config: Any, train: Any, label_names: list[str] | None, classes: int) -> FinetunedTeacher:
@@ -140,16 +149,19 @@ def baseline_of(student: nn.Module) -> nn.Module:
 
 
 def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, out: Path,
-                   tokenizer: Any = None) -> dict:
+                   tokenizer: Any = None, planned: int | None = None) -> dict:
     """Train the baseline on labels alone with the distilled student's settings and save it in
-    ``baseline/``; a run continued after the baseline finished loads it instead."""
+    ``baseline/``; a run continued after the baseline finished loads it instead, unless it now plans
+    more steps (``--resume`` with a longer run): then the baseline continues to them as the student does."""
     from kdistill.files import atomic_write_text
 
     folder = out / BASELINE_DIR
     done = folder / "stage_done.json"
     if done.is_file() and (folder / "student").is_dir():
-        load_baseline(model, out)
-        return json.loads(done.read_text(encoding="utf-8"))
+        record = json.loads(done.read_text(encoding="utf-8"))
+        if planned is None or planned <= int(record.get("steps") or 0):
+            load_baseline(model, out)
+            return record
     result = train_on_labels(model, loaders, train_config, folder)
     _save(model, folder / "student", tokenizer)
     record = {"steps": result.steps, "final_metrics": result.final_metrics}

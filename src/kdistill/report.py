@@ -124,10 +124,11 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     the loss parts over steps (``loss.png``), test (else validation) accuracy (``accuracy.png``), the
     sections in ``keep`` (e.g. a benchmark's) and, at its end, the resolved config."""
     metrics = summary.get("metrics") or {}
+    split = "test" if "test" in metrics or not metrics else next(iter(metrics))  # one the run has
     sections = [f"# kdistill run: {out.name}",
                 f"Method `{summary.get('method')}`; {summary.get('seconds', 0):.1f} s on "
                 f"{summary.get('processes', 1)} process(es). Figures are measured on the saved student "
-                "(`kdistill eval RUN --split test` reproduces them)."]
+                f"(`kdistill eval RUN --split {split}` reproduces them)."]
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     rows = []
     for split, result in metrics.items():

@@ -671,8 +671,8 @@ def _train_baseline(parts: RunParts, out: Path) -> dict | None:
         train_config = stage_train_config(parts.config, last)
     else:
         train_config = TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
-    return train_baseline(parts.baseline, parts.loaders, train_config, out,
-                          parts.student_tokenizer or parts.tokenizer)
+    return train_baseline(parts.baseline, parts.loaders, train_config, out, parts.student_tokenizer or parts.tokenizer,
+                          planned=estimated_steps(train_config, parts.loaders["train"]))
 
 
 def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> dict[str, Any]:
@@ -859,7 +859,13 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
         raise ConfigError(f"'{folder.path}' holds no trained student (no student/ folder): the run has not finished. "
                           "Continue it with `kdistill run CONFIG --resume`.")
     config = folder.config()
-    teacher = load_model(config.teacher, "teacher", config)
+    if config.teacher.finetune is not None:  # the fine-tuned teacher the run saved, not the base
+        if folder.teacher_path() is None:
+            raise ConfigError(f"'{folder.path}' holds no fine-tuned teacher (no teacher/ folder) although its "
+                              "teacher.finetune is set: continue the run with `kdistill run CONFIG --resume`.")
+        teacher = models.load_hf_model(folder.teacher_path(), task=config.teacher.task)
+    else:
+        teacher = load_model(config.teacher, "teacher", config)
     if (student_dir / "config.json").is_file():
         task = config.student.task if config.student is not None and config.student.path else config.teacher.task
         student = models.load_hf_model(student_dir, task=task)

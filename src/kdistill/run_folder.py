@@ -3,7 +3,7 @@
     folder = RunFolder("runs/sst2-hinton")
     folder.config()          # the RunConfig it ran (config.resolved.yaml, validated)
     folder.split("test")     # that split's texts and labels, by the run's own rules
-    folder.teacher_path()    # teacher.path of its config
+    folder.teacher_path()    # teacher.path of its config (its own teacher/ when fine-tuned)
 
 ``kdistill eval``, ``export`` and ``bench`` read run folders through this class, so a split is
 rebuilt exactly as the run built it (the same files, cut, missing-text rule and label ids) and
@@ -64,9 +64,15 @@ class RunFolder:
         return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
 
     def teacher_path(self) -> Path | None:
-        """``teacher.path`` of the run's config when it is a model folder, else None."""
+        """The run's teacher folder: ``teacher/`` in the run when ``teacher.finetune`` trained it from
+        ``teacher.path`` (the base has no classifier of the run's classes), else ``teacher.path`` of the
+        run's config when it is a model folder; None otherwise."""
+        from kdistill.finetune import TEACHER_DIR
+
         teacher = self.raw_config().get("teacher") if self.is_run else None
         path = teacher.get("path") if isinstance(teacher, dict) else None
+        if isinstance(teacher, dict) and teacher.get("finetune") is not None:
+            path = self.path / TEACHER_DIR
         return Path(path) if path and (Path(path) / "config.json").is_file() else None
 
     def split(self, name: str):
