@@ -86,6 +86,8 @@ def test_a_base_and_a_labelled_csv_give_teacher_student_and_baseline_in_one_run(
     text = plan(first)
     assert "to be fine-tuned first: 2.0 epoch(s) on 64 labelled examples (not cached yet" in text
     assert "baseline  the student as built, trained on the labels alone" in text
+    assert ("estimated steps: 4 optimiser steps in all, plus 16 for the teacher's fine-tune, plus 4 for the "
+            "baseline") in text
     summary = run(first)
     out = tmp_path / "run1"
     finetune = summary["teacher_finetune"]
@@ -182,3 +184,14 @@ def test_a_report_without_a_test_split_names_a_split_kdistill_eval_can_read(tmp_
                                                               "student": figures}}}
     report = run_report(tmp_path, summary, "method: hinton\n").read_text()
     assert "`kdistill eval RUN --split validation` reproduces them" in report  # the run has no test split
+
+
+def test_a_fine_tune_head_smaller_than_the_classes_names_num_labels(setup):
+    tmp_path, base, data = setup
+    from kdistill.errors import DataError
+
+    with pytest.raises(DataError, match=r"teacher.num_labels: 1, but the data has 2 classes; the fine-tune gives "
+                                        r"the teacher one output per class: set it to 2 or leave it out."):
+        config_from_dict({"teacher": {"path": str(base), "num_labels": 1, "finetune": {"epochs": 1}},
+                          "student": {"from_teacher": {"layers": [0]}}, "data": data, "method": "hinton",
+                          "output_dir": str(tmp_path / "x")}, base_dir=tmp_path)

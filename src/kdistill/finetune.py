@@ -95,10 +95,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
     if label_names:
         teacher.config.id2label = dict(enumerate(label_names))
         teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
-    spec = config.teacher.finetune
-    train_config = _train_config(config, epochs=spec.epochs, lr=spec.lr, warmup=spec.warmup,
-                                 weight_decay=spec.weight_decay, freeze=list(spec.freeze), max_steps=spec.max_steps,
-                                 seed=entry.settings["seed"], loader=loaders["train"])
+    train_config = finetune_train_config(config, loaders["train"])
     work = entry.folder.with_name(f"{entry.key}.work")
     train_on_labels(teacher, loaders, train_config, work)
     teacher.eval()
@@ -116,6 +113,14 @@ def copy_into_run(entry: FinetunedTeacher, out: Path) -> Path:
     with atomic_folder(out / TEACHER_DIR) as tmp:
         shutil.copytree(entry.folder, tmp, dirs_exist_ok=True)
     return out / TEACHER_DIR
+
+
+def finetune_train_config(config: Any, loader: DataLoader) -> Any:
+    """The TrainConfig of the teacher's fine-tune: the run's ``training`` with ``teacher.finetune``'s settings."""
+    spec = config.teacher.finetune
+    seed = spec.seed if spec.seed is not None else config.train_seed()
+    return _train_config(config, epochs=spec.epochs, lr=spec.lr, warmup=spec.warmup, weight_decay=spec.weight_decay,
+                         freeze=list(spec.freeze), max_steps=spec.max_steps, seed=seed, loader=loader)
 
 
 def _train_config(config: Any, *, loader: DataLoader, epochs: float, max_steps: int | None = None, **fields):
@@ -195,4 +200,5 @@ def _save(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
 
 
 __all__ = ["BASELINE_DIR", "FinetunedTeacher", "TEACHER_DIR", "baseline_of", "copy_into_run", "finetune_settings",
-           "finetune_teacher", "finetuned_teacher", "load_baseline", "train_baseline", "train_on_labels"]
+           "finetune_teacher", "finetune_train_config", "finetuned_teacher", "load_baseline", "train_baseline",
+           "train_on_labels"]

@@ -81,6 +81,7 @@ class Plan:
     stages: tuple[StagePlan, ...]
     parameters: dict[str, int]
     total_steps: int
+    labels_only_steps: dict[str, int]  # the teacher's fine-tune and the baseline, when the run has them
     expansion: dict
     notes: tuple[str, ...]
 
@@ -107,7 +108,8 @@ class Plan:
                   f"  projections  {params['projections']:>12,}",
                   f"  trainable    {params['trainable']:>12,}"
                   + (f"  ({params['frozen']:,} frozen by training.freeze)" if params["frozen"] else ""),
-                  "", f"estimated steps: {self.total_steps} optimiser steps in all",
+                  "", f"estimated steps: {self.total_steps} optimiser steps in all"
+                  + "".join(f", plus {steps} for the {what}" for what, steps in self.labels_only_steps.items()),
                   "", "method expansion (copy under `matches:` to edit):"]
         lines += ["  " + line for line in dump_yaml(self.expansion).rstrip().splitlines()]
         if self.notes:
@@ -159,8 +161,30 @@ def make_plan(config: RunConfig) -> Plan:
         stages=stages,
         parameters={"teacher": count_parameters(parts.teacher), "student": student, "projections": projections,
                     "frozen": frozen, "trainable": student - frozen + projections},
-        total_steps=sum(stage.steps for stage in stages), expansion=expansion, notes=notes,
+        total_steps=sum(stage.steps for stage in stages), labels_only_steps=_labels_only_steps(config, parts),
+        expansion=expansion, notes=notes,
     )
+
+
+def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
+    """Steps of the teacher's fine-tune (when not cached) and of the baseline, as run() will train them."""
+    from kdistill.run import estimated_steps, stage_train_config
+
+    steps: dict[str, int] = {}
+    train = parts.loaders.get("train")
+    if parts.finetuned is not None and not parts.finetuned.cached and train is not None:
+        from kdistill.finetune import finetune_train_config
+
+        steps["teacher's fine-tune"] = estimated_steps(finetune_train_config(config, train), train)
+    if parts.baseline is not None and train is not None:
+        last = parts.stages[-1]
+        if last.stage.data == "train":
+            steps["baseline"] = estimated_steps(stage_train_config(config, last), train)
+        else:
+            from kdistill.train import TrainConfig
+
+            steps["baseline"] = estimated_steps(TrainConfig(**config.training.model_dump()), train)
+    return steps
 
 
 def _data_lines(config: RunConfig, parts: Any) -> list[str]:

@@ -191,6 +191,10 @@ def read_tables(config: RunConfig) -> Tables:
     meaning = encoding.names or (list(encoding.teacher_names) if encoding.teacher_names else None)
     train_classes = max(tables["train"].labels, default=-1) + 1 if "train" in tables else 0
     if encoding.classes is not None and train_classes > encoding.classes:
+        if config.teacher.finetune is not None:  # the fine-tune makes the head: its size is the user's setting
+            raise DataError(f"teacher.num_labels: {encoding.classes}, but the data has {train_classes} classes; the "
+                            "fine-tune gives the teacher one output per class: set it to "
+                            f"{train_classes} or leave it out.")
         raise DataError(klabels.too_many_classes("teacher", encoding.classes, train_classes))
     for split, table in tables.items():
         klabels.check_label_range(table.labels, classes, source=sources[split], column=label,
