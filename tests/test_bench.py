@@ -184,3 +184,18 @@ def test_append_report_creates_and_replaces(tmp_path):
     text = path.read_text()
     assert text.startswith("# Report\n") and "second" in text and "first" not in text
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_teacher_without_a_classifier_is_noted_not_a_traceback(run_with_teacher, tmp_path):
+    """A pretrained base as --teacher (no classification head): bench measures the student and says why
+    the teacher is not measured (its outputs were compared as classes before: a broadcast traceback)."""
+    run, _ = run_with_teacher
+    tokenizer = make_tokenizer(tmp_path / "vocab")
+    base = transformers.BertModel(transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                          num_hidden_layers=1, num_attention_heads=2,
+                                                          intermediate_size=37, max_position_embeddings=32))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    result = small(run, teacher_dir=tmp_path / "base", runtimes=["pytorch"], write_report=False)
+    assert [row["model"] for row in result["rows"]] == ["student"]
+    assert any("has no sequence-classification head" in note for note in result["notes"])

@@ -125,6 +125,15 @@ def bench_models(
 # Finding the teacher
 
 
+def _is_classifier(folder: Path) -> bool:
+    """Whether a model folder's config.json names a sequence-classification architecture."""
+    try:
+        architectures = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return True  # let the loader say what is wrong
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures or ())
+
+
 def find_teacher(run_dir: Path | None) -> tuple[Path | None, str]:
     """The teacher folder of a run and how it was found; ``(None, why not)`` when there is none.
 
@@ -266,6 +275,10 @@ def bench(
         teacher_path, how = find_teacher(run)
         if teacher_path is None:
             notes.append(f"Teacher not measured: {how}.")
+    if teacher_path is not None and not _is_classifier(teacher_path):
+        notes.append(f"Teacher not measured: '{teacher_path}' ({how}) has no sequence-classification head, so its "
+                     "outputs are no class predictions to compare.")
+        teacher_path = None
     runtimes = list(runtimes)
     if any(runtime != "pytorch" for runtime in runtimes):
         try:
