@@ -195,3 +195,47 @@ def test_a_fine_tune_head_smaller_than_the_classes_names_num_labels(setup):
         config_from_dict({"teacher": {"path": str(base), "num_labels": 1, "finetune": {"epochs": 1}},
                           "student": {"from_teacher": {"layers": [0]}}, "data": data, "method": "hinton",
                           "output_dir": str(tmp_path / "x")}, base_dir=tmp_path)
+
+
+def test_with_early_stopping_the_validation_split_is_part_of_the_teachers_key(setup):
+    from kdistill.finetune import finetuned_teacher
+    from kdistill.run import build
+
+    tmp_path, base, data = setup
+    other = {**data, "validation": str(_csv(tmp_path / "dev2.csv", 16, 9))}
+
+    def key(data_spec, patience):
+        config = _config(tmp_path, base, data_spec, "k", [1])
+        config = config_from_dict({**config.resolved(), "training": {**config.resolved()["training"],
+                                   "early_stop_patience": patience, "eval_every": 2 if patience else None}},
+                                  base_dir=tmp_path)
+        parts = build(config)
+        return finetuned_teacher(config, parts.datasets["train"], parts.data.label_names, parts.data.num_classes,
+                                 parts.datasets["validation"]).key
+
+    assert key(data, None) == key(other, None)  # the final teacher does not depend on validation data
+    assert key(data, 2) != key(other, 2)  # with early stopping it stops where validation says
+
+
+def test_one_fine_tune_per_teacher_at_a_time_and_a_dead_runs_lock_is_taken_over(setup):
+    import os
+    import subprocess
+
+    from kdistill.finetune import finetuned_teacher
+    from kdistill.run import build
+
+    tmp_path, base, data = setup
+    config = _config(tmp_path, base, data, "locked", [1])
+    parts = build(config)
+    entry = finetuned_teacher(config, parts.datasets["train"], parts.data.label_names, parts.data.num_classes,
+                              parts.datasets["validation"])
+    work = entry.folder.with_name(f"{entry.key}.work")
+    work.mkdir(parents=True)
+    (work / "lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(ConfigError, match=r"another run \(process \d+\) is fine-tuning this teacher now"):
+        run(config)
+    gone = subprocess.Popen(["true"])  # a process that has ended: a run killed mid-fine-tune
+    gone.wait()
+    (work / "lock").write_text(str(gone.pid))
+    summary = run(config)
+    assert summary["teacher_finetune"]["cached"] is False and not work.exists()

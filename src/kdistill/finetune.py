@@ -19,9 +19,11 @@ same splits; summary and report set teacher, student and baseline side by side.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +68,20 @@ def finetune_settings(config: Any) -> dict:
             "training": {name: getattr(training, name) for name in inherited}}
 
 
-def finetuned_teacher(config: Any, train: Any, label_names: list[str] | None, classes: int) -> FinetunedTeacher:
-    """The cache entry of the teacher ``config`` fine-tunes on ``train`` (a TokenizedDataset)."""
+def _data_key(dataset: Any) -> str:
+    """The tokenised texts and labels of a TokenizedDataset, as a digest."""
+    labels = dataset.labels.tobytes() if dataset.labels is not None else b""
+    return hashlib.sha256(dataset.teacher.input_ids.tobytes() + dataset.teacher.offsets.tobytes() + labels).hexdigest()
+
+
+def finetuned_teacher(config: Any, train: Any, label_names: list[str] | None, classes: int,
+                      validation: Any = None) -> FinetunedTeacher:
+    """The cache entry of the teacher ``config`` fine-tunes on ``train`` (a TokenizedDataset); with early
+    stopping the ``validation`` split decides where it stops, so it is part of the key too."""
     settings = finetune_settings(config)
     base = Path(config.teacher.path)
-    data = hashlib.sha256(train.teacher.input_ids.tobytes() + train.teacher.offsets.tobytes()
-                          + (train.labels.tobytes() if train.labels is not None else b"")).hexdigest()
-    key = fingerprint(*_weight_files(base), data, label_names, classes, settings)
+    stops_on = _data_key(validation) if config.training.early_stop_patience and validation is not None else None
+    key = fingerprint(*_weight_files(base), _data_key(train), label_names, classes, settings, stops_on)
     folder = cache_root() / "teachers" / key
     return FinetunedTeacher(folder, (folder / "config.json").is_file(), key, settings)
 
@@ -97,11 +106,49 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
         teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
     train_config = finetune_train_config(config, loaders["train"])
     work = entry.folder.with_name(f"{entry.key}.work")
-    train_on_labels(teacher, loaders, train_config, work)
-    teacher.eval()
-    save_model_folder(teacher, entry.folder, tokenizer)
+    with _fine_tune_lock(work):
+        train_on_labels(teacher, loaders, train_config, work)
+        teacher.eval()
+        save_model_folder(teacher, entry.folder, tokenizer)
     shutil.rmtree(work, ignore_errors=True)
     return teacher
+
+
+@contextlib.contextmanager
+def _fine_tune_lock(work: Path) -> Iterator[None]:
+    """One fine-tune per cache entry at a time: ``<key>.work/lock`` holds the pid of the run doing it. A
+    lock whose process is gone (a run killed mid-fine-tune) is taken over; a live one is a ConfigError."""
+    import os
+
+    from kdistill.errors import ConfigError
+
+    work.mkdir(parents=True, exist_ok=True)
+    lock = work / "lock"
+    try:
+        holder = int(lock.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        holder = None
+    if holder is not None and holder != os.getpid() and _alive(holder):
+        raise ConfigError(f"teacher.finetune: another run (process {holder}) is fine-tuning this teacher now, in "
+                          f"'{work}'; wait for it to finish (this run then takes the teacher from the cache), or "
+                          "change the fine-tune's settings.")
+    lock.write_text(str(os.getpid()), encoding="utf-8")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
 
 
 def copy_into_run(entry: FinetunedTeacher, out: Path) -> Path:

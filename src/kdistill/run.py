@@ -378,7 +378,8 @@ def _teacher(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader],
     if distributed_world_size() > 1:
         raise ConfigError("teacher.finetune: fine-tune the teacher in one process first (kdistill run without "
                           "--processes, or kdistill plan to see the cache), then run the processes: they reuse it.")
-    entry = kfinetune.finetuned_teacher(config, data.datasets["train"], data.label_names, data.num_classes)
+    entry = kfinetune.finetuned_teacher(config, data.datasets["train"], data.label_names, data.num_classes,
+                                        data.datasets.get("validation"))
     base = config.teacher.path
     if entry.cached:
         teacher = load_hf_model(entry.folder)
