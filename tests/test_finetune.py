@@ -98,6 +98,13 @@ def test_a_base_and_a_labelled_csv_give_teacher_student_and_baseline_in_one_run(
     assert summary["baseline"]["parameters"] == summary["parameters"]["student"]
     report = (out / "report.md").read_text()
     assert "| test | baseline |" in report and "| test | teacher |" in report
+    assert "The teacher is a pretrained base fine-tuned on this run's training split (fine-tuned in this run" in report
+    from kdistill.run import evaluate_run
+
+    evaluated = evaluate_run(out, "test")  # kdistill eval reproduces all three figures
+    assert evaluated["baseline"]["accuracy"] == pytest.approx(summary["baseline"]["metrics"]["test"]["accuracy"])
+    assert evaluated["student"] == pytest.approx(summary["metrics"]["test"]["student"])
+    assert evaluated["teacher"] == pytest.approx(summary["metrics"]["test"]["teacher"])
     # Every saved model re-evaluates to its summary figure with plain transformers (its own tokenizer).
     for role, folder in (("teacher", out / "teacher"), ("student", out / "student"),
                          ("baseline", out / "baseline" / "student")):

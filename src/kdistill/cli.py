@@ -207,9 +207,11 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
     print(f"  {'':<8} {'accuracy':>9} {'macro_f1':>9}")
-    for role in ("teacher", "student"):
-        print(f"  {role:<8} {result[role]['accuracy']:>9.4f} {result[role]['macro_f1']:>9.4f}")
-    print(f"  agreement (same prediction): {result['agreement']:.4f}")
+    for role in ("teacher", "student", "baseline"):
+        if role in result:
+            print(f"  {role:<8} {result[role]['accuracy']:>9.4f} {result[role]['macro_f1']:>9.4f}")
+    print(f"  agreement (same prediction): {result['agreement']:.4f}"
+          + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0
 
 

@@ -129,6 +129,11 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
                 f"Method `{summary.get('method')}`; {summary.get('seconds', 0):.1f} s on "
                 f"{summary.get('processes', 1)} process(es). Figures are measured on the saved student "
                 f"(`kdistill eval RUN --split {split}` reproduces them)."]
+    finetune = summary.get("teacher_finetune")
+    if finetune:
+        how = "taken from the cache" if finetune.get("cached") else "fine-tuned in this run"
+        sections[-1] += (f" The teacher is a pretrained base fine-tuned on this run's training split ({how}: "
+                         f"`{finetune['cache']}`; a copy in `teacher/`).")
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     rows = []
     for split, result in metrics.items():

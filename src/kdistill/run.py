@@ -900,6 +900,16 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
     if "teacher" not in result:
         raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "
                         f"(agreement of teacher and student: {result['agreement']:.4f}).")
+    baseline_dir = Path(run_dir) / "baseline" / "student"
+    if baseline_dir.is_dir():  # baseline: true — the same student trained on the labels alone
+        import copy
+
+        from kdistill.finetune import load_baseline
+
+        baseline = copy.deepcopy(student)
+        load_baseline(baseline, Path(run_dir))
+        again = compare(teacher, baseline, loaders[split])
+        result["baseline"] = {**again["student"], "agreement": again["agreement"]}
     return {"split": split, **result}
 
 
