@@ -131,7 +131,9 @@ def _is_classifier(folder: Path) -> bool:
         architectures = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("architectures")
     except (OSError, ValueError, AttributeError):
         return True  # let the loader say what is wrong
-    return any(str(name).endswith("ForSequenceClassification") for name in architectures or ())
+    from kdistill.labels import is_classifier
+
+    return is_classifier(architectures)
 
 
 def find_teacher(run_dir: Path | None) -> tuple[Path | None, str]:

@@ -197,6 +197,7 @@ class RunConfig(_TopLevel):
     # Where the config came from (not part of the config itself).
     _source: str | None = None
     _imports: list[Imported] = PrivateAttr(default_factory=list)
+    _tables: Any = PrivateAttr(default=None)  # kdistill.run_data.Tables, read once by validation
 
     @property
     def source(self) -> str | None:

@@ -289,8 +289,7 @@ def encode_labels(
 ) -> tuple[list[int], list[str] | None]:
     rows = list(range(len(values))) if rows is None else list(rows)
     for row, value in zip(rows, values):
-        if value is None or (isinstance(value, str) and not value.strip()) or (
-                isinstance(value, float) and math.isnan(value)):
+        if is_missing_text(value):  # the one rule for a missing value: None, NaN, empty or blank
             raise DataError(f"{source}: record {row} has an empty '{column}'; every labelled record needs one.")
         if isinstance(value, (list, dict)):
             raise DataError(f"{source}: record {row} has a JSON {type(value).__name__} in '{column}' ({value!r}); "

@@ -234,16 +234,14 @@ def _save(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
     """Like the student: a Hugging Face folder with the tokenizer that feeds it, else safetensors."""
     from kdistill.adapters.hf import is_hf_model
     from kdistill.files import atomic_folder
-    from kdistill.models import save_pretrained
+    from kdistill.models import save_model_folder
     from kdistill.train import save_weights
 
+    if is_hf_model(model):
+        save_model_folder(model, folder, tokenizer)
+        return
     with atomic_folder(folder) as tmp:
-        if is_hf_model(model):
-            save_pretrained(model, tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-        else:
-            save_weights(model, tmp / "student.safetensors")
+        save_weights(model, tmp / "student.safetensors")
 
 
 __all__ = ["BASELINE_DIR", "FinetunedTeacher", "TEACHER_DIR", "baseline_of", "copy_into_run", "finetune_settings",

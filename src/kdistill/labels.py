@@ -63,7 +63,7 @@ def teacher_labels(spec: Any) -> TeacherLabels:
     except (OSError, ValueError):
         return TeacherLabels(None, spec.num_labels, f"{config_file} could not be read")
     architectures = raw.get("architectures") or []
-    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+    if not is_classifier(architectures):
         note = (f"{config_file} has no sequence-classification head (architectures: "
                 f"{', '.join(architectures) or 'none'}); a new one is made")
         return TeacherLabels(None, spec.num_labels, note, new_head=True)
@@ -76,6 +76,11 @@ def teacher_labels(spec: Any) -> TeacherLabels:
                              new_head=True)
     names = class_names(id2label)
     return TeacherLabels(names, size, f"id2label in {config_file}")
+
+
+def is_classifier(architectures: Any) -> bool:
+    """Whether a ``config.json``'s ``architectures`` name a sequence classifier (a trained head)."""
+    return any(str(name).endswith("ForSequenceClassification") for name in architectures or ())
 
 
 def class_names(id2label: Mapping) -> tuple[str, ...] | None:
@@ -164,5 +169,5 @@ def too_many_classes(role: str, outputs: int, classes: int, *, hf: bool = True) 
     return f"{head}; check data.label and the model's output size."
 
 
-__all__ = ["LabelEncoding", "class_names", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels",
+__all__ = ["LabelEncoding", "class_names", "is_classifier", "TeacherLabels", "check_label_range", "choose_encoding", "teacher_labels",
            "too_many_classes"]

@@ -168,7 +168,7 @@ def make_plan(config: RunConfig) -> Plan:
 
 def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
     """Steps of the teacher's fine-tune (when not cached) and of the baseline, as run() will train them."""
-    from kdistill.run import estimated_steps, stage_train_config
+    from kdistill.run import baseline_train_config, estimated_steps
 
     steps: dict[str, int] = {}
     train = parts.loaders.get("train")
@@ -177,13 +177,7 @@ def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
 
         steps["teacher's fine-tune"] = estimated_steps(finetune_train_config(config, train), train)
     if parts.baseline is not None and train is not None:
-        last = parts.stages[-1]
-        if last.stage.data == "train":
-            steps["baseline"] = estimated_steps(stage_train_config(config, last), train)
-        else:
-            from kdistill.train import TrainConfig
-
-            steps["baseline"] = estimated_steps(TrainConfig(**config.training.model_dump()), train)
+        steps["baseline"] = estimated_steps(baseline_train_config(parts), train)
     return steps
 
 

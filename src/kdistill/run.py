@@ -659,19 +659,24 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     return on_main_process(write_results)
 
 
-def _train_baseline(parts: RunParts, out: Path) -> dict | None:
-    """``baseline: true``: the student as built, trained on the labels alone with the last stage's
-    settings when it trains on the labelled data (else the run's ``training``), the same seed."""
-    if parts.baseline is None:
-        return None
-    from kdistill.finetune import train_baseline
+def baseline_train_config(parts: RunParts):
+    """``baseline: true``'s settings: the last stage's when it trains on the labelled data, else the
+    run's ``training``; the same seed."""
     from kdistill.train import TrainConfig
 
     last = parts.stages[-1]
     if last.stage.data == "train":
-        train_config = stage_train_config(parts.config, last)
-    else:
-        train_config = TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
+        return stage_train_config(parts.config, last)
+    return TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
+
+
+def _train_baseline(parts: RunParts, out: Path) -> dict | None:
+    """The student as built, trained on the labels alone (``baseline: true``)."""
+    if parts.baseline is None:
+        return None
+    from kdistill.finetune import train_baseline
+
+    train_config = baseline_train_config(parts)
     return train_baseline(parts.baseline, parts.loaders, train_config, out, parts.student_tokenizer or parts.tokenizer,
                           planned=estimated_steps(train_config, parts.loaders["train"]))
 

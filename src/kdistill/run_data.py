@@ -162,6 +162,12 @@ def read_tables(config: RunConfig) -> Tables:
     Raises :class:`DataError` for a missing text (unless ``data.missing_text: skip``), a label the
     teacher does not know, or a label outside the models' classes — naming the file and record.
     """
+    if config._tables is None:  # validation read them already for a config it returned
+        config._tables = _read_tables(config)
+    return config._tables
+
+
+def _read_tables(config: RunConfig) -> Tables:
     from kdistill import data as kdata
     from kdistill import labels as klabels
 
