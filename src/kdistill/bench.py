@@ -139,8 +139,8 @@ def _is_classifier(folder: Path) -> bool:
 def find_teacher(run_dir: Path | None) -> tuple[Path | None, str]:
     """The teacher folder of a run and how it was found; ``(None, why not)`` when there is none.
 
-    Looked for: ``teacher.path`` in the run's ``config.resolved.yaml``; ``teacher_dir``/``teacher_path`` in
-    ``summary.json``; the demo's fine-tuned teacher cache when ``summary.json`` holds demo settings.
+    Looked for: ``teacher.path`` in the run's ``config.resolved.yaml`` (its ``teacher/`` folder when the
+    run fine-tuned it); ``teacher_dir``/``teacher_path`` in ``summary.json``.
     """
     if run_dir is None:
         return None, "a model folder has no teacher (pass --teacher DIR)"
@@ -156,21 +156,6 @@ def find_teacher(run_dir: Path | None) -> tuple[Path | None, str]:
             path = summary.get(key)
             if path and (Path(path) / "config.json").is_file():
                 return Path(path), f"{key} in summary.json"
-        settings = summary.get("settings") or {}
-        if "teacher_epochs" in settings:
-            try:
-                from dataclasses import fields
-
-                from kdistill import demo, packaged
-
-                known = {f.name for f in fields(demo.DemoSettings)}
-                demo_settings = demo.DemoSettings(**{k: v for k, v in settings.items() if k in known})
-                folder = demo.teacher_cache_dir(demo_settings, packaged.minilm_teacher_path())
-            except Exception as exc:  # the demo's cache layout is the demo's business: say why, go on
-                return None, f"the demo teacher could not be located ({type(exc).__name__}: {exc}); pass --teacher DIR"
-            if (folder / "config.json").is_file():
-                return folder, "the demo's fine-tuned teacher cache"
-            return None, f"the demo teacher cache {folder} is empty; pass --teacher DIR"
     return None, "the run names no teacher; pass --teacher DIR"
 
 
@@ -266,7 +251,7 @@ def bench(
     if data is None or not data.texts:
         raise DataError(
             f"bench: no {split} data found for '{run_dir}' (looked for data/{split}.csv|tsv|jsonl|json, "
-            f"{split}.*, the run's config.resolved.yaml and a demo summary.json); pass --data FILE "
+            f"{split}.*, and the run's config.resolved.yaml); pass --data FILE "
             "--text-column TEXT --label-column LABEL."
         )
     if data.labels is None:

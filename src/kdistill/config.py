@@ -127,6 +127,7 @@ class DataSpec(_Strict):
     path: str | None = None
     split: list[float] | None = None
     seed: int | None = None
+    split_seed: int | None = None
     text: Any = "text"
     label: str | None = "label"
     format: Literal["csv", "tsv", "jsonl", "json", "hf"] | None = None
@@ -136,8 +137,10 @@ class DataSpec(_Strict):
     tokenizer: str | None = None
     student_tokenizer: str | None = None
     unlabelled: str | None = None
+    distil_on: Literal["train", "train+unlabelled"] = "train"
     bucket: bool = True
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | dict[str, int] | None = None
+
     missing_text: Literal["error", "skip"] = "error"
 
 
@@ -147,7 +150,7 @@ class TrainingSpec(_Strict):
     lr: float = Field(default=5e-5, gt=0)
     projection_lr: float | None = Field(default=None, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
-    epochs: int = Field(default=1, ge=1)
+    epochs: float = Field(default=1, gt=0)  # fractions allowed: rounded to optimiser steps
     max_steps: int | None = Field(default=None, ge=1)
     warmup: float = Field(default=0.1, ge=0)
     lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -177,7 +180,7 @@ class _TopLevel(_Strict):
     method_args: dict[str, Any] = Field(default_factory=dict)
     layer_map: Any = "uniform"
     hard_label_weight: Any = None
-    cache: Literal["teacher"] | None = None
+    cache: Literal["teacher", "logits"] | None = None
     attention: Literal["auto", "hooks", "eager"] = "auto"
     output_dir: str | None = None
     seed: int = 0
@@ -220,6 +223,15 @@ class RunConfig(_TopLevel):
 
     def data_seed(self) -> int:
         return self.data.seed if self.data.seed is not None else self.seed
+
+    def split_seed(self) -> int:
+        """The seed that cuts ``path``/``builtin`` data into splits (``data.split_seed``, else the data seed)."""
+        return self.data.split_seed if self.data.split_seed is not None else self.data_seed()
+
+    def limit_of(self, split: str) -> int | None:
+        """``data.limit`` for ``split``: one number for every split, or a number per split."""
+        limit = self.data.limit
+        return limit.get(split) if isinstance(limit, dict) else limit
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kdistill import packaged
 from kdistill.config import (
     _EXTENSIONS,
     BUILTIN_DATA,
@@ -31,11 +32,14 @@ from kdistill.config import (
     _hint,
     _show,
 )
-from kdistill.errors import ConfigError, RefError
+from kdistill.errors import ConfigError, DataError, RefError
 from kdistill.factories import FACTORY_RE, strings_in
 from kdistill.model_files import folder_contents, missing_tokenizer
 from kdistill.ranges import WEIGHT, Range, argument_problems
 from kdistill.refs import LAYER_KINDS, parse_ref
+
+
+LIMIT_SPLITS = ("train", "validation", "test", "unlabelled")
 
 
 class Checker:
@@ -130,6 +134,17 @@ class Checker:
             self.from_teacher(spec.from_teacher, f"{where}.from_teacher")
 
     def model_folder(self, value: str, where: str) -> str:
+        name = packaged.builtin_name(value)
+        if name is not None:  # a model that ships in a package: its folder there
+            problem = packaged.builtin_problem(name, packaged.BUILTIN_MODELS, where)
+            if problem:
+                self.add(problem)
+                return value
+            try:
+                value = str(packaged.BUILTIN_MODELS[name]())
+            except DataError as exc:
+                self.add(f"{where}: {exc}")
+                return value
         folder = self.resolve(value)
         if not folder.exists():
             self.add(f"{where}: the model folder '{folder}' does not exist (models load offline, from a folder "
@@ -192,6 +207,9 @@ class Checker:
                      f"this has {' and '.join(sources)}.")
         elif sources != ["train"]:
             self.cut_data(spec, sources[0], where)
+        if spec.split_seed is not None and spec.train is not None:
+            self.add(f"{where}.split_seed: applies to 'path' or 'builtin' data cut by 'split', not to separate "
+                     "train/validation/test files.")
         if spec.split is not None:
             if spec.train is not None:
                 self.add(f"{where}.split: applies to 'path' or 'builtin' data, not to separate train/validation/test files.")
@@ -217,7 +235,15 @@ class Checker:
             if spec.label is not None and spec.label not in columns:
                 self.add(f"{where}.label: no column '{spec.label}' in '{resolved}'{_hint(spec.label, columns)} "
                          f"Columns: {', '.join(columns)}. (Set 'label: null' for unlabelled data.)")
-        if spec.unlabelled is not None:
+        self.limits(spec, where)
+        if spec.distil_on != "train" and spec.unlabelled is None:
+            self.add(f"{where}.distil_on: '{spec.distil_on}' needs data.unlabelled (a file of texts, or "
+                     "'builtin:sentiment_extra'); set it, or distil_on: train.")
+        unlabelled_name = packaged.builtin_name(spec.unlabelled)
+        if unlabelled_name is not None:
+            if problem := packaged.builtin_problem(unlabelled_name, packaged.BUILTIN_TEXTS, f"{where}.unlabelled"):
+                self.add(problem)
+        elif spec.unlabelled is not None:
             resolved = self.resolve(spec.unlabelled)
             spec.unlabelled = str(resolved)
             fmt = None if resolved.suffix.lower() == ".txt" else spec.format
@@ -238,6 +264,17 @@ class Checker:
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
+
+    def limits(self, spec: DataSpec, where: str) -> None:
+        """``data.limit``: a positive number, or a mapping of split names to positive numbers."""
+        limit = spec.limit
+        items = limit.items() if isinstance(limit, dict) else [] if limit is None else [(None, limit)]
+        for split, value in items:
+            path = f"{where}.limit" + (f".{split}" if split is not None else "")
+            if split is not None and split not in LIMIT_SPLITS:
+                self.add(f"{path}: '{split}' is not a split; choose from {', '.join(LIMIT_SPLITS)}.")
+            elif value < 1:
+                self.add(f"{path}: must be at least 1 (the first N records are kept), got {value}.")
 
     def cut_data(self, spec: DataSpec, source: str, where: str) -> None:
         """Data cut by ``split`` (a ``path`` or a ``builtin`` set): every key it would ignore is an error."""

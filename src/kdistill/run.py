@@ -35,6 +35,7 @@ from kdistill.config import IMAGE_DATA, RunConfig, dump_yaml
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError, ShapeError
 from kdistill.launch import distributed_world_size, processes_use_cpu
+from kdistill.logits_cache import reads_only_logits
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
 from kdistill.methods import Recipe, Stage, chain_learners
 from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's names and helpers)
@@ -50,7 +51,15 @@ from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's nam
 )
 from kdistill.refs import LAYER_KINDS, parse_ref
 from kdistill.registry import importable
-from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders  # noqa: F401 - re-exported
+from kdistill.run_data import (  # noqa: F401 - re-exported
+    DataParts,
+    ImageDataset,
+    build_data,
+    make_loaders,
+    stage_data,
+    stage_parts,
+    training_loader,
+)
 from kdistill.schedules import maybe_schedule
 from kdistill.files import atomic_write_text
 
@@ -70,6 +79,8 @@ class StageParts:
     loader: DataLoader
     origins: list[str]
     directory: Path
+    data_name: str = "train"  # what it trains on: a split, or "train+unlabelled" (data.distil_on)
+    datasets: list[Dataset] = field(default_factory=list)  # the loader's parts, in order
     distiller: Distiller | None = None
 
 
@@ -340,7 +351,7 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     if any(m.teacher.endswith(".*") for m in config.matches):
         layer_map = resolve_layer_map(config.layer_map, teacher, student)
     recipe, stage_origins = _recipe_with_matches(config, recipe, layer_map)
-    stages = _stages(config, recipe, stage_origins, loaders, teacher, trained, assistant)
+    stages = _stages(config, recipe, stage_origins, data, loaders, teacher, trained, assistant)
     if finetuned is None:
         _check_teacher_head(config, stages)
     parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
@@ -433,8 +444,9 @@ def _recipe_with_matches(config: RunConfig, recipe: Recipe | None,
     return recipe, stage_origins
 
 
-def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], loaders: dict[str, DataLoader],
-            teacher: nn.Module, trained: nn.Module, assistant: nn.Module | None) -> list[StageParts]:
+def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], data: DataParts,
+            loaders: dict[str, DataLoader], teacher: nn.Module, trained: nn.Module,
+            assistant: nn.Module | None) -> list[StageParts]:
     out = Path(config.output_dir)
     chain = {"teacher": teacher, "assistant": assistant}
     stages = []
@@ -444,13 +456,16 @@ def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], l
             hint = ("set data.unlabelled to a text file (one text per line) or a CSV/JSON-lines file"
                     if stage.data == "unlabelled" else f"the data has no '{stage.data}' split")
             raise ConfigError(f"method '{recipe.method}' stage '{stage.name}' trains on '{stage.data}' data: {hint}.")
+        data_name = stage_data(config, stage.data, bool(stage.matches))
+        datasets = stage_parts(config, data, data_name)
+        loader = loaders[data_name] if len(datasets) == 1 else training_loader(config, data, datasets)
         stage_teacher = chain.get(stage.teacher)
         if stage_teacher is None:
             raise ConfigError(f"method '{recipe.method}' stage '{stage.name}': no '{stage.teacher}' model in this run.")
         check_refs(stage.matches, stage_origins[i], stage_teacher, learners[i])
         directory = out if len(recipe.stages) == 1 else out / "stages" / f"{i + 1}-{stage.name}"
-        stages.append(StageParts(i, stage, stage_teacher, learners[i], loaders[stage.data], stage_origins[i],
-                                 directory))
+        stages.append(StageParts(i, stage, stage_teacher, learners[i], loader, stage_origins[i], directory,
+                                 data_name, datasets))
     return stages
 
 
@@ -517,7 +532,7 @@ def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, Dat
 
 
 def stage_train_config(config: RunConfig, part: StageParts):
-    from kdistill.train import TrainConfig
+    from kdistill.train import TrainConfig, run_length
 
     fields = config.training.model_dump()
     fields["seed"] = config.train_seed()
@@ -525,13 +540,9 @@ def stage_train_config(config: RunConfig, part: StageParts):
     if unknown:
         raise ConfigError(f"method stage '{part.stage.name}': unknown training settings {unknown}.")
     fields.update(part.stage.training)
-    epochs = part.stage.epochs
-    if epochs is not None:
-        if float(epochs).is_integer():
-            fields["epochs"] = max(int(epochs), 1)
-        elif fields["max_steps"] is None:
-            per_epoch = math.ceil(len(part.loader) / fields["grad_accum"])
-            fields["max_steps"] = max(1, round(epochs * per_epoch))
+    epochs = part.stage.epochs if part.stage.epochs is not None else fields["epochs"]
+    fields["epochs"], fields["max_steps"] = run_length(epochs, fields["max_steps"], len(part.loader),
+                                                       fields["grad_accum"])
     return TrainConfig(**fields)
 
 
@@ -616,6 +627,8 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         loader = part.loader
         if config.cache == "teacher":
             loader = teacher_cached_loader(part, distiller, out)
+        elif config.cache == "logits" and reads_only_logits(distiller):
+            loader = logits_loader(parts, part, distiller)
         trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
         result = trainer.train(resume=continuing)
         distiller.remove_hooks()
@@ -662,12 +675,15 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
 def baseline_train_config(parts: RunParts):
     """``baseline: true``'s settings: the last stage's when it trains on the labelled data, else the
     run's ``training``; the same seed."""
-    from kdistill.train import TrainConfig
+    from kdistill.train import TrainConfig, run_length
 
     last = parts.stages[-1]
-    if last.stage.data == "train":
+    if last.stage.data == "train" and last.loader is parts.loaders["train"]:
         return stage_train_config(parts.config, last)
-    return TrainConfig(**{**parts.config.training.model_dump(), "seed": parts.config.train_seed()})
+    fields = {**parts.config.training.model_dump(), "seed": parts.config.train_seed()}
+    fields["epochs"], fields["max_steps"] = run_length(fields["epochs"], fields["max_steps"],
+                                                       len(parts.loaders["train"]), fields["grad_accum"])
+    return TrainConfig(**fields)
 
 
 def _train_baseline(parts: RunParts, out: Path) -> dict | None:
@@ -802,6 +818,24 @@ def teacher_cached_loader(part: StageParts, distiller: Distiller, out: Path) -> 
         if not cache.complete:  # the main process filled it: reopen what it wrote
             cache, _ = stage_cache(part, distiller, out)
     return cached_loader(part.loader, cache)
+
+
+def logits_loader(parts: RunParts, part: StageParts, distiller: Distiller) -> DataLoader:
+    """``part.loader``'s batches with the teacher's stored logits (``cache: logits``; computed once, by
+    the main process under a launcher)."""
+    from kdistill import logits_cache
+    from kdistill.run_data import tokenized
+
+    key = logits_cache.teacher_key(part.teacher)
+    size = parts.config.data.eval_batch_size or parts.config.data.batch_size
+    wrapped = []
+    for dataset in part.datasets:
+        base = tokenized(dataset)
+        name = "unlabelled" if base is parts.datasets.get("unlabelled") else part.stage.data
+        logits = on_main_process(logits_cache.cached_logits, distiller, key, base, size, name=name)
+        wrapped.append(logits_cache.WithTeacherLogits(dataset, logits))
+    collate = logits_cache.LogitsCollator(tokenized(part.datasets[0]).collator())
+    return training_loader(parts.config, parts.data, wrapped, collate)
 
 
 def on_main_process(function, *args, **kwargs):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from kdistill.config import IMAGE_DATA, RunConfig
 from kdistill.errors import DataError
@@ -104,11 +104,10 @@ def _image_data(config: RunConfig) -> DataParts:
 
     spec = config.data
     ratios = split_ratios(spec)
-    pairs = kdata.split_records(_builtin_records(spec.builtin), ratios=ratios, seed=config.data_seed())
-    if spec.limit:
-        pairs = {k: v[: spec.limit] for k, v in pairs.items()}
+    pairs = kdata.split_records(_builtin_records(spec.builtin), ratios=ratios, seed=config.split_seed())
+    pairs = {k: v[: config.limit_of(k)] for k, v in pairs.items()}
     pairs = {k: v for k, v in pairs.items() if v}
-    sources = {k: f"builtin '{spec.builtin}' ({ratios} split, seed {config.data_seed()})" for k in pairs}
+    sources = {k: f"builtin '{spec.builtin}' ({ratios} split, seed {config.split_seed()})" for k in pairs}
     datasets: dict[str, Dataset] = {}
     for split, items in pairs.items():
         images = torch.as_tensor(np.stack([x for x, _ in items]))[:, None]
@@ -121,7 +120,7 @@ def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], A
     from kdistill import data as kdata
 
     spec = config.data
-    seed = config.data_seed()
+    seed = config.split_seed()
     records: dict[str, list] = {}
     sources: dict[str, str] = {}
     if spec.builtin is not None or spec.path is not None:
@@ -151,8 +150,7 @@ def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], A
             if file is not None:
                 records[split] = kdata.load_records(file, format=spec.format)
                 sources[split] = file
-    if spec.limit:
-        records = {k: v[: spec.limit] for k, v in records.items()}
+    records = {k: v[: config.limit_of(k)] for k, v in records.items()}
     return records, sources, text, label
 
 
@@ -229,7 +227,7 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
     }
     sources = dict(read.sources)
     if spec.unlabelled is not None:
-        texts = _unlabelled_texts(spec)
+        texts = _unlabelled_texts(spec)[: config.limit_of("unlabelled")]
         datasets["unlabelled"] = kdata.TokenizedDataset(texts, None, tokenizer, max_length=spec.max_length,
                                                         student_tokenizer=student_tokenizer)
         sources["unlabelled"] = spec.unlabelled
@@ -238,8 +236,14 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
 
 
 def _unlabelled_texts(spec) -> list:
+    """The texts of ``data.unlabelled``: a packaged set (``builtin:NAME``), a ``.txt`` file (one text a
+    line) or a table's text column."""
     from kdistill import data as kdata
+    from kdistill import packaged
 
+    name = packaged.builtin_name(spec.unlabelled)
+    if name is not None:
+        return packaged.BUILTIN_TEXTS[name]()
     path = Path(spec.unlabelled)
     if path.suffix.lower() == ".txt":
         lines = path.read_text(encoding="utf-8-sig").splitlines()
@@ -249,7 +253,67 @@ def _unlabelled_texts(spec) -> list:
     else:
         texts = kdata.text_table(kdata.load_records(path, format=spec.format), text=spec.text, label=None,
                                  source=str(path), missing_text=spec.missing_text).texts
-    return texts[: spec.limit] if spec.limit else texts
+    return texts
+
+
+class TextOnly(Dataset):
+    """A tokenised dataset whose items have ``labels = -100``: the teacher is their only target."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.lengths = dataset.lengths
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "labels": -100}
+
+    def collator(self) -> Any:
+        return self.dataset.collator()
+
+
+class Joined(ConcatDataset):
+    """Datasets one after the other, with their ``lengths`` (for length-bucketed batches)."""
+
+    def __init__(self, parts: list[Dataset]):
+        super().__init__(parts)
+        self.lengths = np.concatenate([part.lengths for part in parts])
+
+
+def tokenized(part: Dataset) -> Any:
+    """The TokenizedDataset under ``part`` (itself, or what a TextOnly wraps)."""
+    return part.dataset if isinstance(part, TextOnly) else part
+
+
+def stage_data(config: RunConfig, data_name: str, has_matches: bool) -> str:
+    """The data a stage trains on: ``data.distil_on: train+unlabelled`` adds the unlabelled texts to
+    every stage that learns from a teacher (their labels ignored)."""
+    if data_name == "train" and has_matches and config.data.distil_on == "train+unlabelled":
+        return "train+unlabelled"
+    return data_name
+
+
+def stage_parts(config: RunConfig, data: DataParts, name: str) -> list[Dataset]:
+    """The datasets a stage reading ``name`` (see :func:`stage_data`) trains on, in order. With
+    ``distil_on: train+unlabelled`` a stage on raw text reads the training texts too."""
+    datasets = data.datasets
+    if name == "train+unlabelled":
+        return [datasets["train"], TextOnly(datasets["unlabelled"])]
+    if name == "unlabelled" and config.data.distil_on == "train+unlabelled":
+        return [TextOnly(datasets["train"]), TextOnly(datasets["unlabelled"])]
+    return [datasets[name]]
+
+
+def training_loader(config: RunConfig, data: DataParts, parts: list[Dataset], collate_fn: Any = None) -> DataLoader:
+    """Shuffled (length-bucketed) batches over ``parts``, seeded by ``data.seed``."""
+    from kdistill.data import make_loader
+
+    dataset = parts[0] if len(parts) == 1 else Joined(parts)
+    if collate_fn is None and len(parts) > 1:
+        collate_fn = parts[0].collator()
+    return make_loader(dataset, config.data.batch_size, shuffle=True, seed=config.data_seed(),
+                       bucket=config.data.bucket and data.kind == "text", collate_fn=collate_fn)
 
 
 def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
@@ -265,4 +329,5 @@ def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
     return loaders
 
 
-__all__ = ["DataParts", "ImageDataset", "Tables", "build_data", "make_loaders", "read_tables", "split_ratios"]
+__all__ = ["DataParts", "ImageDataset", "Joined", "Tables", "TextOnly", "build_data", "make_loaders", "read_tables",
+           "split_ratios", "stage_data", "stage_parts", "tokenized", "training_loader"]

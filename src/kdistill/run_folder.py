@@ -79,9 +79,11 @@ class RunFolder:
         """The run's ``name`` split (a :class:`kdistill.data.TextTable`), or None when it has none."""
         from kdistill.run_data import read_tables
 
+        from kdistill.config import IMAGE_DATA
+
         config = self.config()
-        if config.data.builtin is not None:
-            return None  # packaged sets (images, the demo's texts) are rebuilt by their own readers
+        if config.data.builtin in IMAGE_DATA:
+            return None  # packaged images are no texts to tokenise
         return read_tables(config).tables.get(name)
 
 

@@ -23,6 +23,7 @@ is summed over keys and averaged over batch · heads · real queries; padded tok
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from torch import nn
 
@@ -30,7 +31,7 @@ from kdistill.errors import ConfigError
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import check_choice, check_layer_list, head_count, hidden_width
-from kdistill.ranges import FLAG, HEADS, WEIGHT, OneOf, Range
+from kdistill.ranges import ALPHA, FLAG, HEADS, TEMPERATURE, WEIGHT, OneOf, Range
 from kdistill.schedules import Scalar
 
 ASSISTANT_CONFIG_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "intermediate_size")
@@ -90,11 +91,14 @@ def _assistant_spec(assistant: Mapping, teacher: nn.Module | None) -> tuple[dict
     "teacher_layer": Range(integer=True, why="a 0-based teacher block; −1 is the last"),
     "num_relation_heads": Range(1, integer=True, why="relation heads; each width must be divisible by it"),
     "weight": WEIGHT, "teacher_heads": HEADS, "student_heads": HEADS, "finetune": FLAG,
-    "data": OneOf(DATA, why="the distillation stages' text: general unlabelled text or the task's")})
+    "data": OneOf(DATA, why="the distillation stages' text: general unlabelled text or the task's"),
+    "kd_temperature": TEMPERATURE, "kd_alpha": ALPHA,
+    "distil_epochs": Range(0, low_open=True, why="epochs of the relation stages (fractions allowed)")})
 def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None, version: int = 1,
            teacher_layer: int = -1, num_relation_heads: int | None = None, assistant: Mapping | None = None,
            finetune: bool = True, data: str = "unlabelled", weight: Scalar = 1.0,
-           teacher_heads: int | None = None, student_heads: int | None = None) -> Recipe:
+           teacher_heads: int | None = None, student_heads: int | None = None,
+           kd_temperature: float | None = None, kd_alpha: float = 0.5, distil_epochs: float | None = None) -> Recipe:
     """MiniLM v1 (attention + value relation) or v2 (q/k/v relations), optionally via a teacher assistant.
 
     version: 1 or 2. teacher_layer: the teacher block distilled (0-based, default −1 = last); the
@@ -103,7 +107,10 @@ def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None
     divide both widths. assistant: ``{layers: [...]}`` (copy teacher blocks) or ``{num_layers, hidden_size,
     num_attention_heads, intermediate_size}`` (a smaller config of the teacher's class).
     finetune: add a last stage training the student on the task's labels. data: of the distillation
-    stages (``unlabelled``: general text; ``train``: the task's texts).
+    stages (``unlabelled``: general text; ``train``: the task's texts). kd_temperature: make that last
+    stage Hinton KD on the teacher's logits (``prediction``: T = kd_temperature, α = kd_alpha, as the
+    ``hinton`` method) instead of labels alone. distil_epochs: the relation stages' length (default
+    ``training.epochs``).
     """
     method = "minilm"
     if version not in (1, 2):
@@ -153,10 +160,17 @@ def minilm(*, teacher: nn.Module | None = None, student: nn.Module | None = None
         if weight != 1.0:
             matches = [m.with_(weight=weight) for m in matches]
         name = "distil" if assistant is None else f"distil_{next_name}"
-        stages.append(Stage(name, matches, data=data, teacher=role))
+        stages.append(Stage(name, matches, data=data, teacher=role, epochs=distil_epochs))
     notes.append(f"MiniLM v{version}: {'attention + value-relation KL' if version == 1 else 'q/k/v relation KL'} "
                  f"of teacher block {teacher_layer} and the student's last block, on {data} text.")
-    if finetune:
+    if finetune and kd_temperature is not None:  # Hinton KD from the teacher itself, not the assistant
+        from kdistill.methods.hinton import hinton
+
+        (prediction,) = hinton(temperature=kd_temperature, alpha=kd_alpha).stages
+        stages.append(replace(prediction, name="prediction"))
+        notes.append(f"prediction: the student then learns the teacher's logits (Hinton KD, T = {kd_temperature}, "
+                     f"α = {kd_alpha}) with the labels.")
+    elif finetune:
         # A stage trains the model after its teacher in the chain: after an assistant, that is the student.
         stages.append(Stage("finetune", [], hard_label_weight=1.0, data="train",
                             teacher="assistant" if assistant is not None else "teacher"))

@@ -121,6 +121,15 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
+def run_length(epochs: float, max_steps: int | None, batches: int, grad_accum: int = 1) -> tuple[int, int | None]:
+    """TrainConfig's ``(epochs, max_steps)`` for a length given in epochs, fractions allowed: a
+    fractional one is ``round(epochs × optimiser steps per epoch)`` steps (at least 1); a set
+    ``max_steps`` wins. ``batches``: the loader's batches per epoch."""
+    if max_steps is None and not float(epochs).is_integer():
+        max_steps = max(1, round(epochs * math.ceil(batches / grad_accum)))
+    return max(int(math.ceil(epochs)), 1), max_steps
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -237,8 +246,11 @@ class Trainer:
             teacher.to(device)
         if cfg.freeze:
             freeze_parameters(distiller.student, cfg.freeze)
+        # The first batch is drawn whether or not the Distiller was prepared before (``kdistill run``
+        # prepares every stage first): iterating a DataLoader takes a seed from the global RNG, so
+        # the dropout masks that follow do not depend on who prepared it.
+        first = next(iter(self.train_data))
         if not distiller.prepared:
-            first = next(iter(self.train_data))
             distiller.prepare(to_device(first, device))
 
         if not any(p.requires_grad for p in distiller.parameters()):
