@@ -263,7 +263,8 @@ def test_registered_width_free_topk_and_ranges_checked():
         properties = loss_properties(loss.__name__)
         assert properties.width_free and properties.topk, loss.__name__
     assert {"token_kl", "uld"} <= set(topk_losses())
-    with pytest.raises(ConfigError, match=r"matches\[0\]\.args\.beta: 1\.5 is out of range; it must be between 0 and 1"):
+    with pytest.raises(ConfigError, match=r"matches\[0\]\.args\.beta: 1\.5 is out of range; it must be between 0 "
+                                          r"and 1"):
         check_arguments(token_jsd, {"beta": 1.5}, "matches[0].args")
     with pytest.raises(ConfigError, match=r"args\.alpha: 1 is out of range; it must be at least 0 and less than 1 "
                                           r"\(the first distribution's share"):

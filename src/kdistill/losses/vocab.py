@@ -6,8 +6,10 @@ SmolLM2) and a batch holds thousands of tokens: full float32 softmaxes of both m
 autograd saves of them, take several times the logits' own memory — what runs users of TRL's
 GKDTrainer or DistillKit out of memory. Here the valid tokens are visited ``chunk_tokens`` at a time
 (:class:`_Chunked`): each chunk is cast to float32 (float64 stays float64), its loss and the gradient
-w.r.t. the student's logits are computed and the float32 intermediates dropped. What is kept for
-backward is one gradient the size of the student's logits, in their dtype. The teacher gets none.
+w.r.t. the student's logits are computed (autograd on the chunk alone) and the float32 intermediates
+dropped. What is kept for backward is one gradient the size of the student's logits, in their dtype.
+The teacher gets none. The default of 256 tokens keeps about ten float32 (256, V) tensors alive at
+once, ~0.5 GB at V = 49,152; ``benchmarks/vocab_memory.py`` measures it against the full softmax.
 
 Every loss: summed over the vocabulary, mean over valid tokens (0 when there are none); ``vocab_size``
 compares only the first ``vocab_size`` entries (an embedding padded to a multiple of 64 adds rows that
@@ -129,7 +131,7 @@ def _mixture_kl_rows(log_p: Tensor, log_q: Tensor, share: float) -> Tensor:
 
 @register_loss(ranges=_RANGES, width_free=True, topk=True)
 def token_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
-             chunk_tokens: int = 1024, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
+             chunk_tokens: int = 256, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Forward KL(p_teacher ‖ p_student) per token over a vocabulary, chunked (memory-safe ``kl``).
 
     student, teacher: logits (B, T, V) or (N, V); mask: (B, T) of 0/1 (0 = padding or prompt).
@@ -143,7 +145,7 @@ def token_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_s
 
 @register_loss(ranges=_RANGES, width_free=True, topk=True)
 def token_reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = True,
-                     chunk_tokens: int = 1024, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
+                     chunk_tokens: int = 256, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Reverse KL(p_student ‖ p_teacher) per token over a vocabulary, chunked (MiniLLM's objective).
 
     student, teacher: logits (B, T, V) or (N, V); mask: (B, T) of 0/1 (0 = padding or prompt).
@@ -156,7 +158,7 @@ def token_reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1
 
 @register_loss(ranges={**_RANGES, "beta": BETA}, width_free=True, topk=True)
 def token_jsd(student: Tensor, teacher: Tensor, *, beta: float = 0.5, temperature: float = 1.0, t2_scale: bool = True,
-              chunk_tokens: int = 1024, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
+              chunk_tokens: int = 256, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Generalized JSD(β) per token over a vocabulary (GKD, Agarwal et al. 2024; TRL's GKDTrainer), chunked.
 
     JSD(β) = β·KL(p_t ‖ m) + (1 − β)·KL(p_s ‖ m) with m = β·p_t + (1 − β)·p_s, as TRL's
@@ -183,7 +185,7 @@ def token_jsd(student: Tensor, teacher: Tensor, *, beta: float = 0.5, temperatur
 
 @register_loss(ranges={**_RANGES, "alpha": SKEW, "direction": DIRECTION}, width_free=True, topk=True)
 def token_skew_kl(student: Tensor, teacher: Tensor, *, alpha: float = 0.1, direction: str = "forward",
-                  temperature: float = 1.0, t2_scale: bool = True, chunk_tokens: int = 1024,
+                  temperature: float = 1.0, t2_scale: bool = True, chunk_tokens: int = 256,
                   vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Skew KL per token over a vocabulary (DistiLLM, Ko et al. 2024), chunked.
 
@@ -213,7 +215,7 @@ def _tv_rows(student: Tensor, teacher: Tensor) -> Tensor:
 
 @register_loss(ranges=_RANGES, width_free=True, topk=True)
 def token_tv(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: bool = False,
-             chunk_tokens: int = 1024, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
+             chunk_tokens: int = 256, vocab_size: int | None = None, mask: Tensor | None = None) -> Tensor:
     """Total variation ½·Σ|p_t − p_s| per token over a vocabulary (DistiLLM's ``tv_distance``), chunked.
 
     student, teacher: logits (B, T, V) or (N, V); mask: (B, T) of 0/1 (0 = padding or prompt).
@@ -265,7 +267,7 @@ def _valid_positions(keep: Tensor | None, example: int, length: int, device: tor
 
 
 @register_loss(ranges={"temperature": TEMPERATURE, "chunk_tokens": CHUNK}, width_free=True, topk=True)
-def uld(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 1024,
+def uld(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, chunk_tokens: int = 256,
         mask: Tensor | None = None, teacher_mask: Tensor | None = None) -> Tensor:
     """Universal Logit Distillation (Boizard et al. 2024): sorted-probability L1, any two vocabularies.
 
