@@ -336,6 +336,23 @@ def test_a_loss_may_read_whole_features_for_a_cls_loss(teacher):
     torch.testing.assert_close(out.parts["cls_pooled_mse[pooled]"], expected)
 
 
+def test_a_loss_declaring_teacher_mask_gets_the_teachers_own_mask(teacher):
+    """Student and teacher tokenized apart (``student_inputs``): ``mask`` is the student's, ``teacher_mask``
+    the teacher's, so a cross-tokenizer loss (``uld``) can pair the valid tokens of each."""
+    received = {}
+
+    def mean_gap(student, teacher, *, mask=None, teacher_mask=None):
+        received.update(mask=mask, teacher_mask=teacher_mask)
+        return student.mean() - teacher.mean()
+
+    distiller = Distiller(teacher, make_student(32).eval(), [Match("hidden.-1", loss=mean_gap)])
+    data = batch()
+    own = token_batch(batch=3, length=5, seed=9, labels=None)
+    distiller({**data, "student_inputs": own})
+    assert received["teacher_mask"] is data["attention_mask"]
+    assert torch.equal(received["mask"], own["attention_mask"])
+
+
 def test_teacher_cache_in_the_batch_replaces_the_teacher_forward(teacher):
     student = make_student(32).eval()
     distiller = Distiller(teacher, student, [Match("logits", loss="kl")])

@@ -23,7 +23,7 @@ ALPHA_WHY = "(the weight of the soft-target loss; the hard-label weight is 1 −
 STRUCTURED = {("distilbert", "layers"), ("hinton", "loss"), ("minilm", "assistant"),
               ("multiteacher", "teacher_weights"), ("multiteacher", "intermediate"), ("tinybert", "layer_map"),
               ("tinybert", "general_teacher")}
-SUPPLIED = {"teacher", "student", "mask", "labels", "student_features", "teacher_features"}
+SUPPLIED = {"teacher", "student", "mask", "teacher_mask", "labels", "student_features", "teacher_features"}
 
 
 def test_range_sentences_name_the_path_the_value_and_the_range():

@@ -28,8 +28,9 @@ log-probabilities per row, their class ids and the log of the remaining probabil
 exact log-probabilities, every other class ``log(rest / (C - k))`` — the remaining mass spread
 evenly. At temperature 1 the soft targets are exact on the top k and the tail carries the right
 total; at another temperature the top-k ratios stay exact and the tail is approximate. Only
-distribution losses (``soft_ce``, ``kl``, ``reverse_kl``, ``jsd``) may read top-k logits; ``logits_mse``
-compares raw logit values, which are gone, and is refused.
+distribution losses (registered with ``topk=True``: ``soft_ce``, ``kl``, ``reverse_kl``, ``jsd``, the
+``token_*`` losses and ``uld``) may read top-k logits; ``logits_mse`` compares raw logit values, which
+are gone, and is refused.
 
 The key. The folder name is a hash of the teacher's weights (every tensor of its state dict), its
 class and config, the data (the token ids of every example), the tokenisation settings, the stored

@@ -21,7 +21,7 @@ from kdistill.refs import Ref, format_refs
 from kdistill.schedules import Scalar, value_at
 
 ENSEMBLE = "ensemble"
-_OPTIONAL_LOSS_INPUTS = ("mask", "labels", "student_features", "teacher_features")
+_OPTIONAL_LOSS_INPUTS = ("mask", "teacher_mask", "labels", "student_features", "teacher_features")
 
 
 @dataclass
@@ -257,6 +257,8 @@ class Distiller(nn.Module):
         kwargs = {key: value_at(v, step, total_steps) if _is_schedule(v) else v for key, v in b.match.args.items()}
         if "mask" in b.accepts:
             kwargs["mask"] = student.attention_mask
+        if "teacher_mask" in b.accepts and b.match.teacher_name != ENSEMBLE:
+            kwargs["teacher_mask"] = teacher[self._teacher_of(b)].attention_mask
         if "labels" in b.accepts:
             kwargs["labels"] = labels
         if "student_features" in b.accepts:

@@ -1,7 +1,7 @@
 """The loss library: pure functions ``fn(student, teacher, *, hyper-parameters) -> scalar``, by name.
 
-The engine passes ``mask`` (B, T), ``labels``, ``student_features`` and ``teacher_features`` only to
-losses that declare them. Register your own with ``@register_loss()`` or name it as
+The engine passes ``mask`` (B, T), ``teacher_mask`` (the teacher's own), ``labels``, ``student_features``
+and ``teacher_features`` only to losses that declare them. Register your own with ``@register_loss()`` or name it as
 ``"package.module:function"``.
 """
 
@@ -50,7 +50,8 @@ def register_loss(name: str | None = None, *, overwrite: bool = False, ranges=No
 
 
 # What kdistill passes to a loss itself (never set in a match's args).
-SUPPLIED_INPUTS = ("student", "teacher", "mask", "labels", "student_features", "teacher_features")
+SUPPLIED_INPUTS = ("student", "teacher", "mask", "teacher_mask", "labels", "student_features",
+                   "teacher_features")
 
 
 def argument_problems(loss_fn: LossFn, name: str, args: Mapping, where: str) -> list[str]:
@@ -101,6 +102,14 @@ from kdistill.losses.attention import attention_kl, attention_mse  # noqa: E402
 from kdistill.losses.hidden import cosine, fsp, hidden_mse, mmd, pkd, rkd, rkd_angle, rkd_distance  # noqa: E402
 from kdistill.losses.logits import hard_ce, jsd, kl, logits_mse, reverse_kl, soft_ce  # noqa: E402
 from kdistill.losses.relations import relation_kl, value_relation_kl  # noqa: E402
+from kdistill.losses.vocab import (  # noqa: E402
+    token_jsd,
+    token_kl,
+    token_reverse_kl,
+    token_skew_kl,
+    token_tv,
+    uld,
+)
 
 nst = mmd
 
@@ -130,6 +139,12 @@ __all__ = [
     "rkd_angle",
     "rkd_distance",
     "soft_ce",
+    "token_jsd",
+    "token_kl",
+    "token_reverse_kl",
+    "token_skew_kl",
+    "token_tv",
     "topk_losses",
+    "uld",
     "value_relation_kl",
 ]

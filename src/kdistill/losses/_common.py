@@ -69,3 +69,14 @@ def require_positive(loss: str, name: str, value: float | Tensor) -> None:
         raise ConfigError(f"{loss}: {name} must be a number > 0, got {type(value).__name__} {value!r}.")
     if not value > 0:
         raise ConfigError(f"{loss}: {name} must be > 0, got {value!r}.")
+
+
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) per row from log-probabilities; classes with p = 0 contribute 0 (no 0·log 0 NaN)."""
+    p = log_p.exp()
+    return (p * (log_p - log_q).masked_fill(p == 0, 0.0)).sum(-1)
+
+
+def t2_factor(temperature: float, t2_scale: bool) -> float:
+    """T² when ``t2_scale`` (Hinton's factor that keeps soft-target gradients on one scale across T), else 1."""
+    return temperature**2 if t2_scale else 1.0

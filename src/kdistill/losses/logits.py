@@ -14,7 +14,8 @@ from torch import Tensor
 
 from kdistill.errors import ShapeError
 from kdistill.losses import register_loss
-from kdistill.losses._common import mean_or_zero, require_positive, require_same_shape, token_mask, upcast
+from kdistill.losses._common import (kl_rows, mean_or_zero, require_positive, require_same_shape, t2_factor,
+                                     token_mask, upcast)
 from kdistill.ranges import FLAG, PROBABILITY, TEMPERATURE, WHOLE
 
 _CLASSES_HINT = "the student's output layer must predict the teacher's classes (or vocabulary)"
@@ -28,16 +29,6 @@ def _valid_rows(loss: str, student: Tensor, teacher: Tensor, mask: Tensor | None
         student, teacher = student[keep], teacher[keep]
     classes = student.shape[-1]
     return upcast(student.reshape(-1, classes), teacher.reshape(-1, classes))
-
-
-def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p ‖ q) per row from log-probabilities; classes with p = 0 contribute 0 (no 0·log 0 NaN)."""
-    p = log_p.exp()
-    return (p * (log_p - log_q).masked_fill(p == 0, 0.0)).sum(-1)
-
-
-def _t2(temperature: float, t2_scale: bool) -> float:
-    return temperature**2 if t2_scale else 1.0
 
 
 @register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
@@ -55,7 +46,7 @@ def soft_ce(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_sc
     teacher_probs = F.softmax(teacher / temperature, dim=-1)
     student_log_probs = F.log_softmax(student / temperature, dim=-1)
     per_row = -(teacher_probs * student_log_probs.masked_fill(teacher_probs == 0, 0.0)).sum(-1)
-    return mean_or_zero(per_row) * _t2(temperature, t2_scale)
+    return mean_or_zero(per_row) * t2_factor(temperature, t2_scale)
 
 
 @register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
@@ -69,8 +60,8 @@ def kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale: 
     """
     require_positive("kl", "temperature", temperature)
     student, teacher = _valid_rows("kl", student, teacher, mask)
-    per_row = _kl_rows(F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1))
-    return mean_or_zero(per_row) * _t2(temperature, t2_scale)
+    per_row = kl_rows(F.log_softmax(teacher / temperature, -1), F.log_softmax(student / temperature, -1))
+    return mean_or_zero(per_row) * t2_factor(temperature, t2_scale)
 
 
 @register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
@@ -84,8 +75,8 @@ def reverse_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2
     """
     require_positive("reverse_kl", "temperature", temperature)
     student, teacher = _valid_rows("reverse_kl", student, teacher, mask)
-    per_row = _kl_rows(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1))
-    return mean_or_zero(per_row) * _t2(temperature, t2_scale)
+    per_row = kl_rows(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1))
+    return mean_or_zero(per_row) * t2_factor(temperature, t2_scale)
 
 
 @register_loss(ranges={"temperature": TEMPERATURE, "t2_scale": FLAG}, width_free=True, topk=True)
@@ -102,8 +93,8 @@ def jsd(student: Tensor, teacher: Tensor, *, temperature: float = 1.0, t2_scale:
     log_p_s = F.log_softmax(student / temperature, -1)
     log_p_t = F.log_softmax(teacher / temperature, -1)
     log_m = torch.logaddexp(log_p_s, log_p_t) - math.log(2.0)
-    per_row = 0.5 * _kl_rows(log_p_s, log_m) + 0.5 * _kl_rows(log_p_t, log_m)
-    return mean_or_zero(per_row) * _t2(temperature, t2_scale)
+    per_row = 0.5 * kl_rows(log_p_s, log_m) + 0.5 * kl_rows(log_p_t, log_m)
+    return mean_or_zero(per_row) * t2_factor(temperature, t2_scale)
 
 
 @register_loss(ranges={"temperature": TEMPERATURE})
