@@ -39,7 +39,7 @@ class CheckpointError(KdistillError, RuntimeError):
 
 
 class MissingDependencyError(KdistillError, ImportError):
-    """An optional extra (onnx, onnxruntime) is needed and not installed; the message says how to install it."""
+    """An optional extra (onnx, onnxruntime, gguf) is needed and not installed; the message says how to install it."""
 
 
 def suggest(value: str, choices: Iterable[str]) -> str:

