@@ -1,40 +1,40 @@
-"""The demo's labelled task for the small demo benchmarks (layerdrop_demo.py, bucketing_demo.py)."""
+"""The demo's labelled task for the small demo benchmarks (layerdrop_demo.py, bucketing_demo.py):
+the packaged demo config, labelled sentences only, no baseline, run by ``kdistill run``."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from kdistill import demo, packaged
-
-
-@dataclass
-class DemoTask:
-    """Settings (labelled sentences only, no baseline, no latency), data, the cached teacher and its logits."""
-
-    settings: demo.DemoSettings
-    data: demo.DemoData
-    teacher: nn.Module
-    logits: dict[str, np.ndarray]
+from kdistill.config import config_from_dict
+from kdistill.demo import demo_raw
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", default="runs/demo-benchmarks", help="folder of the runs (one per setting)")
 
 
-def load(args: argparse.Namespace) -> DemoTask:
-    """The fine-tuned teacher (fine-tuned and cached on first use) and its cached training logits."""
+def run_demo_task(args: argparse.Namespace, name: str, *overrides: str) -> Any:
+    """``kdistill run`` on the demo config (no unlabelled text, no baseline) with ``overrides``; the
+    run's reloaded parts: (config, teacher, student, data, loaders)."""
+    from kdistill.run import load_run, run
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = demo.DemoSettings(unlabelled=False, epochs=args.epochs, seed=args.seed, baseline=False, latency=False)
-    teacher_path = packaged.minilm_teacher_path()
-    data = demo.load_demo_data(settings, teacher_path)
-    teacher, _ = demo.fine_tune_teacher(settings, data, teacher_path, print)
-    folder = demo.teacher_cache_dir(settings, teacher_path)
-    return DemoTask(settings, data, teacher, {"train": demo.cached_teacher_logits(teacher, data.train, folder, "train")})
+    output = Path(args.output) / name
+    raw = demo_raw(["data.unlabelled=null", "data.distil_on=train", "baseline=false", f"training.epochs={args.epochs}",
+                    f"seed={args.seed}", f"output_dir={output}", *overrides])
+    run(config_from_dict(raw, source=f"demo task ({name})", import_from_base=False), resume=True)
+    return load_run(output)
+
+
+def accuracy(teacher: torch.nn.Module, model: torch.nn.Module, loader: Any) -> float:
+    from kdistill.run import compare
+
+    return compare(teacher, model, loader)["student"]["accuracy"]

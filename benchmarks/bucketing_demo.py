@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +22,7 @@ for folder in (ROOT / "src", ROOT / "benchmarks"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from torch.utils.data import DataLoader  # noqa: E402
-
 import _demo_task  # noqa: E402
-from kdistill import demo  # noqa: E402
-from kdistill.data import LengthBucketSampler  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -35,27 +30,15 @@ def main(argv=None) -> int:
     parser.add_argument("--multipliers", default="50,4,1", help="comma list of bucket_size_multiplier values")
     _demo_task.add_arguments(parser)
     args = parser.parse_args(argv)
-    task = _demo_task.load(args)
-    base, data, teacher, logits = task.settings, task.data, task.teacher, task.logits
-    default_loader = demo.make_loader_with
     rows = []
-    try:
-        for multiplier in (int(v) for v in args.multipliers.split(",")):
-            def loader_with(dataset, settings, collate_fn, multiplier=multiplier):
-                sampler = LengthBucketSampler(dataset.lengths, settings.batch_size, seed=settings.seed, shuffle=True,
-                                              bucket_size_multiplier=multiplier)
-                return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)
-
-            demo.make_loader_with = loader_with
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as folder:
-                student, _ = demo.distil_student(base, teacher, data, logits, Path(folder))
-            row = (multiplier, demo.accuracy(student, data.test), demo.accuracy(student, data.validation),
-                   time.perf_counter() - started)
-            rows.append(row)
-            print(f"multiplier {row[0]}: test {row[1]:.2%}, validation {row[2]:.2%}, {row[3]:.0f} s", flush=True)
-    finally:
-        demo.make_loader_with = default_loader
+    for multiplier in (int(v) for v in args.multipliers.split(",")):
+        started = time.perf_counter()
+        _, teacher, student, _, loaders = _demo_task.run_demo_task(args, f"bucket-{multiplier}",
+                                                                   f"data.bucket={multiplier}")
+        row = (multiplier, _demo_task.accuracy(teacher, student, loaders["test"]),
+               _demo_task.accuracy(teacher, student, loaders["validation"]), time.perf_counter() - started)
+        rows.append(row)
+        print(f"multiplier {row[0]}: test {row[1]:.2%}, validation {row[2]:.2%}, {row[3]:.0f} s", flush=True)
     print("\n| bucket_size_multiplier | test accuracy | validation accuracy | wall s |\n|---|---|---|---|")
     for multiplier, test, validation, seconds in rows:
         print(f"| {multiplier} | {test:.2%} | {validation:.2%} | {seconds:.0f} |")

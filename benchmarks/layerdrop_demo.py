@@ -3,8 +3,8 @@
     PYTHONPATH=src python benchmarks/layerdrop_demo.py --p 0,0.5 --epochs 1
 
 For each LayerDrop probability p, distils the demo's 3-block student ([1, 3, 5] of the fine-tuned,
-cached MiniLM teacher; Hinton T=2, α=0.5 on the cached teacher logits, labelled sentences only, the
-demo's optimiser settings) and measures test accuracy of the whole student and of every 2-block
+cached MiniLM teacher; Hinton T=2, α=0.5 on the stored teacher logits, labelled sentences only, the
+demo's optimiser settings: the demo config through ``kdistill run``, ``training.layerdrop=p``) and measures test accuracy of the whole student and of every 2-block
 cut made by :func:`kdistill.layerdrop.keep_layers` (what ``kdistill export RUN --keep-layers``
 does), without retraining. Accuracies are on the demo's 1,057 test sentences (±1.1 points of
 standard error each).
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +23,6 @@ for folder in (ROOT / "src", ROOT / "benchmarks"):
 
 
 import _demo_task  # noqa: E402
-from kdistill import demo  # noqa: E402
 from kdistill.layerdrop import keep_layers  # noqa: E402
 
 CUTS = ([0, 2], [0, 1], [1, 2])
@@ -36,16 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--p", default="0,0.5", help="comma list of LayerDrop probabilities")
     _demo_task.add_arguments(parser)
     args = parser.parse_args(argv)
-    task = _demo_task.load(args)
-    base, data, teacher, logits = task.settings, task.data, task.teacher, task.logits
     rows = []
     for p in (float(v) for v in args.p.split(",")):
-        settings = replace(base, layerdrop=p)
-        with tempfile.TemporaryDirectory() as folder:
-            student, _ = demo.distil_student(settings, teacher, data, logits, Path(folder))
-        row = {"p": p, "all 3 blocks": demo.accuracy(student, data.test)}
+        _, teacher, student, _, loaders = _demo_task.run_demo_task(args, f"layerdrop-{p:g}", f"training.layerdrop={p}")
+        row = {"p": p, "all 3 blocks": _demo_task.accuracy(teacher, student, loaders["test"])}
         for cut in CUTS:
-            row[f"blocks {cut}"] = demo.accuracy(keep_layers(student, cut), data.test)
+            row[f"blocks {cut}"] = _demo_task.accuracy(teacher, keep_layers(student, cut), loaders["test"])
         rows.append(row)
         print(row, flush=True)
     header = list(rows[0])

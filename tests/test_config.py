@@ -175,7 +175,8 @@ def test_missing_sections_and_nothing_to_distil():
         "teacher: required, but missing.",
         "data: required, but missing.",
         "matches: give a 'method' (e.g. method: hinton; see `kdistill methods`) or a list of 'matches' "
-        "(see `kdistill losses`) — the run has neither.",
+        "(see `kdistill losses`) — the run has neither. (A run on the labels alone, without a teacher signal: "
+        "matches: [] and hard_label_weight: 1.)",
     ]
 
 

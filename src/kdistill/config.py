@@ -138,7 +138,7 @@ class DataSpec(_Strict):
     student_tokenizer: str | None = None
     unlabelled: str | None = None
     distil_on: Literal["train", "train+unlabelled"] = "train"
-    bucket: bool = True
+    bucket: bool | int = True  # true: chunks of 50 batches sorted by length; N: chunks of N; false: random
     limit: int | dict[str, int] | None = None
 
     missing_text: Literal["error", "skip"] = "error"

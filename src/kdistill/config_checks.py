@@ -81,9 +81,11 @@ class Checker:
         learn from them, a tokenizer for text when the teacher is a factory."""
         raw_matches = raw.get("matches")
         method = top.method if top is not None else raw.get("method")
-        if method is None and not raw_matches:
+        labels_only = isinstance(raw.get("hard_label_weight"), (int, float)) and raw["hard_label_weight"] > 0
+        if method is None and not raw_matches and not labels_only:
             self.add("matches: give a 'method' (e.g. method: hinton; see `kdistill methods`) or a list of "
-                     "'matches' (see `kdistill losses`) — the run has neither.")
+                     "'matches' (see `kdistill losses`) — the run has neither. (A run on the labels alone, "
+                     "without a teacher signal: matches: [] and hard_label_weight: 1.)")
         if raw.get("student") is None and method is None:
             self.add("student: required when no 'method' builds it: a Hugging Face 'path', a 'factory' or "
                      "'from_teacher' (e.g. from_teacher: {layers: [0, 2, 4]}).")
@@ -236,6 +238,9 @@ class Checker:
                 self.add(f"{where}.label: no column '{spec.label}' in '{resolved}'{_hint(spec.label, columns)} "
                          f"Columns: {', '.join(columns)}. (Set 'label: null' for unlabelled data.)")
         self.limits(spec, where)
+        if type(spec.bucket) is int and spec.bucket < 1:
+            self.add(f"{where}.bucket: {spec.bucket} batches per length-sorted chunk; give at least 1 (1: random "
+                     "batches), true (chunks of 50) or false.")
         if spec.distil_on != "train" and spec.unlabelled is None:
             self.add(f"{where}.distil_on: '{spec.distil_on}' needs data.unlabelled (a file of texts, or "
                      "'builtin:sentiment_extra'); set it, or distil_on: train.")

@@ -100,6 +100,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
 
     from kdistill.data import make_loader
     from kdistill.models import load_hf_model, save_model_folder
+    from kdistill.run_data import bucket_chunks
 
     torch.manual_seed(entry.settings["seed"])
     teacher = load_hf_model(config.teacher.path, num_labels=classes)
@@ -108,7 +109,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
         teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
     # Its batches are shuffled with its own seed: the fine-tuned teacher depends on nothing but its key.
     shuffled = make_loader(loaders["train"].dataset, config.data.batch_size, shuffle=True, seed=entry.settings["seed"],
-                           bucket=config.data.bucket)
+                           bucket=bool(config.data.bucket), bucket_size_multiplier=bucket_chunks(config))
     train_config = finetune_train_config(config, shuffled)
     work = entry.folder.with_name(f"{entry.key}.work")
     with _fine_tune_lock(work):

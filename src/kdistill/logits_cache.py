@@ -97,6 +97,20 @@ def teacher_key(teacher: nn.Module) -> str:
     return teacher_fingerprint(teacher)
 
 
+def describe(distiller: Any, datasets: Sequence[Any], batch_size: int) -> str:
+    """What ``cache: logits`` does for a stage, for ``kdistill plan``."""
+    if not reads_only_logits(distiller):
+        return "none (a match of this stage reads more than the teacher's logits); the teacher runs live"
+    key = teacher_key(next(iter(distiller.teachers.values())))
+    bases = [getattr(d, "dataset", d) for d in datasets]
+    stored = sum(logits_file(key, base, batch_size).is_file() for base in bases)
+    where = cache_root() / CACHE_DIR
+    if stored == len(bases):
+        return f"the teacher's logits (float32), stored in {where}: the teacher does not run"
+    return (f"the teacher's logits (float32), computed once before training over {sum(len(b) for b in bases):,} "
+            f"examples and stored in {where}; the teacher does not run during training")
+
+
 class WithTeacherLogits(Dataset):
     """``dataset``'s items, each carrying its row of ``logits`` (``teacher_logits``)."""
 
@@ -127,5 +141,5 @@ class LogitsCollator:
         return batch
 
 
-__all__ = ["LogitsCollator", "WithTeacherLogits", "cached_logits", "compute_logits", "logits_file",
+__all__ = ["LogitsCollator", "WithTeacherLogits", "cached_logits", "compute_logits", "describe", "logits_file",
            "reads_only_logits", "teacher_key"]

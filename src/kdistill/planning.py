@@ -250,9 +250,13 @@ def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
     if config.cache == "teacher":
         found, why = stage_cache(part, distiller, Path(config.output_dir))
         cache = found.describe() if found is not None else f"none ({why}); the teacher runs live"
+    elif config.cache == "logits":
+        from kdistill import logits_cache
+
+        cache = logits_cache.describe(distiller, part.datasets, config.data.eval_batch_size or config.data.batch_size)
     return StagePlan(
         index=part.index, name=stage.name, teacher=stage.teacher,
-        learner="assistant" if part.student is parts.assistant else "student", data=stage.data,
+        learner="assistant" if part.student is parts.assistant else "student", data=part.data_name,
         hard_label_weight=_weight(stage.hard_label_weight),
         length=f"{train_config.max_steps or train_config.epochs} {'steps' if train_config.max_steps else 'epoch(s)'}",
         matches=tuple(rows), projections=tuple(f"{p.name} {p.projection}" for p in match_plans if p.projection),

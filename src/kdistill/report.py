@@ -119,6 +119,10 @@ def put_section(path: Path, section: str) -> None:
     atomic_write_text(path, text)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
+
+
 def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequence[str] = ()) -> Path:
     """``out/report.md`` of a finished ``kdistill run``: teacher vs student per split, sizes, time,
     the loss parts over steps (``loss.png``), test (else validation) accuracy (``accuracy.png``), the
@@ -126,7 +130,7 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     metrics = summary.get("metrics") or {}
     split = "test" if "test" in metrics or not metrics else next(iter(metrics))  # one the run has
     sections = [f"# kdistill run: {out.name}",
-                f"Method `{summary.get('method')}`; {summary.get('seconds', 0):.1f} s on "
+                f"Method `{summary.get('method')}`; {_duration(summary.get('seconds', 0))} on "
                 f"{summary.get('processes', 1)} process(es). Figures are measured on the saved student "
                 f"(`kdistill eval RUN --split {split}` reproduces them)."]
     finetune = summary.get("teacher_finetune")
@@ -134,6 +138,12 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
         how = "taken from the cache" if finetune.get("cached") else "fine-tuned in this run"
         sections[-1] += (f" The teacher is a pretrained base fine-tuned on this run's training split ({how}: "
                          f"`{finetune['cache']}`; a copy in `teacher/`).")
+    data = summary.get("data") or {}
+    if data:
+        stages = ", ".join(f"'{s['stage']}' on {s['data']}" for s in summary.get("stages", []) if s.get("data"))
+        sections.append("## Data\n\n" + markdown_table(["split", "examples", "from"], [
+            [split, f"{part['examples']:,}", part["source"]] for split, part in data.items()])
+            + (f"\n\nStages train on: {stages}." if stages else ""))
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     rows = []
     for split, result in metrics.items():
@@ -153,7 +163,10 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
         teacher, student = params.get("teacher", 0), params.get("student", 0)
         sections.append("## Size\n\n" + markdown_table(["model", "parameters"], [
             ["teacher", f"{teacher:,}"], ["student", f"{student:,} ({student / max(teacher, 1):.1%} of the teacher)"]]))
-    if plot_loss_parts({"run": out / "metrics.jsonl"}, out / "loss.png"):
+    curves = {"student": out / "metrics.jsonl"}
+    if (out / "baseline" / "metrics.jsonl").is_file():
+        curves["baseline"] = out / "baseline" / "metrics.jsonl"
+    if plot_loss_parts(curves, out / "loss.png"):
         sections.append("## Loss over steps\n\n![loss parts over optimiser steps](loss.png)")
     split = "test" if "test" in metrics else "validation" if "validation" in metrics else None
     if split and "teacher" in metrics[split]:

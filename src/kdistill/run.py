@@ -632,7 +632,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory)
         result = trainer.train(resume=continuing)
         distiller.remove_hooks()
-        record = {"stage": part.stage.name, "steps": result.steps, "total_steps": result.total_steps,
+        record = {"stage": part.stage.name, "data": part.data_name, "steps": result.steps, "total_steps": result.total_steps,
                   "best_metric": result.best_metric, "best_step": result.best_step,
                   "final_metrics": result.final_metrics, "skipped_steps": result.skipped_steps,
                   "effective_batch_size": getattr(result, "effective_batch_size", None)}
@@ -657,6 +657,8 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
             "method": parts.recipe.method,
             "stages": stage_summaries,
             "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
+            "data": {split: {"examples": len(dataset), "source": parts.data.sources.get(split, split)}
+                     for split, dataset in parts.data.datasets.items()},
             "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
             "processes": distributed_world_size(),
             "seconds": round(time.time() - started, 2),

@@ -313,19 +313,27 @@ def training_loader(config: RunConfig, data: DataParts, parts: list[Dataset], co
     if collate_fn is None and len(parts) > 1:
         collate_fn = parts[0].collator()
     return make_loader(dataset, config.data.batch_size, shuffle=True, seed=config.data_seed(),
-                       bucket=config.data.bucket and data.kind == "text", collate_fn=collate_fn)
+                       bucket=bool(config.data.bucket) and data.kind == "text", collate_fn=collate_fn,
+                       bucket_size_multiplier=bucket_chunks(config))
+
+
+def bucket_chunks(config: RunConfig) -> int:
+    """Batches per length-sorted chunk: ``data.bucket`` when a number, else 50."""
+    bucket = config.data.bucket
+    return bucket if type(bucket) is int else 50
 
 
 def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
     from kdistill.data import make_loader
 
     spec = config.data
-    bucket = spec.bucket and data.kind == "text"
+    bucket = bool(spec.bucket) and data.kind == "text"
     loaders = {}
     for split, dataset in data.datasets.items():
         train = split in ("train", "unlabelled")
         size = spec.batch_size if train else (spec.eval_batch_size or spec.batch_size)
-        loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket)
+        loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket,
+                                     bucket_size_multiplier=bucket_chunks(config))
     return loaders
 
 
