@@ -256,24 +256,8 @@ def bench(
         )
     if data.labels is None:
         notes.append(f"{data.source} has no labels, so accuracy is not measured.")
-    if teacher_dir is not None:
-        teacher_path, how = Path(teacher_dir), "--teacher"
-    else:
-        teacher_path, how = find_teacher(run)
-        if teacher_path is None:
-            notes.append(f"Teacher not measured: {how}.")
-    if teacher_path is not None and not _is_classifier(teacher_path):
-        notes.append(f"Teacher not measured: '{teacher_path}' ({how}) has no sequence-classification head, so its "
-                     "outputs are no class predictions to compare.")
-        teacher_path = None
-    runtimes = list(runtimes)
-    if any(runtime != "pytorch" for runtime in runtimes):
-        try:
-            require_onnx("The ONNX Runtime rows of the benchmark")
-        except MissingDependencyError as exc:
-            notes.append(f"ONNX Runtime rows skipped: {exc}")
-            runtimes = [runtime for runtime in runtimes if runtime == "pytorch"]
-
+    teacher_path, how = _teacher_to_measure(run, teacher_dir, notes)
+    runtimes = _available_runtimes(runtimes, notes)
     threads = threads or torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -282,39 +266,8 @@ def bench(
         models = {"student": student}
         if teacher_path is not None:
             models = {"teacher": _load(teacher_path, student.tokenizer, data), "student": student}
-        rows: list[BenchRow] = []
-        runners: dict[str, Callable] = {}
-        labels_by_model, accuracy_batches = {}, {}
-        for role, loaded in models.items():
-            order = sorted(range(len(data.texts)), key=lambda i: len(str(data.texts[i])))
-            texts = [data.texts[i] for i in order]
-            accuracy_batches[role] = text_batches(loaded.tokenizer, texts, loaded.input_names, batch_size=32,
-                                                  max_length=loaded.max_length)
-            labels_by_model[role] = None if data.labels is None else np.asarray([data.labels[i] for i in order])
-            reference = torch_runner(loaded.model)
-            for runtime in runtimes:
-                if runtime == "pytorch":
-                    runner, size = reference, folder_size(loaded.folder)
-                else:
-                    say(f"bench: exporting the {role} to {runtime}")
-                    target = out_dir / "bench" / f"{role}-{runtime}"
-                    check = accuracy_batches[role][:16]
-                    export(loaded.folder, target, runtime, check_batches=check,
-                                      check_source=f"{data.source} (first batches)", log=None)
-                    runner, size = OrtRunner(target / "model.onnx", threads=threads), folder_size(target)
-                row = BenchRow(role, runtime, size)
-                rows.append(row)
-                runners[row.name] = runner
-        # Accuracy and agreement with the model's own PyTorch fp32 predictions, on the whole split.
-        reference_predictions = {}
-        for row in rows:
-            predictions = _predict(runners[row.name], accuracy_batches[row.model])
-            if row.runtime == "pytorch":
-                reference_predictions[row.model] = predictions
-            labels = labels_by_model[row.model]
-            row.accuracy = None if labels is None else float((predictions == labels).mean())
-            if row.model in reference_predictions:
-                row.agreement = float((predictions == reference_predictions[row.model]).mean())
+        rows, runners, batches, labels = _runners(models, runtimes, data, out_dir, threads, say)
+        _accuracy(rows, runners, batches, labels)
         for batch_size in batch_sizes:
             count = latency_examples if batch_size == 1 else latency_batches * batch_size
             texts = _sample(data, count, seed)
@@ -340,6 +293,77 @@ def bench(
     for note in notes:
         say(f"note: {note}")
     return result
+
+
+def _teacher_to_measure(run: Path | None, teacher_dir: str | Path | None, notes: list[str]) -> tuple[Path | None, str]:
+    """The teacher folder to measure beside the student (``--teacher``, else the run's), and how it was found;
+    None (with a note) when there is none or it is no classifier."""
+    if teacher_dir is not None:
+        teacher_path, how = Path(teacher_dir), "--teacher"
+    else:
+        teacher_path, how = find_teacher(run)
+        if teacher_path is None:
+            notes.append(f"Teacher not measured: {how}.")
+    if teacher_path is not None and not _is_classifier(teacher_path):
+        notes.append(f"Teacher not measured: '{teacher_path}' ({how}) has no sequence-classification head, so its "
+                     "outputs are no class predictions to compare.")
+        teacher_path = None
+    return teacher_path, how
+
+
+def _available_runtimes(runtimes: Sequence[str], notes: list[str]) -> list[str]:
+    """``runtimes`` less the ONNX ones when onnx/onnxruntime are missing (with a note)."""
+    runtimes = list(runtimes)
+    if any(runtime != "pytorch" for runtime in runtimes):
+        try:
+            require_onnx("The ONNX Runtime rows of the benchmark")
+        except MissingDependencyError as exc:
+            notes.append(f"ONNX Runtime rows skipped: {exc}")
+            runtimes = [runtime for runtime in runtimes if runtime == "pytorch"]
+    return runtimes
+
+
+def _runners(models: dict[str, _Model], runtimes: Sequence[str], data: HeldOut, out_dir: Path, threads: int,
+             say: Callable[[str], None]) -> tuple[list[BenchRow], dict[str, Callable], dict, dict]:
+    """A row and a runner per model and runtime (ONNX ones exported to ``out_dir/bench/`` first), and
+    each model's whole-split batches (shortest first) and their labels, for accuracy."""
+    rows: list[BenchRow] = []
+    runners: dict[str, Callable] = {}
+    labels_by_model, accuracy_batches = {}, {}
+    for role, loaded in models.items():
+        order = sorted(range(len(data.texts)), key=lambda i: len(str(data.texts[i])))
+        texts = [data.texts[i] for i in order]
+        accuracy_batches[role] = text_batches(loaded.tokenizer, texts, loaded.input_names, batch_size=32,
+                                              max_length=loaded.max_length)
+        labels_by_model[role] = None if data.labels is None else np.asarray([data.labels[i] for i in order])
+        reference = torch_runner(loaded.model)
+        for runtime in runtimes:
+            if runtime == "pytorch":
+                runner, size = reference, folder_size(loaded.folder)
+            else:
+                say(f"bench: exporting the {role} to {runtime}")
+                target = out_dir / "bench" / f"{role}-{runtime}"
+                check = accuracy_batches[role][:16]
+                export(loaded.folder, target, runtime, check_batches=check,
+                       check_source=f"{data.source} (first batches)", log=None)
+                runner, size = OrtRunner(target / "model.onnx", threads=threads), folder_size(target)
+            row = BenchRow(role, runtime, size)
+            rows.append(row)
+            runners[row.name] = runner
+    return rows, runners, accuracy_batches, labels_by_model
+
+
+def _accuracy(rows: list[BenchRow], runners: dict[str, Callable], batches: dict, labels: dict) -> None:
+    """Each row's accuracy, and its agreement with the model's own PyTorch fp32 predictions, on the whole split."""
+    reference_predictions = {}
+    for row in rows:
+        predictions = _predict(runners[row.name], batches[row.model])
+        if row.runtime == "pytorch":
+            reference_predictions[row.model] = predictions
+        row_labels = labels[row.model]
+        row.accuracy = None if row_labels is None else float((predictions == row_labels).mean())
+        if row.model in reference_predictions:
+            row.agreement = float((predictions == reference_predictions[row.model]).mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,17 +59,34 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from kdistill.adapters import FunctionAdapter, make_adapter
 from kdistill.adapters.base import to_device
+from kdistill.cache_keys import (  # noqa: F401 - re-exported
+    _base_dataset,
+    _example_lengths,
+    check_deterministic,
+    data_fingerprint,
+    teacher_fingerprint,
+)
+from kdistill.cache_layout import (  # noqa: F401 - re-exported
+    FeatureLayout,
+    _model_device,
+    _put,
+    _read_topk,
+    _store_topk,
+    _token_axes,
+    _trim,
+    topk_soft_targets,
+)
 from kdistill.errors import ConfigError, DataError
 from kdistill.features import Features
 from kdistill.losses import loss_properties, topk_losses
@@ -79,141 +96,6 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 LENGTHS_FILE = "lengths.npy"
 _STORAGE_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
-# transformers' collators that mask tokens at random each time a batch is drawn.
-_RANDOM_COLLATORS = ("DataCollatorForLanguageModeling", "DataCollatorForWholeWordMask")
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    """How one stored feature lies on disk.
-
-    ``shape``: one example's shape without the batch axis, ``-1`` on token axes (their size is the
-    example's length). ``topk``: 0 for a dense feature; else k, and the classes axis is the last.
-    """
-
-    teacher: str
-    ref: str
-    shape: tuple[int, ...]
-    topk: int = 0
-
-    @property
-    def token_axes(self) -> tuple[int, ...]:
-        return tuple(axis for axis, size in enumerate(self.shape) if size == -1)
-
-    def example_shape(self, length: int) -> tuple[int, ...]:
-        return tuple(length if size == -1 else size for size in self.shape)
-
-    def stored_shape(self, length: int) -> tuple[int, ...]:
-        """The stored per-example shape: the class axis is cut to k for top-k logits."""
-        shape = self.example_shape(length)
-        return shape[:-1] + (self.topk,) if self.topk else shape
-
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints
-
-
-def _hash_tensor(digest: Any, name: str, tensor: Tensor) -> None:
-    tensor = tensor.detach().to("cpu").contiguous()
-    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-    if tensor.numel():
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-
-
-def teacher_fingerprint(model: nn.Module) -> str:
-    """Hash of the model's class, config and every state-dict tensor (weights and buffers)."""
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"{type(model).__module__}.{type(model).__qualname__}|".encode())
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        plain = {k: v for k, v in config.to_dict().items()
-                 if not k.startswith("_") and k not in ("output_attentions", "output_hidden_states",
-                                                        "return_dict", "attn_implementation",
-                                                        "transformers_version", "torch_dtype", "dtype")}
-        digest.update(json.dumps(plain, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        _hash_tensor(digest, name, tensor)
-    return digest.hexdigest()
-
-
-def _base_dataset(dataset: Any) -> tuple[Any, np.ndarray | None]:
-    """The dataset whose items carry ``index`` and, for a ``Subset``, the base indices it draws."""
-    indices = None
-    while isinstance(dataset, Subset):
-        inner = np.asarray(dataset.indices, dtype=np.int64)
-        indices = inner if indices is None else inner[indices]
-        dataset = dataset.dataset
-    return dataset, indices
-
-
-def data_fingerprint(dataset: Any) -> tuple[str, dict]:
-    """Hash of the token ids of every example, and the tokenisation settings that shaped them.
-
-    A :class:`kdistill.data.TokenizedDataset` is hashed from its flat arrays (fast); any other
-    dataset item by item (every list, array or tensor value of every item).
-    """
-    base, indices = _base_dataset(dataset)
-    digest = hashlib.blake2b(digest_size=20)
-    settings: dict[str, Any] = {"dataset": type(base).__name__, "examples": len(base)}
-    encoded = getattr(base, "teacher", None)
-    if encoded is not None and hasattr(encoded, "input_ids") and hasattr(encoded, "offsets"):
-        digest.update(np.ascontiguousarray(encoded.input_ids).tobytes())
-        digest.update(np.ascontiguousarray(encoded.offsets).tobytes())
-        if getattr(encoded, "token_type_ids", None) is not None:
-            digest.update(np.ascontiguousarray(encoded.token_type_ids).tobytes())
-        settings.update(max_length=getattr(base, "max_length", None),
-                        pad_token_id=getattr(base, "pad_token_id", None),
-                        token_type_ids=bool(getattr(encoded, "has_token_type_ids", False)))
-    else:
-        for position in range(len(base)):
-            item = base[position]
-            values = item.items() if isinstance(item, Mapping) else enumerate(item)
-            for key, value in sorted(values, key=lambda kv: str(kv[0])):
-                if key == "student_inputs":
-                    continue
-                array = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value)
-                digest.update(f"{position}|{key}|{array.dtype}|{array.shape}|".encode())
-                digest.update(np.ascontiguousarray(array).tobytes())
-    if indices is not None:
-        digest.update(b"subset|" + indices.tobytes())
-        settings["subset"] = len(indices)
-    return digest.hexdigest(), settings
-
-
-def _example_lengths(dataset: Any) -> np.ndarray:
-    """Each example's token count (the teacher's encoding); 1 for examples without tokens."""
-    encoded = getattr(dataset, "teacher", None)
-    if encoded is not None and hasattr(encoded, "lengths"):
-        return np.asarray(encoded.lengths, dtype=np.int64)
-    lengths = []
-    for position in range(len(dataset)):
-        item = dataset[position]
-        ids = item.get("input_ids") if isinstance(item, Mapping) else None
-        lengths.append(len(ids) if ids is not None else 1)
-    return np.asarray(lengths, dtype=np.int64)
-
-
-def check_deterministic(*objects: Any) -> None:
-    """Refuse inputs that differ each time an example is drawn (see the module docstring)."""
-    for obj in objects:
-        seen = set()
-        while obj is not None and id(obj) not in seen:
-            seen.add(id(obj))
-            name = type(obj).__name__
-            if getattr(obj, "deterministic", True) is False or getattr(obj, "random_augmentation", False) is True:
-                raise ConfigError(
-                    f"cache: {name} marks its examples as random (deterministic = False or "
-                    "random_augmentation = True), so the teacher's answer changes every epoch and a "
-                    "cache would serve stale targets. Run without 'cache: teacher', or augment offline "
-                    "so each example is fixed."
-                )
-            if any(cls.__name__ in _RANDOM_COLLATORS for cls in type(obj).__mro__):
-                raise ConfigError(
-                    f"cache: the collator {name} masks tokens at random on the fly, so the teacher "
-                    "sees different inputs every epoch and cannot be cached. Run without "
-                    "'cache: teacher', or mask once offline and keep the masked ids in the data."
-                )
-            obj = getattr(obj, "dataset", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,101 +561,6 @@ class TeacherCache:
         self.__dict__.update(state)
         if self._complete:
             self._open_maps(self.path, mode="r")
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _token_axes(ref: Ref, value: Tensor, batch_length: int) -> tuple[int, ...]:
-    """Token axes of a batched feature (batch axis = 0), by kind; module outputs by size."""
-    if ref.kind in ("hidden", "query", "key", "value"):
-        return (1,)
-    if ref.kind in ("attn", "attn_scores"):
-        return (2, 3)
-    if ref.kind in ("logits", "module") and value.dim() >= 3 and value.shape[1] == batch_length:
-        return (1,)
-    return ()
-
-
-def _trim(layout: FeatureLayout, length: int) -> tuple[slice, ...]:
-    return tuple(slice(0, length) if size == -1 else slice(None) for size in layout.shape)
-
-
-def _store_topk(layout: FeatureLayout, logits: Tensor, maps: dict, offsets: dict, example: int) -> None:
-    log_probs = logits.float().log_softmax(-1)
-    top, classes = log_probs.topk(layout.topk, dim=-1)
-    rest = torch.log1p(-top.exp().sum(-1).clamp(max=1.0 - 1e-7)) if layout.topk < logits.shape[-1] \
-        else torch.full(top.shape[:-1], -math.inf)
-    for suffix, array in (("values", top), ("classes", classes.int()), ("rest", rest)):
-        start, end = offsets[suffix][example], offsets[suffix][example + 1]
-        maps[suffix][start:end] = array.cpu().numpy().reshape(-1)
-
-
-def _read_topk(layout: FeatureLayout, maps: dict, offsets: dict, indices: np.ndarray, lengths: np.ndarray,
-               batch_length: int) -> Tensor:
-    classes_count = layout.shape[-1]
-    tail_classes = classes_count - layout.topk
-    out = torch.zeros((len(indices), *layout.example_shape(batch_length)), dtype=torch.float32)
-    for row, example in enumerate(indices):
-        length = int(lengths[example])
-        shape = layout.stored_shape(length)
-        part = {}
-        for suffix in ("values", "classes", "rest"):
-            start, end = offsets[suffix][example], offsets[suffix][example + 1]
-            part[suffix] = torch.from_numpy(np.array(maps[suffix][start:end]))
-        values = part["values"].view(shape)
-        classes = part["classes"].view(shape).long()
-        rest = part["rest"].view(shape[:-1])
-        if tail_classes:
-            fill = (rest - math.log(tail_classes)).clamp_min(-1e4)
-        else:
-            fill = torch.full(shape[:-1], -1e4)
-        dense = fill.unsqueeze(-1).expand(*shape[:-1], classes_count).clone()
-        dense.scatter_(-1, classes, values)
-        out[row][_trim(layout, length)] = dense
-    return out
-
-
-def topk_soft_targets(logits: Tensor, k: int) -> Tensor:
-    """What the cache stores and a loss sees for ``logits`` kept as top-k (for tests and docs)."""
-    layout = FeatureLayout("teacher", "logits", (int(logits.shape[-1]),), min(k, int(logits.shape[-1])))
-    counts = {"values": layout.topk, "classes": layout.topk, "rest": 1}
-    rows = []
-    for row in logits:
-        maps = {"values": np.zeros(layout.topk, np.float32), "classes": np.zeros(layout.topk, np.int32),
-                "rest": np.zeros(1, np.float32)}
-        offsets = {suffix: np.array([0, n]) for suffix, n in counts.items()}
-        _store_topk(layout, row, maps, offsets, 0)
-        rows.append(_read_topk(layout, maps, offsets, np.array([0]), np.array([1]), 1)[0])
-    return torch.stack(rows)
-
-
-def _put(features: Features, ref: Ref, value: Tensor) -> None:
-    if ref.kind == "hidden":
-        hidden = list(features.hidden or ())
-        hidden.extend([None] * (ref.index + 1 - len(hidden)))
-        hidden[ref.index] = value
-        features.hidden = tuple(hidden)
-    elif ref.kind == "logits":
-        features.logits = value
-    elif ref.kind == "pooled":
-        features.pooled = value
-    elif ref.kind == "module":
-        features.modules[ref.path] = value
-    else:
-        table = {"attn": features.attentions, "attn_scores": features.attention_scores,
-                 "query": features.queries, "key": features.keys, "value": features.values}[ref.kind]
-        table[ref.index] = value
-
-
-def _model_device(model: nn.Module | None) -> torch.device:
-    if model is None:
-        return torch.device("cpu")
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
 
 
 class CachingCollator:

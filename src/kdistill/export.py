@@ -49,8 +49,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.errors import ConfigError, DataError, KdistillError, MissingDependencyError, unknown_choice
+from kdistill.errors import ConfigError, KdistillError, MissingDependencyError, unknown_choice
 from kdistill.files import atomic_folder
+from kdistill.held_out import (  # noqa: F401 - re-exported
+    DATA_EXTENSIONS,
+    HeldOut,
+    check_batches_for,
+    held_out,
+    random_batches,
+    text_batches,
+)
 
 FORMATS = ("hf", "onnx", "onnx-int8", "torch-int8")
 EXPORTERS = ("torchscript", "dynamo")
@@ -60,7 +68,6 @@ ONNX_FILE = "model.onnx"
 TORCH_INT8_FILE = "model-int8.pt"
 REPORT_FILE = "export.json"
 DEFAULT_OPSET = 17
-DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
 WEIGHT_TYPES = ("uint8", "int8")
 # MatMul nodes left in fp32 by default: the first block's feed-forward pair (BERT / RoBERTa /
 # ELECTRA / XLM-R names, then DistilBERT's). On the demo student (3 MiniLM blocks) they hold the
@@ -178,135 +185,6 @@ def folder_size(path: Path, patterns: Sequence[str] = ("*.safetensors", "*.bin",
         return path.stat().st_size
     files = {f for pattern in patterns for f in path.glob(pattern)}
     return sum(f.stat().st_size for f in files)
-
-
-# ---------------------------------------------------------------------------------------------
-# Held-out data: the run's test split, a data file, or nothing
-
-
-@dataclass
-class HeldOut:
-    """Labelled (or unlabelled) examples to check and measure on, and where they came from."""
-
-    texts: list[Any]
-    labels: list[int] | None
-    source: str
-    max_length: int = 128
-
-
-def _table(path: Path, text_column: Any, label_column: str | None, source: str, max_length: int,
-           label_names: Sequence[str] | None = None) -> HeldOut:
-    """A labelled file; string labels take the ids of ``label_names`` (the model's own ``id2label``)."""
-    from kdistill.data import label_values_are_ints, load_records, text_table
-
-    records = load_records(path)
-    if label_column is not None and label_column not in records[0]:
-        label_column = None
-    names = label_names
-    if label_column is not None and names and label_values_are_ints([r.get(label_column) for r in records]):
-        names = None  # integer labels are class ids as they stand
-    table = text_table(records, text=text_column, label=label_column, source=str(path), label_names=names)
-    return HeldOut(table.texts, table.labels, source, max_length)
-
-
-def _from_run(run_dir: Path, split: str) -> HeldOut | None:
-    """The run's own ``split``, rebuilt by the run's rules (:class:`kdistill.run_folder.RunFolder`)."""
-    from kdistill.run_folder import RunFolder
-
-    folder = RunFolder(run_dir)
-    if not folder.is_run:
-        return None
-    table = folder.split(split)
-    if table is None:
-        return None
-    return HeldOut(list(table.texts), table.labels, f"{split} split of the run in {run_dir}",
-                   folder.config().data.max_length)
-
-
-def held_out(
-    run_dir: str | Path | None,
-    *,
-    split: str = "test",
-    data: str | Path | None = None,
-    text_column: Any = "text",
-    label_column: str | None = "label",
-    max_length: int | None = None,
-    label_names: Sequence[str] | None = None,
-) -> HeldOut | None:
-    """Examples to check and measure on; ``None`` when there are none.
-
-    In order: ``data`` (a CSV/TSV/JSONL file); the run's own ``split`` when ``run_dir`` is a
-    kdistill run folder (its config's files, cut, missing-text rule and label ids); a
-    ``data/<split>.*`` or ``<split>.*`` file beside the model. String labels of a file take the ids of ``label_names``
-    (default: the run's student's ``id2label``), so predictions and labels mean the same classes.
-    """
-    from kdistill.run_folder import model_label_names
-
-    found: HeldOut | None = None
-    if data is not None:
-        path = Path(data)
-        if not path.exists():
-            raise DataError(f"--data: '{path}' does not exist.")
-        found = _table(path, text_column, label_column, f"file {path}", max_length or 128, label_names)
-    elif run_dir is not None:
-        run_dir = Path(run_dir)
-        names = label_names if label_names is not None else model_label_names(run_dir / "student")
-        found = _from_run(run_dir, split)
-        for folder in (run_dir / "data", run_dir):
-            for ext in DATA_EXTENSIONS:
-                if found is None and (folder / f"{split}{ext}").is_file():
-                    found = _table(folder / f"{split}{ext}", text_column, label_column,
-                                   f"{split} file {folder / (split + ext)}", max_length or 128, names)
-    if found is not None and max_length is not None:
-        found.max_length = max_length
-    return found
-
-
-def text_batches(tokenizer: Any, texts: Sequence[Any], input_names: Sequence[str], *, batch_size: int,
-                 max_length: int) -> list[Batch]:
-    """Tokenised, padded batches of ``texts`` in order (``token_type_ids`` zeros if the tokenizer has none)."""
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        part = list(texts[start : start + batch_size])
-        pairs = not isinstance(part[0], str)
-        first = [t[0] if pairs else t for t in part]
-        second = [t[1] for t in part] if pairs else None
-        encoded = tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if "token_type_ids" in input_names:
-            batch["token_type_ids"] = encoded.get("token_type_ids", torch.zeros_like(encoded["input_ids"]))
-        batches.append({name: batch[name].long() for name in input_names})
-    return batches
-
-
-def random_batches(model: nn.Module, input_names: Sequence[str], *, count: int = 8, batch_size: int = 8,
-                   max_length: int = 32, seed: int = 0) -> list[Batch]:
-    """Seeded random token ids of varied lengths, the last rows padded (when no real data is at hand)."""
-    config = model.config
-    generator = torch.Generator().manual_seed(seed)
-    vocab = int(getattr(config, "vocab_size", 100))
-    longest = min(max_length, int(getattr(config, "max_position_embeddings", max_length) or max_length))
-    batches = []
-    for index in range(count):
-        length = int(torch.randint(2, longest + 1, (), generator=generator)) if index else longest
-        ids = torch.randint(0, vocab, (batch_size, length), generator=generator)
-        mask = torch.ones_like(ids)
-        for row in range(batch_size // 2, batch_size):
-            cut = int(torch.randint(1, length + 1, (), generator=generator))
-            mask[row, cut:] = 0
-        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-        batches.append({name: batch[name] for name in input_names})
-    return batches
-
-
-def check_batches_for(model: nn.Module, tokenizer: Any, data: HeldOut | None, input_names: Sequence[str], *,
-                      limit: int = 2048, batch_size: int = 32) -> tuple[list[Batch], str]:
-    """Held-out batches (at most ``limit`` examples) and their description; random tokens without data."""
-    if data is not None and tokenizer is not None and data.texts:
-        texts = data.texts[:limit]
-        max_length = min(data.max_length, int(getattr(model.config, "max_position_embeddings", data.max_length)))
-        return text_batches(tokenizer, texts, input_names, batch_size=batch_size, max_length=max_length), data.source
-    return random_batches(model, input_names), "random token ids (no held-out data found)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,8 +480,6 @@ def export(
         raise unknown_choice("--format", "format", fmt, FORMATS)
     if fmt.startswith("onnx"):
         require_onnx(f"--format {fmt}")
-    from kdistill.models import _quiet_transformers
-
     started = time.perf_counter()
     model_dir, run_dir = resolve_source(source)
     out_dir = Path(out_dir) if out_dir is not None else default_output(Path(source), fmt)
@@ -628,30 +504,9 @@ def export(
     reference = torch_runner(model)
 
     with atomic_folder(out_dir) as tmp:
-        used_exporter = None
-        fp32_nodes = None
-        if fmt == "hf":
-            with _quiet_transformers():
-                model.save_pretrained(tmp)
-            candidate: Runner = torch_runner(load_model(tmp))
-        elif fmt in ("onnx", "onnx-int8"):
-            used_exporter = exporter
-            model.config.save_pretrained(tmp)
-            if fmt == "onnx":
-                export_onnx(model, tmp / ONNX_FILE, opset=opset, exporter=exporter)
-            else:
-                fp32 = tmp / "model-fp32.onnx"
-                export_onnx(model, fp32, opset=opset, exporter=exporter)
-                fp32_nodes = quantize_onnx(fp32, tmp / ONNX_FILE, weight_type=weight_type, per_channel=per_channel,
-                                           embeddings=quantize_embeddings, keep_fp32=keep_fp32)
-                fp32.unlink()
-                for extra in tmp.glob("model-fp32.onnx*"):
-                    extra.unlink()
-            candidate = OrtRunner(tmp / ONNX_FILE, threads=torch.get_num_threads())
-        else:  # torch-int8
-            model.config.save_pretrained(tmp)
-            torch.save(quantize_torch(model).state_dict(), tmp / TORCH_INT8_FILE)
-            candidate = torch_runner(load_torch_int8(tmp))
+        candidate, used_exporter, fp32_nodes = _write_format(
+            model, tmp, fmt, opset=opset, exporter=exporter, weight_type=weight_type, per_channel=per_channel,
+            quantize_embeddings=quantize_embeddings, keep_fp32=keep_fp32)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         check = compare(reference, candidate, check_batches)
@@ -671,6 +526,37 @@ def export(
         log(format_check(fmt, check))
         log(f"{fmt}: written to {out_dir} ({folder_size(out_dir) / 1e6:.1f} MB of weights)")
     return result
+
+
+def _write_format(model: nn.Module, tmp: Path, fmt: str, *, opset: int, exporter: str, weight_type: str,
+                  per_channel: bool, quantize_embeddings: bool,
+                  keep_fp32: Sequence[str]) -> tuple[Runner, str | None, Any]:
+    """Write ``model`` into ``tmp`` as ``fmt``; a runner of what was written (to check against
+    PyTorch), the ONNX exporter used and the MatMul nodes kept in fp32 (onnx-int8)."""
+    from kdistill.models import _quiet_transformers
+
+    used_exporter = None
+    fp32_nodes = None
+    if fmt == "hf":
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+        return torch_runner(load_model(tmp)), None, None
+    model.config.save_pretrained(tmp)
+    if fmt in ("onnx", "onnx-int8"):
+        used_exporter = exporter
+        if fmt == "onnx":
+            export_onnx(model, tmp / ONNX_FILE, opset=opset, exporter=exporter)
+        else:
+            fp32 = tmp / "model-fp32.onnx"
+            export_onnx(model, fp32, opset=opset, exporter=exporter)
+            fp32_nodes = quantize_onnx(fp32, tmp / ONNX_FILE, weight_type=weight_type, per_channel=per_channel,
+                                       embeddings=quantize_embeddings, keep_fp32=keep_fp32)
+            fp32.unlink()
+            for extra in tmp.glob("model-fp32.onnx*"):
+                extra.unlink()
+        return OrtRunner(tmp / ONNX_FILE, threads=torch.get_num_threads()), used_exporter, fp32_nodes
+    torch.save(quantize_torch(model).state_dict(), tmp / TORCH_INT8_FILE)  # torch-int8
+    return torch_runner(load_torch_int8(tmp)), None, None
 
 
 def _maybe_tokenizer(model_dir: Path) -> Any:

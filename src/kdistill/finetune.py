@@ -113,7 +113,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
     train_config = finetune_train_config(config, shuffled)
     work = entry.folder.with_name(f"{entry.key}.work")
     with _fine_tune_lock(work):
-        train_on_labels(teacher, {**loaders, "train": shuffled}, train_config, work)
+        train_on_labels(teacher, {**loaders, "train": shuffled}, train_config, work, "teacher fine-tune")
         teacher.eval()
         save_model_folder(teacher, entry.folder, tokenizer)
     shutil.rmtree(work, ignore_errors=True)
@@ -185,7 +185,8 @@ def _train_config(config: Any, *, loader: DataLoader, epochs: float, max_steps: 
                           "layerdrop": 0.0})
 
 
-def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, output_dir: Path) -> Any:
+def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_config: Any, output_dir: Path,
+                    name: str) -> Any:
     """Train ``model`` on the labels of ``loaders['train']`` (cross-entropy, no teacher), checkpointed
     in ``output_dir`` and continued from its last checkpoint when one is there."""
     from kdistill.distiller import Distiller
@@ -194,7 +195,7 @@ def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_conf
     distiller = Distiller(None, model, hard_label_weight=1.0)
     resume = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").iterdir())
     trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=loaders.get("validation"),
-                      output_dir=output_dir)
+                      output_dir=output_dir, name=name)
     return trainer.train(resume=resume)
 
 
@@ -217,7 +218,7 @@ def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_confi
         if planned is None or planned <= int(record.get("steps") or 0):
             load_baseline(model, out)
             return record
-    result = train_on_labels(model, loaders, train_config, folder)
+    result = train_on_labels(model, loaders, train_config, folder, "baseline")
     _save(model, folder / "student", tokenizer)
     record = {"steps": result.steps, "final_metrics": result.final_metrics}
     atomic_write_text(done, json.dumps(record, indent=2))

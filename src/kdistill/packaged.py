@@ -212,7 +212,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 # ``data.unlabelled: builtin:sentiment_extra`` (``data.builtin`` names the labelled sets).
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"all-MiniLM-L6-v2": minilm_teacher_path}
+BUILTIN_MODELS = {"all-MiniLM-L6-v2": minilm_teacher_path, "SmolLM2-135M-Instruct": smollm2_teacher_path}
 BUILTIN_TEXTS = {"sentiment_extra": extra_sentiment_texts}
 
 

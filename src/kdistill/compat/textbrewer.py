@@ -20,420 +20,58 @@ What happens underneath:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.compat.legacy import LegacyCaller, move_to_device
+from kdistill.compat.textbrewer_config import (  # noqa: F401 - re-exported
+    _ARGS,
+    _BATCH,
+    ADAPTOR_KEYS,
+    FEATURES,
+    KD_LOSS_TYPES,
+    LOSS_MAP,
+    MODULE,
+    PROJECTIONS,
+    TEMPERATURE_SCHEDULERS,
+    WEIGHT_SCHEDULERS,
+    DistillationConfig,
+    IntermediateMatch,
+    TrainingConfig,
+    _check_keys,
+    _Config,
+)
+from kdistill.compat.textbrewer_losses import (  # noqa: F401 - re-exported: YAML names them here
+    _dynamic_temperature,
+    _heads,
+    _probability_shift,
+    _require_probabilities,
+    attention_ce,
+    attention_ce_mean,
+    attention_mse_sum,
+    projection_factory,
+    relu_projection,
+    tanh_projection,
+    textbrewer_kd,
+    token_gram_mse,
+)
 from kdistill.distiller import ENSEMBLE, Distiller
-from kdistill.errors import ConfigError, FeatureError, suggest
+from kdistill.errors import ConfigError, FeatureError
 from kdistill.features import Features
-from kdistill.losses import attention_kl, attention_mse, get_loss
-from kdistill.losses._common import upcast
+from kdistill.losses import get_loss
 from kdistill.matches import Match
 from kdistill.schedules import Linear, Scalar, value_at
 
 logger = logging.getLogger("kdistill.compat.textbrewer")
-
-MODULE = "kdistill.compat.textbrewer"
-FEATURES = ("hidden", "attention")
-ADAPTOR_KEYS = ("logits", "logits_mask", "losses", "inputs_mask", "labels", *FEATURES)
-KD_LOSS_TYPES = ("ce", "mse")
-PROJECTIONS = ("linear", "relu", "tanh")
-WEIGHT_SCHEDULERS = ("linear_decay", "linear_growth")
-TEMPERATURE_SCHEDULERS = ("constant", "flsw", "cwsm")
-_BATCH = "textbrewer_batch"
-_ARGS = "textbrewer_model_args"
-
-LOSS_MAP: dict[str, str] = {
-    "hidden_mse": "hidden_mse",
-    "cos": "cosine",
-    "pkd": "pkd",
-    "attention_mse": "attention_mse",
-    "attention_mse_sum": f"{MODULE}:attention_mse_sum",
-    "attention_ce": "attention_kl",
-    "attention_ce_mean": f"{MODULE}:attention_ce_mean",
-    "fsp": "fsp",
-    "gram": "fsp",
-    "nst": "mmd",
-    "mmd": "mmd",
-}
-"""TextBrewer's intermediate loss name -> the kdistill loss it becomes (docs/compat.md explains each).
-
-``nst``/``mmd`` on two *different* layers per side become ``kdistill.compat.textbrewer:token_gram_mse``;
-``attention_ce`` in Python runs ``kdistill.compat.textbrewer:attention_ce`` (attention_kl that refuses
-pre-softmax scores). The logits term: ``kd_loss_type='ce'`` -> ``soft_ce`` with ``t2_scale=False``
-(TextBrewer's ``kd_ce_loss`` has no T²), ``'mse'`` -> ``logits_mse``.
-"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses TextBrewer has and kdistill's registry does not: thin wrappers over kdistill's losses,
-# addressable from YAML as "kdistill.compat.textbrewer:<name>".
-
-
-def _require_probabilities(loss: str, *maps: Tensor) -> None:
-    if any(bool((m < 0).any()) for m in maps):
-        raise FeatureError(
-            f"{loss}: the attention maps hold negative values, i.e. pre-softmax scores; kdistill compares "
-            "attention *probabilities* (transformers' `attentions`). Return probabilities from the adaptor, "
-            "or use 'attention_mse' on the scores."
-        )
-
-
-def attention_ce(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
-    """TextBrewer's ``attention_ce`` as kdistill's ``attention_kl``: KL(A_teacher ‖ A_student) over keys.
-
-    student, teacher: attention probabilities (B, H, T, T); mask: (B, T) of 0/1. TextBrewer
-    soft-maxed whatever the adaptor returned (a double softmax on probabilities); on pre-softmax
-    scores its value is this KL plus the teacher's entropy — the same gradient. Reduction: summed
-    over keys, mean over batch · heads · valid queries. Scaling: none.
-    """
-    _require_probabilities("attention_ce", student, teacher)
-    return attention_kl(student, teacher, mask=mask)
-
-
-def attention_ce_mean(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
-    """TextBrewer's ``attention_ce_mean``: ``attention_ce`` on the head-averaged maps (B, 1, T, T)."""
-    _require_probabilities("attention_ce_mean", student, teacher)
-    return attention_kl(_heads(student).mean(1, keepdim=True), _heads(teacher).mean(1, keepdim=True), mask=mask)
-
-
-def attention_mse_sum(student: Tensor, teacher: Tensor, *, mask: Tensor | None = None) -> Tensor:
-    """TextBrewer's ``attention_mse_sum``: ``attention_mse`` of the maps summed over heads.
-
-    student, teacher: (B, H, T, T) or (B, T, T); mask: (B, T) of 0/1. Reduction: mean over valid
-    (batch, query, key) entries, like TextBrewer with a mask. Scaling: none.
-    """
-    return attention_mse(_heads(student).sum(1, keepdim=True), _heads(teacher).sum(1, keepdim=True),
-                         mask=mask, kind="scores")
-
-
-def _heads(maps: Tensor) -> Tensor:
-    return maps.unsqueeze(1) if maps.dim() == 3 else maps
-
-
-def token_gram_mse(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], *,
-                   mask: Tensor | None = None) -> Tensor:
-    """TextBrewer's ``nst``/``mmd`` on two layers: MSE of token×token Gram matrices S₁S₂ᵀ/D vs T₁T₂ᵀ/D.
-
-    student, teacher: pairs of (B, T, D) features (widths may differ between the models); mask:
-    (B, T) of 0/1. Reduction: mean over valid (batch, token, token) entries. Scaling: each Gram
-    matrix is divided by its features' width D — TextBrewer divided by D without a mask but by the
-    padded length T with one; kdistill uses D in both cases.
-    """
-    if not (isinstance(student, (tuple, list)) and isinstance(teacher, (tuple, list))
-            and len(student) == 2 and len(teacher) == 2):
-        raise ConfigError("token_gram_mse: needs two layers per model, e.g. layer_T: [2, 4], layer_S: [1, 2].")
-    s1, s2, t1, t2 = upcast(*student, *teacher)
-    gram_student = s1 @ s2.transpose(1, 2) / s1.shape[-1]
-    gram_teacher = t1 @ t2.transpose(1, 2) / t1.shape[-1]
-    squared = (gram_student - gram_teacher).square()
-    if mask is None:
-        return squared.mean()
-    keep = (mask.to(squared.device) != 0)
-    valid = keep[:, :, None] & keep[:, None, :]
-    return torch.where(valid, squared, 0.0).sum() / valid.sum().clamp_min(1)
-
-
-def textbrewer_kd(student: Tensor, teacher: Tensor, *, temperature: float, kd_loss_type: str = "ce",
-                  temperature_scheduler: Sequence | None = None, probability_shift: bool = False,
-                  student_features: Features | None = None) -> Tensor:
-    """TextBrewer's logits term with its dynamic options (``flsw``/``cwsm`` temperatures, ``probability_shift``).
-
-    student, teacher: logits (N, C) or (B, T, C). ``ce``: −Σ softmax(t/τ)·log_softmax(s/τ), mean over
-    rows, **no T²** (as TextBrewer's ``kd_ce_loss``); ``mse``: mean(((s − t)/τ)²). τ is the
-    temperature, or per row from ``flsw``/``cwsm`` (arXiv:1911.07471). ``probability_shift`` swaps the
-    teacher's top logit with the label's (labels come from the student adaptor's ``labels``).
-    Used only where those options are set; otherwise the plain ``soft_ce``/``logits_mse`` run.
-    """
-    student, teacher = upcast(student, teacher)
-    if probability_shift:
-        labels = (student_features.extra.get("labels") if student_features is not None else None)
-        if labels is None:
-            raise FeatureError("probability_shift=True needs the student adaptor to return 'labels'.")
-        teacher = _probability_shift(teacher.clone(), labels)
-    tau: Tensor | float = temperature
-    if temperature_scheduler:
-        tau = _dynamic_temperature(student.detach(), teacher, temperature, temperature_scheduler).unsqueeze(-1)
-    if kd_loss_type == "mse":
-        return ((student - teacher) / tau).square().mean()
-    teacher_probs = F.softmax(teacher / tau, dim=-1)
-    return -(teacher_probs * F.log_softmax(student / tau, dim=-1)).sum(-1).mean()
-
-
-def _dynamic_temperature(student: Tensor, teacher: Tensor, base: float, spec: Sequence) -> Tensor:
-    name, *params = spec
-    with torch.no_grad():
-        if name == "flsw":
-            beta, gamma = float(params[0]), float(params[1])
-            s = student / (student.norm(dim=-1, keepdim=True) + 1e-4)
-            t = teacher / (teacher.norm(dim=-1, keepdim=True) + 1e-4)
-            w = (1 - (s * t).sum(-1)).pow(gamma)
-        else:  # cwsm
-            beta = float(params[0])
-            w = 1 / (student.softmax(-1).max(-1).values + 1e-3)
-        return base + (w.mean() - w) * beta
-
-
-def _probability_shift(teacher: Tensor, labels: Tensor) -> Tensor:
-    flat = teacher.reshape(-1, teacher.shape[-1])
-    labels = labels.reshape(-1).to(flat.device).long()
-    top = flat.argmax(-1)
-    labels = torch.where(labels < 0, top, labels)
-    rows = torch.arange(flat.shape[0], device=flat.device)
-    top_values, label_values = flat[rows, top].clone(), flat[rows, labels].clone()
-    flat[rows, top] = label_values
-    flat[rows, labels] = top_values
-    return flat.reshape(teacher.shape)
-
-
-def projection_factory(kind: str) -> Callable[[int, int], nn.Module]:
-    """TextBrewer's projections: Linear (+ ReLU/Tanh), weights N(0, 0.02), zero bias."""
-
-    def build(dim_in: int, dim_out: int) -> nn.Module:
-        linear = nn.Linear(dim_in, dim_out)
-        nn.init.normal_(linear.weight, std=0.02)
-        nn.init.zeros_(linear.bias)
-        if kind == "linear":
-            return linear
-        return nn.Sequential(linear, nn.ReLU() if kind == "relu" else nn.Tanh())
-
-    build.__name__ = kind
-    return build
-
-
-relu_projection = projection_factory("relu")
-"""Linear + ReLU (TextBrewer's ``proj: ['relu', ...]``), usable in YAML as
-``projection: kdistill.compat.textbrewer:relu_projection``."""
-tanh_projection = projection_factory("tanh")
-"""Linear + Tanh (TextBrewer's ``proj: ['tanh', ...]``)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Configurations
-
-
-def _check_keys(cls, data: Mapping, path: str) -> None:
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(f"{path}: unknown field '{key}'{suggest(key, names)} {cls.__name__} takes: "
-                              f"{', '.join(names)}.")
-
-
-class _Config:
-    @classmethod
-    def from_dict(cls, data: Mapping):
-        """Build from a dict (TextBrewer's ``from_dict``); unknown keys are an error with a suggestion."""
-        _check_keys(cls, data, cls.__name__)
-        return cls(**dict(data))
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike):
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TrainingConfig(_Config):
-    """TextBrewer's training configuration, same fields and defaults.
-
-    ckpt_frequency: save the student at most this many times per epoch (at the end of each
-        1/ckpt_frequency of it; 0 = never). ckpt_epoch_frequency: only in every n-th epoch (and the last).
-    ckpt_steps: with ``train(num_steps=...)``, save every ckpt_steps steps (and at the end).
-    log_dir: ``metrics.jsonl`` and TensorBoard events go here (None: no log files).
-    output_dir: checkpoints ``gs{step}.safetensors`` (student state dict) go here.
-    device: where to train; ``'cuda'`` without a GPU falls back to the CPU with a warning.
-    fp16: autocast to float16 with a gradient scaler on CUDA (TextBrewer used apex; ``fp16_opt_level``
-        is accepted and ignored). data_parallel / local_rank: not supported — use kdistill's Trainer,
-        which runs on Accelerate.
-    """
-
-    gradient_accumulation_steps: int = 1
-    ckpt_frequency: int = 1
-    ckpt_epoch_frequency: int = 1
-    ckpt_steps: int | None = None
-    log_dir: str | None = None
-    output_dir: str = "./saved_models"
-    device: Any = "cuda"
-    fp16: bool = False
-    fp16_opt_level: str = "O1"
-    data_parallel: bool = False
-    local_rank: int = -1
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("gradient_accumulation_steps", "ckpt_epoch_frequency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"TrainingConfig.{name}: must be an integer >= 1, got {value!r}")
-        if isinstance(self.ckpt_frequency, bool) or not isinstance(self.ckpt_frequency, int) or self.ckpt_frequency < 0:
-            problems.append(f"TrainingConfig.ckpt_frequency: must be an integer >= 0, got {self.ckpt_frequency!r}")
-        if self.ckpt_steps is not None and (not isinstance(self.ckpt_steps, int) or self.ckpt_steps < 1):
-            problems.append(f"TrainingConfig.ckpt_steps: must be a positive integer or None, got {self.ckpt_steps!r}")
-        if self.data_parallel:
-            problems.append("TrainingConfig.data_parallel: not supported by kdistill.compat; run on several GPUs "
-                            "with kdistill's Trainer (Hugging Face Accelerate) instead")
-        if self.local_rank != -1:
-            problems.append("TrainingConfig.local_rank: distributed training is not supported by kdistill.compat; "
-                            "use kdistill's Trainer (Hugging Face Accelerate)")
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
-
-    def resolved_device(self) -> torch.device:
-        device = torch.device(self.device) if self.device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(f"TrainingConfig.device is '{self.device}' but no CUDA device is available; "
-                          "training on the CPU.", stacklevel=3)
-            return torch.device("cpu")
-        return device
-
-
-@dataclass
-class IntermediateMatch:
-    """One ``intermediate_matches`` entry: ``layer_T``/``layer_S`` index the adaptor's ``hidden`` or
-    ``attention`` list (a pair of indices for ``fsp``/``nst``); ``proj = [kind, dim_S, dim_T, {group opts}]``."""
-
-    layer_T: int | list[int]
-    layer_S: int | list[int]
-    feature: str
-    loss: str
-    weight: float
-    proj: list | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping, *, path: str = "intermediate_matches[0]") -> IntermediateMatch:
-        if isinstance(data, IntermediateMatch):
-            return data
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a dict with layer_T, layer_S, feature, loss, weight, got "
-                              f"{type(data).__name__}.")
-        _check_keys(cls, data, path)
-        missing = [f.name for f in fields(cls) if f.name != "proj" and f.name not in data]
-        if missing:
-            raise ConfigError(f"{path}: missing {', '.join(missing)} (each entry needs layer_T, layer_S, feature, "
-                              "loss and weight).")
-        match = cls(**dict(data))
-        match.validate(path)
-        return match
-
-    def validate(self, path: str) -> None:
-        for name in ("layer_T", "layer_S"):
-            value = getattr(self, name)
-            ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value))
-            if not ok:
-                raise ConfigError(f"{path}.{name}: expected a layer index or a pair of them, got {value!r}.")
-        if isinstance(self.layer_T, (list, tuple)) != isinstance(self.layer_S, (list, tuple)):
-            raise ConfigError(f"{path}: layer_T and layer_S must both be single indices or both pairs.")
-        if self.feature not in FEATURES:
-            raise ConfigError(f"{path}.feature: unknown feature '{self.feature}'{suggest(self.feature, FEATURES)} "
-                              f"Available: {', '.join(FEATURES)}.")
-        if self.loss not in LOSS_MAP:
-            raise ConfigError(f"{path}.loss: unknown loss '{self.loss}'{suggest(self.loss, LOSS_MAP)} "
-                              f"Available: {', '.join(sorted(LOSS_MAP))}.")
-        if self.loss in ("fsp", "gram") and not isinstance(self.layer_T, (list, tuple)):
-            raise ConfigError(f"{path}: loss '{self.loss}' compares two layers per model; give layer_T and layer_S "
-                              "as pairs, e.g. [0, 4].")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
-            raise ConfigError(f"{path}.weight: expected a number, got {self.weight!r}.")
-        if self.proj is not None:
-            proj = list(self.proj)
-            if (len(proj) not in (3, 4) or proj[0] not in PROJECTIONS or not all(isinstance(v, int) for v in proj[1:3])
-                    or (len(proj) == 4 and not isinstance(proj[3], Mapping))):
-                raise ConfigError(f"{path}.proj: expected [kind, dim_S, dim_T] or [kind, dim_S, dim_T, {{optimizer "
-                                  f"options}}] with kind one of {', '.join(PROJECTIONS)}, got {self.proj!r}.")
-            self.proj = proj
-
-    @property
-    def is_pair(self) -> bool:
-        return isinstance(self.layer_T, (list, tuple))
-
-    def name(self) -> str:
-        def text(layers):
-            return "-".join(map(str, layers)) if isinstance(layers, (list, tuple)) else str(layers)
-
-        return f"{self.feature}_{self.loss}_{text(self.layer_S)}_{text(self.layer_T)}"
-
-
-@dataclass
-class DistillationConfig(_Config):
-    """TextBrewer's distillation configuration, same fields and defaults.
-
-    total loss = kd_loss_weight · KD(logits) + hard_label_weight · Σ adaptor ``losses`` +
-    Σ weight · intermediate losses. ``kd_loss_type='ce'`` has **no T²** factor (TextBrewer's
-    semantics; kdistill's native ``soft_ce`` has it unless ``t2_scale=False``).
-    Schedulers: weights ``'linear_decay'`` (1 → 0 over the run) / ``'linear_growth'`` (0 → 1), which
-    *replace* the weight as in TextBrewer; temperature ``'constant'``, ``['flsw', beta, gamma]``,
-    ``['cwsm', beta]``.
-    """
-
-    temperature: float = 4
-    temperature_scheduler: Any = "none"
-    hard_label_weight: float = 0
-    hard_label_weight_scheduler: str = "none"
-    kd_loss_type: str = "ce"
-    kd_loss_weight: float = 1
-    kd_loss_weight_scheduler: str = "none"
-    probability_shift: bool = False
-    intermediate_matches: list = field(default_factory=list)
-    is_caching_logits: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kd_loss_type not in KD_LOSS_TYPES:
-            raise ConfigError(f"DistillationConfig.kd_loss_type: '{self.kd_loss_type}' is not one of "
-                              f"{', '.join(KD_LOSS_TYPES)}.")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature > 0):
-            raise ConfigError(f"DistillationConfig.temperature: must be a number > 0, got {self.temperature!r}.")
-        for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
-            value = getattr(self, name)
-            if value not in ("none", None, *WEIGHT_SCHEDULERS):
-                raise ConfigError(f"DistillationConfig.{name}: unknown scheduler '{value}'"
-                                  f"{suggest(str(value), WEIGHT_SCHEDULERS)} Available: none, "
-                                  f"{', '.join(WEIGHT_SCHEDULERS)}.")
-        self.temperature_scheduler = self._check_temperature_scheduler(self.temperature_scheduler)
-        self.intermediate_matches = [
-            IntermediateMatch.from_dict(entry, path=f"intermediate_matches[{i}]")
-            for i, entry in enumerate(self.intermediate_matches or [])
-        ]
-
-    @staticmethod
-    def _check_temperature_scheduler(value: Any) -> Any:
-        if value in ("none", None, "constant"):
-            return "none" if value in ("none", None) else value
-        spec = [value] if isinstance(value, str) else list(value)
-        name = spec[0] if spec else None
-        needed = {"flsw": 2, "cwsm": 1}.get(name)
-        if needed is None:
-            raise ConfigError(f"DistillationConfig.temperature_scheduler: unknown scheduler {value!r}. Available: "
-                              f"none, {', '.join(TEMPERATURE_SCHEDULERS)}.")
-        if len(spec) - 1 < needed:
-            example = "['flsw', beta, gamma]" if name == "flsw" else "['cwsm', beta]"
-            raise ConfigError(f"DistillationConfig.temperature_scheduler: '{name}' needs its parameters: {example}.")
-        return spec
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["intermediate_matches"] = [
-            {k: v for k, v in asdict(m).items() if not (k == "proj" and v is None)} for m in self.intermediate_matches
-        ]
-        return data
 
 
 # ---------------------------------------------------------------------------------------------

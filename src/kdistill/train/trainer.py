@@ -136,6 +136,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class _Session:
+    """What one call of :meth:`Trainer.train` works with, from start to end."""
+
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    total: int
+    processes: int
+    effective: int | None
+    position: TrainPosition
+    checkpoints: Path | None
+    log: MetricsLog
+    bar: Any
+    state: TrainState
+    last_metrics: dict[str, float]
+    running: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+
+
 class Trainer:
     """Train ``distiller.student`` (and its projections) on ``train_data``.
 
@@ -158,7 +180,9 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         output_dir: str | os.PathLike | None = None,
         accelerator: Any = None,
+        name: str = "distil",
     ):
+        self.name = name  # what the progress bar calls this training: the stage's real name
         self.distiller = distiller
         self.train_data = train_data
         self.config = config or TrainConfig()
@@ -228,6 +252,49 @@ class Trainer:
                               "layerdrop with hidden-state and logit matches only, or set training.layerdrop: 0.")
 
     def _train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
+        cfg = self.config
+        run = self._start(resume)
+        position = run.position
+        stop = False
+        run.model.train()
+        try:
+            while position.step < run.total and not stop:
+                if position.epoch >= cfg.epochs and not cfg.max_steps:
+                    break
+                self._set_epoch(run.loader, position.epoch)
+                batches = (run.accelerator.skip_first_batches(run.loader, position.batch_in_epoch)
+                           if position.batch_in_epoch else run.loader)
+                for batch in _off_global_rng(batches, (cfg.seed, position.epoch)):
+                    position.batch_in_epoch += 1
+                    if not self._optimise(run, batch) or not run.accelerator.sync_gradients:
+                        continue
+                    stop = self._after_step(run)
+                    # A run that ends on an epoch's last batch still ends that epoch (for-else below:
+                    # epoch-end callbacks, evaluation and checkpoint).
+                    if stop or (position.step >= run.total and not run.accelerator.gradient_state.end_of_dataloader):
+                        break
+                else:
+                    stop = self._end_epoch(run)
+            # However the run ended (max_steps mid-epoch, early stop), its last step is evaluated
+            # and checkpointed once, so it can be resumed and reported.
+            if self._evaluated_at != position.step:
+                run.last_metrics, _ = self._evaluate(run.model, run.accelerator, position, run.log, run.state)
+            if self._saved_at != position.step:
+                self._save(run.accelerator, run.model, run.optimizer, run.scheduler, position, run.checkpoints)
+        finally:
+            run.bar.close()
+            run.log.close()
+        final = TrainState(position.step, run.total, position.epoch, {}, run.scheduler.get_last_lr()[0],
+                           run.last_metrics)
+        for callback in self.callbacks:
+            callback.on_train_end(final)
+        run.accelerator.wait_for_everyone()
+        return TrainResult(position.step, run.log.records, position.best_metric, position.best_step, run.last_metrics,
+                           self.output_dir, run.skipped, run.effective, run.processes, run.total)
+
+    def _start(self, resume: bool | str | os.PathLike) -> _Session:
+        """Seed, place and freeze the models, prepare the Distiller on the first batch, build the
+        optimiser and schedule, resume from a checkpoint, open the log and the progress bar."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -252,7 +319,6 @@ class Trainer:
         first = next(iter(self.train_data))
         if not distiller.prepared:
             distiller.prepare(to_device(first, device))
-
         if not any(p.requires_grad for p in distiller.parameters()):
             raise ConfigError("training: the student has no trainable parameter (all frozen?); "
                               "check training.freeze and that the student is not a frozen teacher.")
@@ -270,7 +336,6 @@ class Trainer:
         processes = accelerator.num_processes
         per_process = _batch_size(self.train_data)
         effective = per_process * processes * cfg.grad_accum if per_process else None
-
         position = TrainPosition()
         checkpoints = self.output_dir / "checkpoints" if self.output_dir else None
         if resume:
@@ -284,93 +349,78 @@ class Trainer:
             self._evaluated_at = self._saved_at = position.step
             last_metrics = _evaluation_at(log.kept, position.step)
         bar = tqdm(total=total, initial=position.step, disable=not (cfg.progress and is_main),
-                   desc="distil", dynamic_ncols=True)
+                   desc=self.name, dynamic_ncols=True)
         if cfg.progress and is_main:
-            tqdm.write(f"kdistill: effective batch size {effective or '?'} = {per_process or '?'} per process × "
-                       f"{processes} process{'es' if processes != 1 else ''} × grad_accum {cfg.grad_accum}; "
+            tqdm.write(f"kdistill: {self.name}: effective batch size {effective or '?'} = {per_process or '?'} per "
+                       f"process × {processes} process{'es' if processes != 1 else ''} × grad_accum {cfg.grad_accum}; "
                        f"{total} optimiser steps", file=sys.stderr)
-        skipped = 0
-        running: dict[str, float] = {}
-        stop = False
         state = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0])
-        model.train()
-        try:
-            while position.step < total and not stop:
-                if position.epoch >= cfg.epochs and not cfg.max_steps:
-                    break
-                self._set_epoch(loader, position.epoch)
-                batches = accelerator.skip_first_batches(loader, position.batch_in_epoch) if position.batch_in_epoch else loader
-                for batch in _off_global_rng(batches, (cfg.seed, position.epoch)):
-                    position.batch_in_epoch += 1
-                    with accelerator.accumulate(model):
-                        try:
-                            out, failure = model(batch, step=position.step, total_steps=total), None
-                        except NonFiniteLossError as exc:
-                            out, failure = None, exc
-                        if processes > 1:  # every process skips (or stops) together, or the others would hang
-                            failure = _agree_on_failure(accelerator, failure, position.step)
-                        if failure is not None:
-                            exc = failure
-                            if cfg.on_nonfinite == "stop":
-                                raise NonFiniteLossError(f"{exc} Stopping (training.on_nonfinite: stop).") from None
-                            warnings.warn(f"{exc} Skipping this step (training.on_nonfinite: skip).", stacklevel=1)
-                            optimizer.zero_grad(set_to_none=True)
-                            skipped += 1
-                            continue
-                        accelerator.backward(out.loss)
-                        if accelerator.sync_gradients and cfg.max_grad_norm:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                        optimizer.step()
-                        if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    for name, value in {"loss": out.loss.detach(), **out.parts}.items():
-                        running[name] = running.get(name, 0.0) + float(value) / cfg.grad_accum
-                    if not accelerator.sync_gradients:
-                        continue
-                    position.step += 1
-                    parts = dict(running) if processes == 1 else _mean_over_processes(accelerator, running)
-                    running.clear()
-                    state = TrainState(position.step, total, position.epoch, parts, scheduler.get_last_lr()[0])
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(parts.items())[:4]}, refresh=False)
-                    if position.step % cfg.log_every == 0 or position.step == total:
-                        log.log(position.step, {**parts, "lr": state.lr, "epoch": position.epoch})
-                    for callback in self.callbacks:
-                        callback.on_step(state)
-                    if cfg.eval_every and position.step % cfg.eval_every == 0:
-                        last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
-                    if cfg.save_every and position.step % cfg.save_every == 0:
-                        self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
-                    # A run that ends on an epoch's last batch still ends that epoch (for-else below:
-                    # epoch-end callbacks, evaluation and checkpoint).
-                    if stop or (position.step >= total and not accelerator.gradient_state.end_of_dataloader):
-                        break
-                else:
-                    position.epoch += 1
-                    position.batch_in_epoch = 0
-                    state = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0])
-                    for callback in self.callbacks:
-                        callback.on_epoch_end(state)
-                    if not cfg.eval_every:
-                        last_metrics, stop = self._evaluate(model, accelerator, position, log, state)
-                    if not cfg.save_every:
-                        self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
-            # However the run ended (max_steps mid-epoch, early stop), its last step is evaluated
-            # and checkpointed once, so it can be resumed and reported.
-            if self._evaluated_at != position.step:
-                last_metrics, _ = self._evaluate(model, accelerator, position, log, state)
-            if self._saved_at != position.step:
-                self._save(accelerator, model, optimizer, scheduler, position, checkpoints)
-        finally:
-            bar.close()
-            log.close()
-        final = TrainState(position.step, total, position.epoch, {}, scheduler.get_last_lr()[0], last_metrics)
+        return _Session(accelerator, model, optimizer, scheduler, loader, total, processes, effective, position,
+                        checkpoints, log, bar, state, last_metrics)
+
+    def _optimise(self, run: _Session, batch: Any) -> bool:
+        """Forward, backward and (at the end of an accumulation) an optimiser step on ``batch``; the loss
+        parts join ``run.running``. False when a non-finite loss skipped the batch (``on_nonfinite: skip``)."""
+        cfg, accelerator, position = self.config, run.accelerator, run.position
+        with accelerator.accumulate(run.model):
+            try:
+                out, failure = run.model(batch, step=position.step, total_steps=run.total), None
+            except NonFiniteLossError as exc:
+                out, failure = None, exc
+            if run.processes > 1:  # every process skips (or stops) together, or the others would hang
+                failure = _agree_on_failure(accelerator, failure, position.step)
+            if failure is not None:
+                if cfg.on_nonfinite == "stop":
+                    raise NonFiniteLossError(f"{failure} Stopping (training.on_nonfinite: stop).") from None
+                warnings.warn(f"{failure} Skipping this step (training.on_nonfinite: skip).", stacklevel=1)
+                run.optimizer.zero_grad(set_to_none=True)
+                run.skipped += 1
+                return False
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+            run.optimizer.step()
+            if accelerator.sync_gradients and not run.optimizer.step_was_skipped:
+                run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        for name, value in {"loss": out.loss.detach(), **out.parts}.items():
+            run.running[name] = run.running.get(name, 0.0) + float(value) / cfg.grad_accum
+        return True
+
+    def _after_step(self, run: _Session) -> bool:
+        """Count the optimiser step; log, call back, evaluate and checkpoint as configured. True: stop."""
+        cfg, position = self.config, run.position
+        position.step += 1
+        parts = dict(run.running) if run.processes == 1 else _mean_over_processes(run.accelerator, run.running)
+        run.running.clear()
+        run.state = state = TrainState(position.step, run.total, position.epoch, parts, run.scheduler.get_last_lr()[0])
+        run.bar.update(1)
+        run.bar.set_postfix({k: f"{v:.3g}" for k, v in list(parts.items())[:4]}, refresh=False)
+        if position.step % cfg.log_every == 0 or position.step == run.total:
+            run.log.log(position.step, {**parts, "lr": state.lr, "epoch": position.epoch})
         for callback in self.callbacks:
-            callback.on_train_end(final)
-        accelerator.wait_for_everyone()
-        return TrainResult(position.step, log.records, position.best_metric, position.best_step, last_metrics,
-                           self.output_dir, skipped, effective, processes, total)
+            callback.on_step(state)
+        stop = False
+        if cfg.eval_every and position.step % cfg.eval_every == 0:
+            run.last_metrics, stop = self._evaluate(run.model, run.accelerator, position, run.log, state)
+        if cfg.save_every and position.step % cfg.save_every == 0:
+            self._save(run.accelerator, run.model, run.optimizer, run.scheduler, position, run.checkpoints)
+        return stop
+
+    def _end_epoch(self, run: _Session) -> bool:
+        """An epoch's end: callbacks, and evaluation and a checkpoint unless they go by steps. True: stop."""
+        cfg, position = self.config, run.position
+        position.epoch += 1
+        position.batch_in_epoch = 0
+        run.state = state = TrainState(position.step, run.total, position.epoch, {}, run.scheduler.get_last_lr()[0])
+        for callback in self.callbacks:
+            callback.on_epoch_end(state)
+        stop = False
+        if not cfg.eval_every:
+            run.last_metrics, stop = self._evaluate(run.model, run.accelerator, position, run.log, state)
+        if not cfg.save_every:
+            self._save(run.accelerator, run.model, run.optimizer, run.scheduler, position, run.checkpoints)
+        return stop
 
     # ------------------------------------------------------------------ pieces
     def _evaluate(self, model, accelerator, position: TrainPosition, log: MetricsLog, state: TrainState):

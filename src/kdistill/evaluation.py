@@ -1,0 +1,119 @@
+"""Teacher against student on a run's splits, and a finished run folder evaluated again (``kdistill eval``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import DataLoader
+
+from kdistill.adapters.hf import is_hf_model
+from kdistill.config import IMAGE_DATA, RunConfig
+from kdistill.errors import ConfigError, DataError
+from kdistill.outputs import RESOLVED_NAME
+from kdistill.run_build import load_model, make_recipe, student_from_init
+from kdistill.run_data import DataParts, build_data, make_loaders
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _logits_are_classes(model: nn.Module) -> bool:
+    if is_hf_model(model):
+        return type(model).__name__.endswith("ForSequenceClassification")
+    return True
+
+
+def compare(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    """Accuracy and macro-F1 of teacher and student on ``loader``, and how often they agree."""
+    from kdistill.train.evaluate import classification_metrics, predict
+
+    device = next(student.parameters()).device
+    teacher_pred, labels = predict(teacher, loader, device=device)
+    student_pred, _ = predict(student, loader, device=device, inputs_key="student_inputs")
+    result: dict[str, Any] = {"examples": int(len(student_pred)),
+                              "agreement": float((teacher_pred == student_pred).float().mean())}
+    if labels is not None:
+        result["teacher"] = classification_metrics(teacher_pred, labels)
+        result["student"] = classification_metrics(student_pred, labels)
+    return result
+
+
+def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str, DataLoader],
+                    splits=("validation", "test")) -> dict[str, Any]:
+    if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
+        return {}
+    return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
+
+
+# ---------------------------------------------------------------------------------------------
+# eval of a finished run
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Module, DataParts, dict[str, DataLoader]]:
+    """Reload a run folder: its config, the teacher, the trained student and the data."""
+    from kdistill import models
+    from kdistill.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not folder.is_run:
+        raise ConfigError(f"'{folder.path}' is not a kdistill run folder: it has no {RESOLVED_NAME}.")
+    student_dir = folder.student_dir
+    if not student_dir.is_dir():
+        raise ConfigError(f"'{folder.path}' holds no trained student (no student/ folder): the run has not finished. "
+                          "Continue it with `kdistill run CONFIG --resume`.")
+    config = folder.config()
+    if config.teacher.finetune is not None:  # the fine-tuned teacher the run saved, not the base
+        if folder.teacher_path() is None:
+            raise ConfigError(f"'{folder.path}' holds no fine-tuned teacher (no teacher/ folder) although its "
+                              "teacher.finetune is set: continue the run with `kdistill run CONFIG --resume`.")
+        teacher = models.load_hf_model(folder.teacher_path(), task=config.teacher.task)
+    else:
+        teacher = load_model(config.teacher, "teacher", config)
+    if (student_dir / "config.json").is_file():
+        task = config.student.task if config.student is not None and config.student.path else config.teacher.task
+        student = models.load_hf_model(student_dir, task=task)
+    else:
+        if config.student is not None:
+            student = load_model(config.student, "student", config, teacher=teacher)
+        else:
+            draft = make_recipe(config, teacher, None)
+            student = student_from_init(draft.student_init or {}, teacher,
+                                        where=f"method '{config.method}' student_init")
+        from safetensors.torch import load_model as load_weights_into
+
+        load_weights_into(student, str(student_dir / "student.safetensors"))
+    tokenizer = student_tokenizer = None
+    if config.data.builtin not in IMAGE_DATA:
+        tokenizer = models.load_tokenizer(config.data.tokenizer or config.teacher.path)
+        if config.data.student_tokenizer:
+            student_tokenizer = models.load_tokenizer(config.data.student_tokenizer)
+    data = build_data(config, tokenizer, student_tokenizer)
+    return config, teacher, student, data, make_loaders(config, data)
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
+    """Teacher vs student on one split of a finished run: accuracy, macro-F1, agreement."""
+    _config, teacher, student, _data, loaders = load_run(run_dir)
+    if split not in loaders or split == "unlabelled":
+        available = ", ".join(s for s in loaders if s != "unlabelled")
+        raise ConfigError(f"--split: the run's data has no '{split}' split; it has: {available}.")
+    teacher.eval()
+    result = compare(teacher, student, loaders[split])
+    if "teacher" not in result:
+        raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "
+                        f"(agreement of teacher and student: {result['agreement']:.4f}).")
+    baseline_dir = Path(run_dir) / "baseline" / "student"
+    if baseline_dir.is_dir():  # baseline: true — the same student trained on the labels alone
+        import copy
+
+        from kdistill.finetune import load_baseline
+
+        baseline = copy.deepcopy(student)
+        load_baseline(baseline, Path(run_dir))
+        again = compare(teacher, baseline, loaders[split])
+        result["baseline"] = {**again["student"], "agreement": again["agreement"]}
+    return {"split": split, **result}
