@@ -585,8 +585,9 @@ def make_loader(
     ``bucket=True`` needs ``dataset.lengths`` (a :class:`TokenizedDataset` has them) and uses a
     :class:`LengthBucketSampler` whose sorted chunks hold ``bucket_size_multiplier`` batches
     (smaller: more random batches, more padding). ``bucket=False``: plain seeded random batches
-    when shuffling, the dataset order when not. A TokenizedDataset is collated with its own pad ids; other
-    datasets (images, tensors) use PyTorch's default collation, unless ``collate_fn`` is given.
+    when shuffling, the dataset order when not. A dataset with a ``collator()`` (TokenizedDataset,
+    LMDataset) is collated with its own pad ids; other datasets (images, tensors) use PyTorch's
+    default collation, unless ``collate_fn`` is given.
     """
     lengths = getattr(dataset, "lengths", None)
     if bucket and lengths is None:
@@ -604,5 +605,6 @@ def make_loader(
     else:
         batch_sampler = BatchSampler(SequentialSampler(dataset), batch_size, drop_last=drop_last)
     if collate_fn is None:
-        collate_fn = dataset.collator() if isinstance(dataset, TokenizedDataset) else None
+        collator = getattr(dataset, "collator", None)
+        collate_fn = collator() if callable(collator) else None
     return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers)
