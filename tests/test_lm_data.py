@@ -168,7 +168,9 @@ def test_a_completion_cut_to_nothing_is_skipped_and_counted(tokenizer):
 def test_a_chat_cut_before_its_first_assistant_token_is_skipped(tokenizer):
     short = [{"messages": CONVERSATION[1:3]}]
     before_assistant = len(tokenizer.apply_chat_template(CONVERSATION[1:2], add_generation_prompt=True)["input_ids"])
-    assert len(chat(short, tokenizer, max_length=before_assistant)) == 0
+    with pytest.raises(DataError, match=rf"chat.jsonl: all 1 records are left out \(no assistant token is left "
+                                        rf"within max_length {before_assistant}\), so no token carries loss"):
+        chat(short, tokenizer, max_length=before_assistant, source="chat.jsonl")
     cut = chat(short, tokenizer, max_length=before_assistant + 2)
     assert len(cut) == 1 and cut.loss_tokens.total == 2
 

@@ -158,14 +158,17 @@ def _encode(tokenizer: Any, texts: Sequence[str], *, special: bool, chunk: int =
     return ids
 
 
-def _keep_with_loss(
-    rows: Sequence[tuple[list[int], list[int]]], tokenizer: Any, kind: str, reason: str, notes: Sequence[str] = ()
-) -> LMDataset:
-    """An LMDataset of the rows with at least one loss token; the others are skipped, counted."""
+def _keep_with_loss(rows: Sequence[tuple[list[int], list[int]]], tokenizer: Any, kind: str, reason: str,
+                    source: str) -> LMDataset:
+    """An LMDataset of the rows with at least one loss token; the others are skipped, counted.
+    A DataError when no row is left (an empty dataset would fail later, far from its cause)."""
     kept = [(row, ids, labels) for row, (ids, labels) in enumerate(rows) if _loss_count(labels)]
+    if rows and not kept:
+        raise DataError(f"{source}: all {len(rows)} records are left out ({reason}), so no token carries loss; "
+                        "raise data.max_length or shorten the records.")
     skipped = sorted(set(range(len(rows))) - {row for row, _, _ in kept})
     return LMDataset([ids for _, ids, _ in kept], [labels for _, _, labels in kept], tokenizer, kind=kind,
-                     skipped=skipped, skip_reason=reason, notes=notes)
+                     skipped=skipped, skip_reason=reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +195,7 @@ def plain_text(
     ids = _encode(tokenizer, texts, special=True)
     if not pack:
         rows = [(row[:max_length], row[:max_length]) for row in ids]
-        return _keep_with_loss(rows, tokenizer, "text", "fewer than two tokens, nothing to predict")
+        return _keep_with_loss(rows, tokenizer, "text", "fewer than two tokens, nothing to predict", source)
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise DataError(f"{source}: packing joins texts with the eos token, but the tokenizer at "
@@ -242,7 +245,7 @@ def prompt_completion(
         completion_ids = ([*completion_ids, eos] if eos is not None else completion_ids)[: max_length - len(prompt_ids)]
         rows.append((prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids))
     return _keep_with_loss(rows, tokenizer, "prompt_completion",
-                           f"the prompt fills max_length {max_length}, leaving no completion token")
+                           f"the prompt fills max_length {max_length}, leaving no completion token", source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +293,8 @@ def chat(
         ids, mask = (_generation_mask if marked else _prefix_mask)(tokenizer, conversation, where, folder)
         ids, mask = ids[:max_length], mask[:max_length]
         rows.append((ids, [token if keep else IGNORE for token, keep in zip(ids, mask)]))
-    return _keep_with_loss(rows, tokenizer, "chat", f"no assistant token is left within max_length {max_length}")
+    return _keep_with_loss(rows, tokenizer, "chat", f"no assistant token is left within max_length {max_length}",
+                           source)
 
 
 def _render(tokenizer: Any, conversation: list[dict], where: str, folder: str, **kwargs: Any) -> Any:
