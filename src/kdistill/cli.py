@@ -171,9 +171,10 @@ def _run(args: argparse.Namespace) -> int:
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     for split, result in summary.get("metrics", {}).items():
         if "student" in result:
-            also = f", baseline accuracy {baseline[split]['accuracy']:.4f}" if split in baseline else ""
-            print(f"  {split}: teacher accuracy {result['teacher']['accuracy']:.4f}, student accuracy "
-                  f"{result['student']['accuracy']:.4f}{also}, agreement {result['agreement']:.4f}")
+            key = "accuracy" if "accuracy" in result["student"] else "perplexity"
+            also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
+            print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
+                  f"{result['student'][key]:.4f}{also}, agreement {result['agreement']:.4f}")
     print(f"  summary: {config.output_dir}/summary.json; report: {config.output_dir}/report.md")
     return 0
 
@@ -206,10 +207,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
-    print(f"  {'':<8} {'accuracy':>9} {'macro_f1':>9}")
+    first, second = ("accuracy", "macro_f1") if "accuracy" in result["student"] else ("perplexity", "loss")
+    print(f"  {'':<8} {first:>10} {second:>9}")
     for role in ("teacher", "student", "baseline"):
         if role in result:
-            print(f"  {role:<8} {result[role]['accuracy']:>9.4f} {result[role]['macro_f1']:>9.4f}")
+            print(f"  {role:<8} {result[role][first]:>10.4f} {result[role][second]:>9.4f}")
     print(f"  agreement (same prediction): {result['agreement']:.4f}"
           + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0

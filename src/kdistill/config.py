@@ -36,7 +36,8 @@ from kdistill.errors import ConfigError, suggest
 from kdistill.factories import Imported, resolve
 from kdistill.model_files import model_problems
 
-TASKS = ("sequence-classification", "base", "masked-lm")
+TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm")
+LM_KINDS = ("text", "prompt_completion", "chat")  # data.kind of a causal-LM run (kdistill.lm_data)
 BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist")
 IMAGE_DATA = ("digits", "fashion_mnist")
 DATA_FORMATS = ("csv", "tsv", "jsonl", "json", "hf")
@@ -83,7 +84,7 @@ class ModelSpec(_Strict):
     """A model: a Hugging Face folder (``path``), a Python factory, or (students) ``from_teacher``."""
 
     path: str | None = None
-    task: Literal["sequence-classification", "base", "masked-lm"] = "sequence-classification"
+    task: Literal["sequence-classification", "base", "masked-lm", "causal-lm"] = "sequence-classification"
     num_labels: int | None = Field(default=None, ge=1)
     factory: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
@@ -142,6 +143,13 @@ class DataSpec(_Strict):
     limit: int | dict[str, int] | None = None
 
     missing_text: Literal["error", "skip"] = "error"
+    # Language-model data (teacher.task: causal-lm; kdistill.lm_data): plain text, prompt/completion
+    # columns or chat messages; the loss covers the completion (assistant) tokens only.
+    kind: Literal["classification", "text", "prompt_completion", "chat"] | None = None
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    pack: bool = False
 
 
 class TrainingSpec(_Strict):
@@ -227,6 +235,12 @@ class RunConfig(_TopLevel):
     def split_seed(self) -> int:
         """The seed that cuts ``path``/``builtin`` data into splits (``data.split_seed``, else the data seed)."""
         return self.data.split_seed if self.data.split_seed is not None else self.data_seed()
+
+    def lm_kind(self) -> str | None:
+        """The language-model data kind of a causal-LM run (``data.kind``, default ``text``), else None."""
+        if self.data.kind in LM_KINDS:
+            return self.data.kind
+        return "text" if self.teacher.task == "causal-lm" and self.data.kind is None else None
 
     def limit_of(self, split: str) -> int | None:
         """``data.limit`` for ``split``: one number for every split, or a number per split."""
@@ -343,7 +357,7 @@ def check_data(config: RunConfig) -> None:
     """Read the data files whole (no tokenizer, no weights): a missing text, a label the teacher
     does not know or a label outside the models' classes is a DataError naming the record now,
     not after the models load. Packaged (builtin) sets are checked when the run builds its data."""
-    if config.data.builtin is None:
+    if config.data.builtin is None and config.lm_kind() is None:  # LM files: read by the checker
         from kdistill.run_data import read_tables
 
         read_tables(config)
@@ -619,7 +633,10 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     if "student" in parsed:
         check.model(parsed["student"], "student", role="student")
     if "data" in parsed:
-        check.data(parsed["data"])
+        teacher_task = parsed["teacher"].task if "teacher" in parsed else None
+        kind = parsed["data"].kind
+        causal = teacher_task == "causal-lm"
+        check.data(parsed["data"], lm_kind=kind if kind in LM_KINDS else "text" if causal else None)
     layer_map_used: list[bool] = []
     for i, spec in enumerate(matches):
         if spec is not None:

@@ -195,7 +195,7 @@ class Checker:
                 self.add(f"{where}: {', '.join(sizes)} apply with 'num_layers' only; copied layers keep the teacher's sizes.")
 
     # ------------------------------------------------------------------ data
-    def data(self, spec: DataSpec, where: str = "data") -> None:
+    def data(self, spec: DataSpec, where: str = "data", *, lm_kind: str | None = None) -> None:
         files = [key for key in ("train", "validation", "test") if getattr(spec, key) is not None]
         sources = (["builtin"] if spec.builtin else []) + (["path"] if spec.path else []) + (["train"] if spec.train else [])
         if not sources:
@@ -221,7 +221,9 @@ class Checker:
                          "(train, validation[, test]), e.g. [0.8, 0.1, 0.1].")
         text_columns = self.text_columns(spec.text, f"{where}.text")
         image = spec.builtin in IMAGE_DATA
-        for key in ("train", "validation", "test", "path"):
+        if lm_kind is not None:
+            self.lm_data(spec, where, lm_kind)
+        for key in ("train", "validation", "test", "path") if lm_kind is None else ():
             value = getattr(spec, key)
             if value is None:
                 continue
@@ -269,6 +271,31 @@ class Checker:
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
+
+    def lm_data(self, spec: DataSpec, where: str, kind: str) -> None:
+        """A causal-LM run's files: read whole and checked without a tokenizer (:func:`kdistill.lm_data.read_lm_records`)."""
+        from kdistill.lm_data import read_lm_records
+
+        if spec.kind == "classification":
+            self.add(f"{where}.kind: 'classification' data cannot teach a causal-lm teacher; choose one of text, "
+                     "prompt_completion, chat.")
+        if spec.builtin is not None and kind != "text":
+            self.add(f"{where}.builtin: '{spec.builtin}' holds texts; it serves kind 'text', not '{kind}'.")
+        for key in ("train", "validation", "test", "path"):
+            value = getattr(spec, key)
+            if value is None:
+                continue
+            resolved = self.resolve(value)
+            setattr(spec, key, str(resolved))
+            if not resolved.is_file():
+                self.add(f"{where}.{key}: the data file '{resolved}' does not exist.")
+                continue
+            try:
+                read_lm_records(resolved, kind, text=spec.text if isinstance(spec.text, str) else "text",
+                                prompt=spec.prompt, completion=spec.completion, messages=spec.messages,
+                                format=spec.format)
+            except (ConfigError, DataError) as exc:
+                self.add(str(exc))
 
     def limits(self, spec: DataSpec, where: str) -> None:
         """``data.limit``: a positive number, or a mapping of split names to positive numbers."""

@@ -231,7 +231,7 @@ class Distiller(nn.Module):
             weight = value_at(b.match.weight, step, total_steps)
             if weight == 0.0:
                 continue
-            term = weight * self._match_loss(b, student, teacher, labels, step, total_steps)
+            term = weight * self._match_loss(b, student, teacher, labels, step, total_steps, _loss_mask(batch))
             parts[b.name] = term
             total = term if total is None else total + term
         hard_weight = value_at(self.hard_label_weight, step, total_steps)
@@ -248,7 +248,7 @@ class Distiller(nn.Module):
         return DistillOutput(total, {k: v.detach() for k, v in parts.items()}, student)
 
     def _match_loss(self, b: _Bound, student: Features, teacher: dict[str, Features], labels,
-                    step: int, total_steps: int | None) -> Tensor:
+                    step: int, total_steps: int | None, loss_mask: Tensor | None = None) -> Tensor:
         student_value = self._select(student, b.student_refs)
         teacher_value = self._teacher_value(b, teacher, step, total_steps)
         key = f"m{b.index}"
@@ -256,7 +256,10 @@ class Distiller(nn.Module):
             student_value = self.projections[key](student_value)
         kwargs = {key: value_at(v, step, total_steps) if _is_schedule(v) else v for key, v in b.match.args.items()}
         if "mask" in b.accepts:
-            kwargs["mask"] = student.attention_mask
+            # A causal-LM batch's ``loss_mask`` marks the positions whose next token carries loss: the
+            # logits are compared there; hidden states and attentions over every real token.
+            reads_logits = b.student_refs == (Ref("logits"),) and b.teacher_refs == (Ref("logits"),)
+            kwargs["mask"] = loss_mask if reads_logits and loss_mask is not None else student.attention_mask
         if "teacher_mask" in b.accepts and b.match.teacher_name != ENSEMBLE:
             kwargs["teacher_mask"] = teacher[self._teacher_of(b)].attention_mask
         if "labels" in b.accepts:
@@ -317,7 +320,7 @@ class Distiller(nn.Module):
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
         for b in self.bound:
             try:
-                self._match_loss(b, student, teacher, labels, 0, None)
+                self._match_loss(b, student, teacher, labels, 0, None, _loss_mask(batch))
             except ShapeError as exc:
                 raise ShapeError(f"{b.name}: {exc}") from None
         return self.plan
@@ -353,6 +356,10 @@ class Distiller(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """Student and projection weights (never the teachers)."""
         return self.state_dict()
+
+
+def _loss_mask(batch: object) -> Tensor | None:
+    return batch.get("loss_mask") if isinstance(batch, Mapping) else None
 
 
 def _uses_hard_labels(weight: Scalar) -> bool:

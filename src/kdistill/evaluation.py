@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -42,8 +43,61 @@ def compare(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[
     return result
 
 
+def is_causal_lm(model: nn.Module) -> bool:
+    """A Hugging Face causal language model (``AutoModelForCausalLM``'s classes: Llama, GPT-2's LMHead…)."""
+    if not is_hf_model(model):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+@torch.no_grad()
+def compare_lm(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    """Held-out next-token loss and perplexity of teacher and student over the tokens that carry loss
+    (``loss_mask``), and how often the student's top-1 next token is the teacher's."""
+    import math
+
+    import torch.nn.functional as F
+
+    from kdistill.adapters.base import model_inputs, output_logits, to_device
+
+    device = next(student.parameters()).device
+    totals = {"teacher": 0.0, "student": 0.0}
+    tokens = agree = examples = 0
+    modes = {model: model.training for model in (teacher, student)}
+    for model in modes:
+        model.eval()
+    try:
+        for batch in loader:
+            batch = to_device(batch, device)
+            keep = batch["loss_mask"].bool()
+            targets = batch["labels"][keep]
+            top = {}
+            for role, model in (("teacher", teacher), ("student", student)):
+                args, kwargs = model_inputs(batch)
+                logits = output_logits(model(*args, **kwargs))[keep].float()
+                totals[role] += float(F.cross_entropy(logits, targets, reduction="sum"))
+                top[role] = logits.argmax(-1)
+            tokens += int(keep.sum())
+            agree += int((top["teacher"] == top["student"]).sum())
+            examples += int(batch["input_ids"].shape[0])
+    finally:
+        for model, mode in modes.items():
+            model.train(mode)
+    result: dict[str, Any] = {"examples": examples, "tokens": tokens, "agreement": agree / max(tokens, 1)}
+    for role, total in totals.items():
+        loss = total / max(tokens, 1)
+        result[role] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    return result
+
+
 def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str, DataLoader],
                     splits=("validation", "test")) -> dict[str, Any]:
+    """Teacher against student on each of ``splits`` the run has: accuracy and macro-F1 for classifiers,
+    next-token loss, perplexity and top-1 agreement for causal language models; {} for other models."""
+    if is_causal_lm(teacher) and is_causal_lm(student):
+        return {split: compare_lm(teacher, student, loaders[split]) for split in splits if split in loaders}
     if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
         return {}
     return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
@@ -96,13 +150,15 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
-    """Teacher vs student on one split of a finished run: accuracy, macro-F1, agreement."""
+    """Teacher vs student (and the baseline) on one split of a finished run: accuracy, macro-F1 and
+    agreement of classifiers; next-token loss, perplexity and top-1 agreement of causal LMs."""
     _config, teacher, student, _data, loaders = load_run(run_dir)
     if split not in loaders or split == "unlabelled":
         available = ", ".join(s for s in loaders if s != "unlabelled")
         raise ConfigError(f"--split: the run's data has no '{split}' split; it has: {available}.")
     teacher.eval()
-    result = compare(teacher, student, loaders[split])
+    compare_fn = compare_lm if is_causal_lm(teacher) and is_causal_lm(student) else compare
+    result = compare_fn(teacher, student, loaders[split])
     if "teacher" not in result:
         raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "
                         f"(agreement of teacher and student: {result['agreement']:.4f}).")
@@ -114,6 +170,6 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
 
         baseline = copy.deepcopy(student)
         load_baseline(baseline, Path(run_dir))
-        again = compare(teacher, baseline, loaders[split])
+        again = compare_fn(teacher, baseline, loaders[split])
         result["baseline"] = {**again["student"], "agreement": again["agreement"]}
     return {"split": split, **result}

@@ -423,5 +423,43 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-__all__ = ["IGNORE", "KINDS", "LMDataset", "LossTokens", "ROLES", "chat", "check_chat_records", "pad_choice",
+
+
+class NextTokenTargets:
+    """Collates like ``collate`` and aligns the labels with the logits: ``labels[t]`` becomes the token
+    position ``t`` predicts (``labels[t + 1]``, -100 at the end), and ``loss_mask`` marks where it is a
+    token that carries loss.
+
+    kdistill computes its own losses on the models' logits (it never passes ``labels`` to a Hugging
+    Face model), so its causal-LM batches carry targets already shifted: the hard-label loss is the
+    next-token cross-entropy, and the token losses over the vocabulary compare the two models'
+    next-token distributions at exactly the ``loss_mask`` positions.
+    """
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.collate(examples)
+        labels = batch["labels"]
+        shifted = torch.full_like(labels, IGNORE)
+        shifted[:, :-1] = labels[:, 1:]
+        batch["labels"] = shifted
+        batch["loss_mask"] = (shifted != IGNORE).long()
+        return batch
+
+
+def lm_dataset(kind: str, records: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int, *, text: str,
+               prompt: str, completion: str, messages: str, pack: bool, source: str) -> LMDataset:
+    """The LMDataset of ``records`` (as :func:`read_lm_records` returns them) for data ``kind``."""
+    if kind == "text":
+        return plain_text([r[text] for r in records], tokenizer, max_length, pack=pack, source=source)
+    if kind == "prompt_completion":
+        return prompt_completion(records, tokenizer, max_length, prompt=prompt, completion=completion, source=source)
+    return chat(records, tokenizer, max_length, messages=messages, source=source)
+
+
+__all__ = ["IGNORE", "KINDS", "LMDataset", "LossTokens", "NextTokenTargets", "lm_dataset", "ROLES", "chat", "check_chat_records", "pad_choice",
            "plain_text", "prompt_completion", "read_lm_records"]

@@ -210,9 +210,14 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
                          f"(vocabulary {len(parts.student_tokenizer):,}); the student reads its own tokens")
         else:
             lines.append(f"  student tokenizer: the teacher's ({teacher_tokenizer_reason(config.student, config.method)})")
+    elif data.kind == "lm":
+        lines.append(f"  language-model data, {data.labels_how}")
+        lines += [f"  {split}: {dataset.describe()}" for split, dataset in data.datasets.items()]
+        lines.append(f"  max_length: {spec.max_length} tokens; tokenizer: {parts.tokenizer_source} "
+                     f"({type(parts.tokenizer).__name__}, vocabulary {len(parts.tokenizer):,})")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
-    bucketed = ", length-bucketed" if spec.bucket and data.kind == "text" else ""
+    bucketed = ", length-bucketed" if spec.bucket and data.kind in ("text", "lm") else ""
     lines.append(f"  batches: {spec.batch_size} (train{bucketed}), {spec.eval_batch_size or spec.batch_size} (evaluation)")
     if config.cache:
         lines.append(f"  cache: {config.cache} (see each stage)")

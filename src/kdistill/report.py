@@ -119,6 +119,21 @@ def put_section(path: Path, section: str) -> None:
     atomic_write_text(path, text)
 
 
+def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
+    """A causal LM's held-out next-token loss and perplexity per split, and top-1 agreement with the teacher."""
+    rows = []
+    for split, result in metrics.items():
+        for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
+                             ("baseline", baseline.get(split))):
+            if values:
+                agreement = f"{values['agreement']:.2%}" if role == "baseline" else (
+                    f"{result['agreement']:.2%}" if role == "student" else "")
+                rows.append([split, role, f"{values['perplexity']:.3f}", f"{values['loss']:.4f}", agreement,
+                             f"{result['tokens']:,}"])
+    return "## Perplexity\n\n" + markdown_table(
+        ["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher", "tokens"], rows)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
@@ -145,6 +160,9 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
             [split, f"{part['examples']:,}", part["source"]] for split, part in data.items()])
             + (f"\n\nStages train on: {stages}." if stages else ""))
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
+    if any("perplexity" in result.get("student", {}) for result in metrics.values()):
+        sections.append(_perplexity_section(metrics, baseline))
+        metrics = {}  # no accuracy for a language model
     rows = []
     for split, result in metrics.items():
         for role in ("teacher", "student"):

@@ -219,6 +219,8 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
     spec = config.data
     if spec.builtin in IMAGE_DATA:
         return _image_data(config)
+    if config.lm_kind() is not None:
+        return _lm_data(config, tokenizer)
     read = read_tables(config)
     datasets: dict[str, Dataset] = {
         split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
@@ -233,6 +235,42 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
         sources["unlabelled"] = spec.unlabelled
     return DataParts(datasets, read.label_names, read.num_classes, sources, "text", read.labels_how, read.skipped,
                      read.tables)
+
+
+def _lm_data(config: RunConfig, tokenizer: Any) -> DataParts:
+    """A causal-LM run's splits (:mod:`kdistill.lm_data`): files read and checked, then tokenised with
+    the loss on the completion (assistant) tokens only; a ``builtin`` set gives its texts."""
+    from kdistill import lm_data
+
+    spec, kind = config.data, config.lm_kind()
+    if spec.builtin is not None or spec.path is not None:
+        records = ([{"text": t} for t, _ in _builtin_records(spec.builtin)] if spec.builtin is not None else
+                   lm_data.read_lm_records(spec.path, kind, text=spec.text, prompt=spec.prompt,
+                                           completion=spec.completion, messages=spec.messages, format=spec.format))
+        ratios = split_ratios(spec)
+        from kdistill import data as kdata
+
+        per_split = {k: v for k, v in kdata.split_records(records, ratios=ratios, seed=config.split_seed()).items() if v}
+        origin = f"builtin '{spec.builtin}'" if spec.builtin is not None else spec.path
+        sources = {k: f"{origin} ({ratios} split, seed {config.split_seed()})" for k in per_split}
+    else:
+        per_split, sources = {}, {}
+        for split in SPLITS:
+            file = getattr(spec, split)
+            if file is not None:
+                per_split[split] = lm_data.read_lm_records(file, kind, text=spec.text, prompt=spec.prompt,
+                                                           completion=spec.completion, messages=spec.messages,
+                                                           format=spec.format)
+                sources[split] = file
+    text = spec.text if spec.builtin is None else "text"
+    datasets: dict[str, Dataset] = {
+        split: lm_data.lm_dataset(kind, rows[: config.limit_of(split)], tokenizer, spec.max_length, text=text,
+                                  prompt=spec.prompt, completion=spec.completion, messages=spec.messages,
+                                  pack=spec.pack, source=sources[split])
+        for split, rows in per_split.items()}
+    return DataParts(datasets, None, None, sources, "lm", f"{kind}: loss on "
+                     + ("every token" if kind == "text" else "the completion tokens only" if kind == "prompt_completion"
+                        else "the assistant turns only"))
 
 
 def _unlabelled_texts(spec) -> list:
@@ -312,9 +350,19 @@ def training_loader(config: RunConfig, data: DataParts, parts: list[Dataset], co
     dataset = parts[0] if len(parts) == 1 else Joined(parts)
     if collate_fn is None and len(parts) > 1:
         collate_fn = parts[0].collator()
+    if collate_fn is None and len(parts) == 1:
+        collate_fn = lm_collate(parts[0])
     return make_loader(dataset, config.data.batch_size, shuffle=True, seed=config.data_seed(),
-                       bucket=bool(config.data.bucket) and data.kind == "text", collate_fn=collate_fn,
+                       bucket=bool(config.data.bucket) and data.kind in ("text", "lm"), collate_fn=collate_fn,
                        bucket_size_multiplier=bucket_chunks(config))
+
+
+def lm_collate(dataset: Dataset) -> Any:
+    """A causal-LM dataset's collation with next-token targets (:class:`kdistill.lm_data.NextTokenTargets`);
+    None (the default) for any other dataset."""
+    from kdistill.lm_data import LMDataset, NextTokenTargets
+
+    return NextTokenTargets(dataset.collator()) if isinstance(dataset, LMDataset) else None
 
 
 def bucket_chunks(config: RunConfig) -> int:
@@ -327,13 +375,13 @@ def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
     from kdistill.data import make_loader
 
     spec = config.data
-    bucket = bool(spec.bucket) and data.kind == "text"
+    bucket = bool(spec.bucket) and data.kind in ("text", "lm")
     loaders = {}
     for split, dataset in data.datasets.items():
         train = split in ("train", "unlabelled")
         size = spec.batch_size if train else (spec.eval_batch_size or spec.batch_size)
         loaders[split] = make_loader(dataset, size, shuffle=train, seed=config.data_seed(), bucket=bucket,
-                                     bucket_size_multiplier=bucket_chunks(config))
+                                     bucket_size_multiplier=bucket_chunks(config), collate_fn=lm_collate(dataset))
     return loaders
 
 

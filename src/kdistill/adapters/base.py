@@ -12,7 +12,7 @@ from kdistill.features import Features, features_from_dict
 from kdistill.refs import Ref
 
 # Batch keys that are never model inputs.
-NON_INPUT_KEYS = frozenset({"labels", "label", "index", "student_inputs", "teacher_features"})
+NON_INPUT_KEYS = frozenset({"labels", "label", "index", "student_inputs", "teacher_features", "loss_mask"})
 
 
 def first_tensor(output: object) -> Tensor:
