@@ -31,3 +31,15 @@ def tiny_bert(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, nu
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return BertForSequenceClassification(config)
+
+
+def tiny_llama(num_layers: int = 4, hidden_size: int = 32, num_heads: int = 4, seed: int = 0):
+    """A randomly initialised ``LlamaForCausalLM`` over the tiny word-level vocabulary (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size(), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads // 2,
+                         max_position_embeddings=128, pad_token_id=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)

@@ -112,3 +112,10 @@ def test_lm_data_problems_are_found_before_weights_load(lm_teacher, tmp_path):
     raw["data"]["kind"] = "classification"
     with pytest.raises(ConfigError, match="data.kind: 'classification' data cannot teach a causal-lm teacher"):
         config_from_dict(raw)
+
+
+def test_a_student_tokenizer_is_refused_for_language_models(lm_teacher, tmp_path):
+    raw = _raw(lm_teacher, tmp_path)
+    raw["data"]["student_tokenizer"] = str(lm_teacher)
+    with pytest.raises(ConfigError, match="data.student_tokenizer: causal-LM data is tokenised once"):
+        config_from_dict(raw)

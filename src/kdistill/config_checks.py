@@ -279,6 +279,10 @@ class Checker:
         if spec.kind == "classification":
             self.add(f"{where}.kind: 'classification' data cannot teach a causal-lm teacher; choose one of text, "
                      "prompt_completion, chat.")
+        if spec.student_tokenizer is not None:
+            self.add(f"{where}.student_tokenizer: causal-LM data is tokenised once, with the teacher's tokenizer; a "
+                     "student with another tokenizer is not supported for language models yet. Give a student that "
+                     "uses the teacher's tokenizer (from_teacher, or a model trained with it).")
         if spec.builtin is not None and kind != "text":
             self.add(f"{where}.builtin: '{spec.builtin}' holds texts; it serves kind 'text', not '{kind}'.")
         for key in ("train", "validation", "test", "path"):
