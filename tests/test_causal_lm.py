@@ -15,8 +15,8 @@ from kdistill.errors import ConfigError
 
 from tests.test_lm_data import build_tokenizer, write_jsonl
 
-PAIRS = [{"prompt": f"Question {i}: what is {i} plus {i}? ", "completion": f"The answer is {2 * i}."}
-         for i in range(24)]
+PAIRS = [{"prompt": f"Question {i}: what is {i} plus {i}? " + "Please. " * (i % 3),  # lengths differ
+          "completion": f"The answer is {2 * i}." + " Yes." * (i % 2)} for i in range(24)]
 
 
 def _tiny(kind: str, tokenizer):
@@ -47,8 +47,8 @@ def _raw(teacher, tmp_path, **changes):
     data = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
     raw = {"teacher": {"path": str(teacher), "task": "causal-lm"},
            "student": {"from_teacher": {"layers": [1, 3]}},
-           "data": {"path": str(data), "kind": "prompt_completion", "split": [0.5, 0.25, 0.25], "max_length": 32,
-                    "batch_size": 4},
+           "data": {"path": str(data), "kind": "prompt_completion", "split": [0.5, 0.25, 0.25], "max_length": 96,
+                    "batch_size": 4, "eval_batch_size": 2},  # evaluation batches of several lengths
            "matches": [{"teacher": "logits", "student": "logits", "loss": "token_kl", "name": "kd",
                         "args": {"temperature": 1.0}}],
            "hard_label_weight": 0.5, "baseline": True,

@@ -192,9 +192,13 @@ def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_conf
     from kdistill.distiller import Distiller
     from kdistill.train import Trainer
 
+    from kdistill.evaluation import _logits_are_classes
+
     distiller = Distiller(None, model, hard_label_weight=1.0)
     resume = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").iterdir())
-    trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=loaders.get("validation"),
+    # Evaluated during training when its outputs are classes (a language model is measured at the end).
+    eval_data = loaders.get("validation") if _logits_are_classes(model) else None
+    trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=eval_data,
                       output_dir=output_dir, name=name)
     return trainer.train(resume=resume)
 
