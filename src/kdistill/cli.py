@@ -208,10 +208,11 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
     first, second = ("accuracy", "macro_f1") if "accuracy" in result["student"] else ("perplexity", "loss")
-    print(f"  {'':<8} {first:>10} {second:>9}")
+    width = len(first) + 1
+    print(f"  {'':<8} {first:>{width}} {second:>9}")
     for role in ("teacher", "student", "baseline"):
         if role in result:
-            print(f"  {role:<8} {result[role][first]:>10.4f} {result[role][second]:>9.4f}")
+            print(f"  {role:<8} {result[role][first]:>{width}.4f} {result[role][second]:>9.4f}")
     print(f"  agreement (same prediction): {result['agreement']:.4f}"
           + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0

@@ -23,6 +23,7 @@ from kdistill.config import apply_overrides, config_from_dict, dump_yaml, parse_
 from kdistill.errors import ConfigError
 
 CONFIG = "demo.yaml"
+CONFIGS = {"classification": CONFIG, "causal-lm": "demo-lm.yaml"}
 
 # What ``--method M`` sets ``method_args`` to: each method's options for this classification task
 # (benchmarks/quality.py trains its rows with the same ones). minilm: the v2 relations of the last
@@ -38,15 +39,19 @@ DEMO_METHOD_ARGS: dict[str, dict[str, Any]] = {
 }
 QUICK = ["data.limit={train: 384, validation: 128, test: 128, unlabelled: 256}", "teacher.finetune.epochs=1",
          "training.epochs=1"]
+QUICK_LM = ["data.limit={train: 48, validation: 16, test: 32}", "training.epochs=1"]
 
 
-def packaged_config_text() -> str:
-    """The demo's YAML as shipped."""
-    return resources.files("kdistill").joinpath("configs", CONFIG).read_text(encoding="utf-8")
+def packaged_config_text(task: str = "classification") -> str:
+    """The demo's YAML as shipped (the classification demo, or the language-model one)."""
+    return resources.files("kdistill").joinpath("configs", CONFIGS[task]).read_text(encoding="utf-8")
 
 
 def demo_overrides(args: argparse.Namespace) -> list[str]:
     """The config overrides the demo's flags stand for, then the user's own ``KEY=VALUE`` ones."""
+    task = getattr(args, "task", "classification")
+    if task == "causal-lm":
+        return _lm_overrides(args)
     out = list(QUICK) if args.quick else []  # first, so that a flag given with --quick wins
     if args.method != "hinton":
         method_args = dict(DEMO_METHOD_ARGS[args.method])
@@ -67,13 +72,32 @@ def demo_overrides(args: argparse.Namespace) -> list[str]:
     return out + list(args.overrides)
 
 
+def _lm_overrides(args: argparse.Namespace) -> list[str]:
+    """The language-model demo's overrides: its flags that apply (the others are refused)."""
+    wrong = [flag for flag, given in (("--method", args.method != "hinton"), ("--no-unlabelled", args.no_unlabelled),
+                                      ("--layerdrop", args.layerdrop is not None)) if given]
+    if wrong:
+        raise ConfigError(f"demo --task causal-lm: {', '.join(wrong)} apply to the classification demo; the "
+                          "language-model demo takes --layers, --epochs, --lr, --seed, --output, --no-baseline, "
+                          "--quick and KEY=VALUE overrides.")
+    out = list(QUICK_LM) if args.quick else []
+    if args.layers is not None:
+        out.append(f"student.from_teacher.layers=[{args.layers}]")
+    for flag, key in (("epochs", "training.epochs"), ("lr", "training.lr"), ("seed", "seed"), ("output", "output_dir")):
+        if getattr(args, flag) is not None:
+            out.append(f"{key}={getattr(args, flag)}")
+    if args.no_baseline:
+        out.append("baseline=false")
+    return out + list(args.overrides)
+
+
 def _flow(mapping: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in mapping.items()) + "}"
 
 
-def demo_raw(overrides: list[str]) -> dict:
+def demo_raw(overrides: list[str], task: str = "classification") -> dict:
     """The packaged YAML as a dict with ``overrides`` applied (a problem in them is a ConfigError)."""
-    raw = parse_yaml(packaged_config_text(), source=f"kdistill/configs/{CONFIG}")
+    raw = parse_yaml(packaged_config_text(task), source=f"kdistill/configs/{CONFIGS[task]}")
     problems = apply_overrides(raw, overrides)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -83,6 +107,9 @@ def demo_raw(overrides: list[str]) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, as for `kdistill run` (e.g. training.lr=3e-5)")
+    parser.add_argument("--task", default="classification", choices=list(CONFIGS),
+                        help="classification (default: MiniLM on movie-review sentiment) or causal-lm (SmolLM2-135M-"
+                             "Instruct distilled into 10 of its 30 blocks on the same sentences as text)")
     parser.add_argument("--method", default="hinton", choices=list(DEMO_METHOD_ARGS),
                         help="distillation method for the student (default: hinton; minilm: the best in the "
                              "quality table, about twice the time; see docs/methods.md)")
@@ -114,16 +141,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from kdistill.run import run
 
-    raw = demo_raw(demo_overrides(args))
+    raw = demo_raw(demo_overrides(args), args.task)
     if args.print_config:
         print(dump_yaml(raw), end="")
         return 0
-    config = config_from_dict(raw, source=f"kdistill demo ({CONFIG})", base_dir=Path.cwd(), import_from_base=False)
+    config = config_from_dict(raw, source=f"kdistill demo ({CONFIGS[args.task]})", base_dir=Path.cwd(),
+                              import_from_base=False)
     summary = run(config, resume=args.resume, overwrite=args.overwrite)
     out = Path(config.output_dir)
-    lines = [_accuracy_line(summary)]
-    if not args.no_latency:
-        lines += _latency_lines(out)
+    if args.task == "causal-lm":
+        lines = [_perplexity_line(summary)] + ([] if args.no_latency else _generation_lines(out))
+    else:
+        lines = [_accuracy_line(summary)] + ([] if args.no_latency else _latency_lines(out))
     print("\n" + "\n".join(line for line in lines if line))
     print(f"report: {out / 'report.md'}")
     return 0
@@ -137,6 +166,26 @@ def _accuracy_line(summary: dict) -> str:
     line = f"test accuracy: teacher {teacher:.2%}, student {student:.2%} (retention {student / teacher:.1%})"
     baseline = summary.get("baseline", {}).get("metrics", {}).get("test")
     return line + (f", labels-only baseline {baseline['accuracy']:.2%}" if baseline else "")
+
+
+def _perplexity_line(summary: dict) -> str:
+    test = summary.get("metrics", {}).get("test", {})
+    if "teacher" not in test:
+        return ""
+    line = (f"test perplexity: teacher {test['teacher']['perplexity']:.1f}, student {test['student']['perplexity']:.1f} "
+            f"(top-1 agreement {test['agreement']:.1%})")
+    baseline = summary.get("baseline", {}).get("metrics", {}).get("test")
+    return line + (f", labels-only baseline {baseline['perplexity']:.1f}" if baseline else "")
+
+
+def _generation_lines(out: Path) -> list[str]:
+    """Greedy generations and tokens/s of teacher, student and baseline (a section of report.md)."""
+    from kdistill.lm_bench import bench_lm
+
+    result = bench_lm(out)
+    return [f"generation at batch 1 (one thread): {name} {speed:.1f} tokens/s"
+            + (f", {result['speedup'][name]:.2f}x the teacher" if name in result["speedup"] else "")
+            for name, speed in result["tokens_per_second"].items()]
 
 
 def _latency_lines(out: Path) -> list[str]:

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from kdistill.config import LM_KINDS
 from kdistill.data import Collator, Record, is_missing_text, load_records, text_table
 from kdistill.errors import ConfigError, DataError, unknown_choice
 
-KINDS = ("text", "prompt_completion", "chat")
+KINDS = LM_KINDS  # data.kind of a causal-LM run
 ROLES = ("system", "user", "assistant", "tool")
 IGNORE = -100
 _GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
