@@ -119,3 +119,45 @@ def test_a_student_tokenizer_is_refused_for_language_models(lm_teacher, tmp_path
     raw["data"]["student_tokenizer"] = str(lm_teacher)
     with pytest.raises(ConfigError, match="data.student_tokenizer: causal-LM data is tokenised once"):
         config_from_dict(raw)
+
+
+def test_a_narrower_decoder_student_learns_hidden_states_through_projections(lm_teacher, tmp_path):
+    """Hidden-state matches between decoders of different widths (a learned projection) beside token KD."""
+    from kdistill.run import run
+
+    raw = _raw(lm_teacher, tmp_path, baseline=False, layer_map="uniform",
+               student={"from_teacher": {"num_layers": 2, "hidden_size": 16, "num_attention_heads": 2,
+                                         "intermediate_size": 32}})
+    raw["matches"] = raw["matches"] + [{"teacher": "hidden.*", "loss": "hidden_mse", "projection": "linear",
+                                        "name": "hidden"}]
+    summary = run(config_from_dict(raw))
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in steps if r["kind"] == "train"]
+    assert all("kd" in r and any(k.startswith("hidden") for k in r) for r in train)
+    assert summary["metrics"]["test"]["student"]["perplexity"] > 0
+
+
+def test_vocabularies_padded_past_the_tokenizer_are_compared_over_the_real_one(tmp_path):
+    """A teacher whose embedding is rounded up (vocab + 16 rows) and a student without the padding:
+    the token loss compares the tokenizer's entries (vocab_size set for it; the plan shows it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kdistill.run import build, run
+
+    tokenizer = build_tokenizer()
+    folders = {}
+    for role, extra in (("teacher", 16), ("student", 0)):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer) + extra, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+        folders[role] = tmp_path / role
+        LlamaForCausalLM(config).save_pretrained(folders[role])
+        tokenizer.save_pretrained(folders[role])
+    raw = _raw(folders["teacher"], tmp_path, baseline=False,
+               student={"path": str(folders["student"]), "task": "causal-lm"})
+    parts = build(config_from_dict(raw))
+    (match,) = parts.stages[0].stage.matches
+    assert match.args["vocab_size"] == len(tokenizer)
+    summary = run(config_from_dict(raw))
+    assert summary["stages"][0]["steps"] == 3

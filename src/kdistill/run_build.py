@@ -319,6 +319,8 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     if any(m.teacher.endswith(".*") for m in config.matches):
         layer_map = resolve_layer_map(config.layer_map, teacher, student)
     recipe, stage_origins = _recipe_with_matches(config, recipe, layer_map)
+    if tokenizer is not None and config.lm_kind() is not None:
+        _real_vocabulary(recipe, teacher, student, len(tokenizer))
     stages = _stages(config, recipe, stage_origins, data, loaders, teacher, trained, assistant)
     if finetuned is None:
         _check_teacher_head(config, stages)
@@ -435,6 +437,24 @@ def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], d
         stages.append(StageParts(i, stage, stage_teacher, learners[i], loader, stage_origins[i], directory,
                                  data_name, datasets))
     return stages
+
+
+def _real_vocabulary(recipe: Recipe, teacher: nn.Module, student: nn.Module, vocabulary: int) -> None:
+    """Language models whose output widths differ only by padding rows (embeddings rounded up past the
+    tokenizer's ``vocabulary``): their token losses compare the real vocabulary (``vocab_size``) unless
+    a match sets it. Widths below the vocabulary are left to the loss's own error."""
+    import inspect
+
+    from kdistill.losses import get_loss
+
+    widths = {getattr(getattr(model, "config", None), "vocab_size", None) for model in (teacher, student)}
+    if len(widths) < 2 or None in widths or min(widths) < vocabulary:
+        return
+    for stage in recipe.stages:
+        for i, match in enumerate(stage.matches):
+            takes = "vocab_size" in inspect.signature(get_loss(match.loss)).parameters
+            if takes and "vocab_size" not in match.args and match.teacher == "logits" and match.student in (None, "logits"):
+                stage.matches[i] = match.with_(args={**match.args, "vocab_size": vocabulary})
 
 
 def _check_teacher_head(config: RunConfig, stages: list[StageParts]) -> None:
