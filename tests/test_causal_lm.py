@@ -161,3 +161,39 @@ def test_vocabularies_padded_past_the_tokenizer_are_compared_over_the_real_one(t
     assert match.args["vocab_size"] == len(tokenizer)
     summary = run(config_from_dict(raw))
     assert summary["stages"][0]["steps"] == 3
+
+
+def test_chat_data_with_a_tokenizer_without_a_template_is_refused_at_validate(tmp_path):
+    from tests.test_lm_data import CONVERSATION
+
+    tokenizer = build_tokenizer(template=None)
+    folder = tmp_path / "teacher"
+    _tiny("llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": CONVERSATION}] * 8)
+    raw = _raw(folder, tmp_path)
+    raw["data"].update(path=str(chats), kind="chat")
+    with pytest.raises(ConfigError, match="data.kind: 'chat' renders each conversation with the tokenizer's chat "
+                                          "template, but the tokenizer in .* has none"):
+        config_from_dict(raw)
+
+
+def test_a_student_folder_with_another_tokenizer_is_refused_before_weights_load(lm_teacher, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    other = build_tokenizer()
+    vocab = dict(other.get_vocab())
+    folder = tmp_path / "student"
+    _tiny("llama", other).save_pretrained(folder)
+    # The same tokenizer with two tokens swapped: a different vocabulary.
+    backend = other.backend_tokenizer
+    first, second = sorted(vocab, key=vocab.get)[10:12]
+    swapped = json.loads(backend.to_str())
+    swapped["model"]["vocab"][first], swapped["model"]["vocab"][second] = vocab[second], vocab[first]
+    from tokenizers import Tokenizer
+
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(swapped)),
+                            eos_token=other.eos_token, pad_token=other.pad_token).save_pretrained(folder)
+    raw = _raw(lm_teacher, tmp_path, student={"path": str(folder), "task": "causal-lm"})
+    with pytest.raises(ConfigError, match="holds its own tokenizer, which differs from the teacher's"):
+        config_from_dict(raw)

@@ -637,6 +637,8 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         kind = parsed["data"].kind
         causal = teacher_task == "causal-lm"
         check.data(parsed["data"], lm_kind=kind if kind in LM_KINDS else "text" if causal else None)
+        if kind == "chat" and "teacher" in parsed:
+            check.chat_template(parsed["data"].tokenizer or parsed["teacher"].path)
     layer_map_used: list[bool] = []
     for i, spec in enumerate(matches):
         if spec is not None:

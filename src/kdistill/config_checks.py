@@ -301,6 +301,23 @@ class Checker:
             except (ConfigError, DataError) as exc:
                 self.add(str(exc))
 
+    def chat_template(self, folder: str | None) -> None:
+        """Chat data needs a tokenizer with a chat template: its folder says so (no weights, no tokenizer load)."""
+        if folder is None or not Path(folder).is_dir():
+            return
+        folder_path = Path(folder)
+        if (folder_path / "chat_template.jinja").is_file() or (folder_path / "chat_template.json").is_file():
+            return
+        try:
+            settings = json.loads((folder_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # no readable settings: the tokenizer itself will say
+        if not settings.get("chat_template"):
+            self.add(f"data.kind: 'chat' renders each conversation with the tokenizer's chat template, but the "
+                     f"tokenizer in '{folder}' has none (no chat_template in tokenizer_config.json, no "
+                     "chat_template.jinja). Give a tokenizer with a template (data.tokenizer), or use kind "
+                     "prompt_completion.")
+
     def limits(self, spec: DataSpec, where: str) -> None:
         """``data.limit``: a positive number, or a mapping of split names to positive numbers."""
         limit = spec.limit
