@@ -114,13 +114,6 @@ def test_lm_data_problems_are_found_before_weights_load(lm_teacher, tmp_path):
         config_from_dict(raw)
 
 
-def test_a_student_tokenizer_is_refused_for_language_models(lm_teacher, tmp_path):
-    raw = _raw(lm_teacher, tmp_path)
-    raw["data"]["student_tokenizer"] = str(lm_teacher)
-    with pytest.raises(ConfigError, match="data.student_tokenizer: causal-LM data is tokenised once"):
-        config_from_dict(raw)
-
-
 def test_a_narrower_decoder_student_learns_hidden_states_through_projections(lm_teacher, tmp_path):
     """Hidden-state matches between decoders of different widths (a learned projection) beside token KD."""
     from kdistill.run import run

@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
             key = "accuracy" if "accuracy" in result["student"] else "perplexity"
             also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
             print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
-                  f"{result['student'][key]:.4f}{also}, agreement {result['agreement']:.4f}")
+                  f"{result['student'][key]:.4f}{also}{_agreement(result['agreement'])}")
     print(f"  summary: {config.output_dir}/summary.json; report: {config.output_dir}/report.md")
     return 0
 
@@ -213,9 +213,17 @@ def _eval(args: argparse.Namespace) -> int:
     for role in ("teacher", "student", "baseline"):
         if role in result:
             print(f"  {role:<8} {result[role][first]:>{width}.4f} {result[role][second]:>9.4f}")
-    print(f"  agreement (same prediction): {result['agreement']:.4f}"
-          + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
+    if result["agreement"] is None:
+        print("  agreement: none (the student has its own tokenizer; each perplexity is over its own tokens)")
+    else:
+        print(f"  agreement (same prediction): {result['agreement']:.4f}"
+              + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0
+
+
+def _agreement(value: float | None) -> str:
+    """', agreement 0.1234', or nothing where there is none (a student with its own tokenizer)."""
+    return "" if value is None else f", agreement {value:.4f}"
 
 
 def _registry_lines(items) -> list[str]:

@@ -99,6 +99,12 @@ class Checker:
                 self.add("teacher.finetune: needs labelled training data, but data.label is null.")
             if not labelled and top is not None and top.baseline:
                 self.add("baseline: trains the student on the labels alone, but data.label is null.")
+            if data.student_tokenizer is not None and teacher is not None and teacher.task == "causal-lm":
+                from kdistill.lm_pairs import cross_tokenizer_problems
+
+                matches = raw_matches if isinstance(raw_matches, list) else []
+                for problem in cross_tokenizer_problems(data, matches, method, raw.get("hard_label_weight")):
+                    self.add(problem)
             text_data = data.builtin not in IMAGE_DATA
             if (text_data and teacher is not None and teacher.path is None and data.tokenizer is None
                     and (data.builtin or data.train or data.path)):
@@ -279,10 +285,6 @@ class Checker:
         if spec.kind == "classification":
             self.add(f"{where}.kind: 'classification' data cannot teach a causal-lm teacher; choose one of text, "
                      "prompt_completion, chat.")
-        if spec.student_tokenizer is not None:
-            self.add(f"{where}.student_tokenizer: causal-LM data is tokenised once, with the teacher's tokenizer; a "
-                     "student with another tokenizer is not supported for language models yet. Give a student that "
-                     "uses the teacher's tokenizer (from_teacher, or a model trained with it).")
         if spec.builtin is not None and kind != "text":
             self.add(f"{where}.builtin: '{spec.builtin}' holds texts; it serves kind 'text', not '{kind}'.")
         for key in ("train", "validation", "test", "path"):

@@ -222,7 +222,7 @@ class Distiller(nn.Module):
                     "student (the Trainer does this).")
         teacher = self.teacher_features(batch, self.active_teachers(step, total_steps))
         student = self.student_features(batch)
-        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        labels = _student_labels(batch)
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         for b in self.bound:
@@ -231,7 +231,7 @@ class Distiller(nn.Module):
             weight = value_at(b.match.weight, step, total_steps)
             if weight == 0.0:
                 continue
-            term = weight * self._match_loss(b, student, teacher, labels, step, total_steps, _loss_mask(batch))
+            term = weight * self._match_loss(b, student, teacher, labels, step, total_steps, _loss_masks(batch))
             parts[b.name] = term
             total = term if total is None else total + term
         hard_weight = value_at(self.hard_label_weight, step, total_steps)
@@ -248,20 +248,23 @@ class Distiller(nn.Module):
         return DistillOutput(total, {k: v.detach() for k, v in parts.items()}, student)
 
     def _match_loss(self, b: _Bound, student: Features, teacher: dict[str, Features], labels,
-                    step: int, total_steps: int | None, loss_mask: Tensor | None = None) -> Tensor:
+                    step: int, total_steps: int | None, loss_masks: tuple | None = None) -> Tensor:
         student_value = self._select(student, b.student_refs)
         teacher_value = self._teacher_value(b, teacher, step, total_steps)
         key = f"m{b.index}"
         if key in self.projections:
             student_value = self.projections[key](student_value)
         kwargs = {key: value_at(v, step, total_steps) if _is_schedule(v) else v for key, v in b.match.args.items()}
+        # A causal-LM batch's ``loss_mask`` marks the positions whose next token carries loss: the
+        # logits are compared there (each model's own where the student has its own tokenizer);
+        # hidden states and attentions over every real token.
+        student_mask, teacher_mask = loss_masks or (None, None)
+        reads_logits = b.student_refs == (Ref("logits"),) and b.teacher_refs == (Ref("logits"),)
         if "mask" in b.accepts:
-            # A causal-LM batch's ``loss_mask`` marks the positions whose next token carries loss: the
-            # logits are compared there; hidden states and attentions over every real token.
-            reads_logits = b.student_refs == (Ref("logits"),) and b.teacher_refs == (Ref("logits"),)
-            kwargs["mask"] = loss_mask if reads_logits and loss_mask is not None else student.attention_mask
+            kwargs["mask"] = student_mask if reads_logits and student_mask is not None else student.attention_mask
         if "teacher_mask" in b.accepts and b.match.teacher_name != ENSEMBLE:
-            kwargs["teacher_mask"] = teacher[self._teacher_of(b)].attention_mask
+            own = teacher_mask if reads_logits and teacher_mask is not None else None
+            kwargs["teacher_mask"] = own if own is not None else teacher[self._teacher_of(b)].attention_mask
         if "labels" in b.accepts:
             kwargs["labels"] = labels
         if "student_features" in b.accepts:
@@ -317,10 +320,10 @@ class Distiller(nn.Module):
             ))
         self.prepared = True
         # Check every loss runs on these shapes now rather than mid-run.
-        labels = batch.get("labels") if isinstance(batch, Mapping) else None
+        labels = _student_labels(batch)
         for b in self.bound:
             try:
-                self._match_loss(b, student, teacher, labels, 0, None, _loss_mask(batch))
+                self._match_loss(b, student, teacher, labels, 0, None, _loss_masks(batch))
             except ShapeError as exc:
                 raise ShapeError(f"{b.name}: {exc}") from None
         return self.plan
@@ -358,8 +361,22 @@ class Distiller(nn.Module):
         return self.state_dict()
 
 
-def _loss_mask(batch: object) -> Tensor | None:
-    return batch.get("loss_mask") if isinstance(batch, Mapping) else None
+def _loss_masks(batch: object) -> tuple[Tensor | None, Tensor | None]:
+    """(student's, teacher's) ``loss_mask`` of a causal-LM batch: the same one unless the student reads
+    its own tokenisation (``student_inputs``); ``(None, None)`` for other batches."""
+    if not isinstance(batch, Mapping):
+        return None, None
+    own = batch.get("student_inputs")
+    student = own.get("loss_mask") if isinstance(own, Mapping) and "loss_mask" in own else batch.get("loss_mask")
+    return student, batch.get("loss_mask")
+
+
+def _student_labels(batch: object) -> Tensor | None:
+    """The labels the student learns: its own tokenisation's next tokens where it has one, else the batch's."""
+    if not isinstance(batch, Mapping):
+        return None
+    own = batch.get("student_inputs")
+    return own["labels"] if isinstance(own, Mapping) and "labels" in own else batch.get("labels")
 
 
 def _uses_hard_labels(weight: Scalar) -> bool:

@@ -55,7 +55,12 @@ def is_causal_lm(model: nn.Module) -> bool:
 @torch.no_grad()
 def compare_lm(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[str, Any]:
     """Held-out next-token loss and perplexity of teacher and student over the tokens that carry loss
-    (``loss_mask``), and how often the student's top-1 next token is the teacher's."""
+    (``loss_mask``), and how often the student's top-1 next token is the teacher's.
+
+    A student with its own tokenizer (``student_inputs`` in the batches) is scored on its own tokens:
+    ``tokens`` counts the student's, ``teacher_tokens`` the teacher's, and ``agreement`` is None (two
+    vocabularies have no common top-1; per-token perplexities of two tokenizers are not comparable).
+    """
     import math
 
     import torch.nn.functional as F
@@ -64,30 +69,38 @@ def compare_lm(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> di
 
     device = next(student.parameters()).device
     totals = {"teacher": 0.0, "student": 0.0}
-    tokens = agree = examples = 0
+    counts = {"teacher": 0, "student": 0}
+    agree = examples = 0
+    paired = False
     modes = {model: model.training for model in (teacher, student)}
     for model in modes:
         model.eval()
     try:
         for batch in loader:
             batch = to_device(batch, device)
-            keep = batch["loss_mask"].bool()
-            targets = batch["labels"][keep]
+            paired = "student_inputs" in batch
             top = {}
             for role, model in (("teacher", teacher), ("student", student)):
-                args, kwargs = model_inputs(batch)
+                own = batch["student_inputs"] if role == "student" and paired else batch
+                keep = own["loss_mask"].bool()
+                args, kwargs = model_inputs(own)
                 logits = output_logits(model(*args, **kwargs))[keep].float()
-                totals[role] += float(F.cross_entropy(logits, targets, reduction="sum"))
+                totals[role] += float(F.cross_entropy(logits, own["labels"][keep], reduction="sum"))
+                counts[role] += int(keep.sum())
                 top[role] = logits.argmax(-1)
-            tokens += int(keep.sum())
-            agree += int((top["teacher"] == top["student"]).sum())
+            if not paired:
+                agree += int((top["teacher"] == top["student"]).sum())
             examples += int(batch["input_ids"].shape[0])
     finally:
         for model, mode in modes.items():
             model.train(mode)
-    result: dict[str, Any] = {"examples": examples, "tokens": tokens, "agreement": agree / max(tokens, 1)}
+    tokens = counts["student"]
+    result: dict[str, Any] = {"examples": examples, "tokens": tokens,
+                              "agreement": None if paired else agree / max(tokens, 1)}
+    if paired:
+        result["teacher_tokens"] = counts["teacher"]
     for role, total in totals.items():
-        loss = total / max(tokens, 1)
+        loss = total / max(counts[role], 1)
         result[role] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     return result
 

@@ -424,8 +424,6 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
-
-
 class NextTokenTargets:
     """Collates like ``collate`` and aligns the labels with the logits: ``labels[t]`` becomes the token
     position ``t`` predicts (``labels[t + 1]``, -100 at the end), and ``loss_mask`` marks where it is a
@@ -441,15 +439,21 @@ class NextTokenTargets:
         self.collate = collate
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        import torch
-
         batch = self.collate(examples)
-        labels = batch["labels"]
-        shifted = torch.full_like(labels, IGNORE)
-        shifted[:, :-1] = labels[:, 1:]
-        batch["labels"] = shifted
-        batch["loss_mask"] = (shifted != IGNORE).long()
+        _shift(batch)
+        if "student_inputs" in batch:  # a student with its own tokenizer: its own targets and mask
+            _shift(batch["student_inputs"])
         return batch
+
+
+def _shift(batch: dict[str, Any]) -> None:
+    import torch
+
+    labels = batch["labels"]
+    shifted = torch.full_like(labels, IGNORE)
+    shifted[:, :-1] = labels[:, 1:]
+    batch["labels"] = shifted
+    batch["loss_mask"] = (shifted != IGNORE).long()
 
 
 def lm_dataset(kind: str, records: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int, *, text: str,

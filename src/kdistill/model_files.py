@@ -215,7 +215,8 @@ def _tokenizer_problems(teacher: ModelSpec, student: ModelSpec | None, data: Dat
                 f"student.path: the student's folder '{student.path}' holds its own tokenizer, which differs from the "
                 f"teacher's ('{source}'): {difference}. Without data.student_tokenizer the student would read the "
                 f"teacher's token ids. Set data.student_tokenizer: {student.path} (each model then reads its own "
-                "tokens), or use a student trained with the teacher's tokenizer.")
+                "tokens; for language models with the logits matched by loss uld, the one token loss that needs no "
+                "common vocabulary), or use a student trained with the teacher's tokenizer.")
             feeding = None
     shares_teacher_vocab = data.student_tokenizer is None and (student is None or student.from_teacher is not None)
     if feeding is not None and student_vocab is not None and not shares_teacher_vocab:

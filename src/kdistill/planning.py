@@ -215,6 +215,9 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
         lines += [f"  {split}: {dataset.describe()}" for split, dataset in data.datasets.items()]
         lines.append(f"  max_length: {spec.max_length} tokens; tokenizer: {parts.tokenizer_source} "
                      f"({type(parts.tokenizer).__name__}, vocabulary {len(parts.tokenizer):,})")
+        if parts.student_tokenizer is not None:
+            lines.append(f"  student tokenizer: {spec.student_tokenizer} (vocabulary {len(parts.student_tokenizer):,});"
+                         " the student reads its own tokens, compared with the teacher's by uld only")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
     bucketed = ", length-bucketed" if spec.bucket and data.kind in ("text", "lm") else ""

@@ -126,10 +126,10 @@ def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
         for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
                              ("baseline", baseline.get(split))):
             if values:
-                agreement = f"{values['agreement']:.2%}" if role == "baseline" else (
-                    f"{result['agreement']:.2%}" if role == "student" else "")
-                rows.append([split, role, f"{values['perplexity']:.3f}", f"{values['loss']:.4f}", agreement,
-                             f"{result['tokens']:,}"])
+                share = values.get("agreement") if role == "baseline" else result["agreement"] if role == "student" else None
+                tokens = result.get("teacher_tokens", result["tokens"]) if role == "teacher" else result["tokens"]
+                rows.append([split, role, f"{values['perplexity']:.3f}", f"{values['loss']:.4f}",
+                             "" if share is None else f"{share:.2%}", f"{tokens:,}"])
     return "## Perplexity\n\n" + markdown_table(
         ["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher", "tokens"], rows)
 

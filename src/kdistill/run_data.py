@@ -220,7 +220,7 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
     if spec.builtin in IMAGE_DATA:
         return _image_data(config)
     if config.lm_kind() is not None:
-        return _lm_data(config, tokenizer)
+        return _lm_data(config, tokenizer, student_tokenizer)
     read = read_tables(config)
     datasets: dict[str, Dataset] = {
         split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
@@ -237,9 +237,10 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
                      read.tables)
 
 
-def _lm_data(config: RunConfig, tokenizer: Any) -> DataParts:
+def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -> DataParts:
     """A causal-LM run's splits (:mod:`kdistill.lm_data`): files read and checked, then tokenised with
-    the loss on the completion (assistant) tokens only; a ``builtin`` set gives its texts."""
+    the loss on the completion (assistant) tokens only; a ``builtin`` set gives its texts. With a
+    ``student_tokenizer`` each split is tokenised by both (:class:`kdistill.lm_pairs.PairedLMDataset`)."""
     from kdistill import lm_data
 
     spec, kind = config.data, config.lm_kind()
@@ -263,11 +264,20 @@ def _lm_data(config: RunConfig, tokenizer: Any) -> DataParts:
                                                            format=spec.format)
                 sources[split] = file
     text = spec.text if spec.builtin is None else "text"
-    datasets: dict[str, Dataset] = {
-        split: lm_data.lm_dataset(kind, rows[: config.limit_of(split)], tokenizer, spec.max_length, text=text,
-                                  prompt=spec.prompt, completion=spec.completion, messages=spec.messages,
-                                  pack=spec.pack, source=sources[split])
-        for split, rows in per_split.items()}
+
+    def tokenise(rows: list, split: str, with_tokenizer: Any) -> Any:
+        return lm_data.lm_dataset(kind, rows, with_tokenizer, spec.max_length, text=text, prompt=spec.prompt,
+                                  completion=spec.completion, messages=spec.messages, pack=spec.pack,
+                                  source=sources[split])
+
+    datasets: dict[str, Dataset] = {}
+    for split, rows in per_split.items():
+        rows = rows[: config.limit_of(split)]
+        datasets[split] = tokenise(rows, split, tokenizer)
+        if student_tokenizer is not None:
+            from kdistill.lm_pairs import PairedLMDataset
+
+            datasets[split] = PairedLMDataset(datasets[split], tokenise(rows, split, student_tokenizer), len(rows))
     return DataParts(datasets, None, None, sources, "lm", f"{kind}: loss on "
                      + ("every token" if kind == "text" else "the completion tokens only" if kind == "prompt_completion"
                         else "the assistant turns only"))
@@ -361,8 +371,9 @@ def lm_collate(dataset: Dataset) -> Any:
     """A causal-LM dataset's collation with next-token targets (:class:`kdistill.lm_data.NextTokenTargets`);
     None (the default) for any other dataset."""
     from kdistill.lm_data import LMDataset, NextTokenTargets
+    from kdistill.lm_pairs import PairedLMDataset
 
-    return NextTokenTargets(dataset.collator()) if isinstance(dataset, LMDataset) else None
+    return NextTokenTargets(dataset.collator()) if isinstance(dataset, (LMDataset, PairedLMDataset)) else None
 
 
 def bucket_chunks(config: RunConfig) -> int:
