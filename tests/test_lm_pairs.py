@@ -173,3 +173,17 @@ def test_what_two_tokenizers_cannot_do_is_refused_before_weights_load(folders, t
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
+
+
+def test_the_logits_cache_is_refused_for_language_models_and_the_teacher_cache_serves_them(folders, tmp_path):
+    """``cache: logits`` keeps whole (tokens x vocabulary) rows: refused at validate for a causal LM.
+    ``cache: teacher`` trains the same student as the live teacher (float16 storage)."""
+    from kdistill.run import run
+
+    with pytest.raises(ConfigError, match="cache: 'logits' stores each example's logits whole"):
+        config_from_dict(_cross(folders, tmp_path, cache="logits"))
+    live = run(config_from_dict(_cross(folders, tmp_path, baseline=False, output_dir=str(tmp_path / "live"))))
+    cached = run(config_from_dict(_cross(folders, tmp_path, baseline=False, cache="teacher",
+                                         output_dir=str(tmp_path / "cached"))))
+    assert cached["metrics"]["test"]["student"]["loss"] == pytest.approx(
+        live["metrics"]["test"]["student"]["loss"], rel=1e-3)

@@ -99,7 +99,12 @@ class Checker:
                 self.add("teacher.finetune: needs labelled training data, but data.label is null.")
             if not labelled and top is not None and top.baseline:
                 self.add("baseline: trains the student on the labels alone, but data.label is null.")
-            if data.student_tokenizer is not None and teacher is not None and teacher.task == "causal-lm":
+            causal = teacher is not None and teacher.task == "causal-lm"
+            if causal and top is not None and top.cache == "logits":
+                self.add("cache: 'logits' stores each example's logits whole (classes, or tokens x vocabulary in "
+                         "float32: 196,608 bytes per token at a 49,152-word vocabulary) and does not serve causal "
+                         "language models; use cache: teacher (float16, filled during the first epoch) or no cache.")
+            if data.student_tokenizer is not None and causal:
                 from kdistill.lm_pairs import cross_tokenizer_problems
 
                 matches = raw_matches if isinstance(raw_matches, list) else []
