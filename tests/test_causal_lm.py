@@ -77,6 +77,10 @@ def test_a_causal_lm_run_distils_on_the_completion_tokens(lm_teacher, tmp_path, 
     assert all({"kd", "hard_label"} <= set(r) for r in steps if r["kind"] == "train")
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Perplexity" in report
+    # Training throughput: the real tokens of the batches trained over the stage's seconds.
+    stage, baseline = summary["stages"][0], summary["baseline"]
+    assert stage["tokens_per_second"] > 0 and baseline["tokens_per_second"] > 0 and stage["seconds"] > 0
+    assert "Training throughput (real tokens" in report and f"'distil' {stage['tokens_per_second']:,.0f}" in report
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -190,3 +194,16 @@ def test_a_student_folder_with_another_tokenizer_is_refused_before_weights_load(
     raw = _raw(lm_teacher, tmp_path, student={"path": str(folder), "task": "causal-lm"})
     with pytest.raises(ConfigError, match="holds its own tokenizer, which differs from the teacher's"):
         config_from_dict(raw)
+
+
+def test_training_tokens_per_second_counts_the_real_tokens_of_the_batches_trained():
+    from torch.utils.data import DataLoader
+
+    from kdistill.lm_bench import training_tokens_per_second
+
+    class Lengths(list):
+        lengths = [3, 5, 4, 8]  # 20 real tokens in 2 batches of 2: 10 per batch
+
+    loader = DataLoader(Lengths(range(4)), batch_size=2)
+    assert training_tokens_per_second(loader, steps=3, grad_accum=2, seconds=4.0) == pytest.approx(10 * 6 / 4.0)
+    assert training_tokens_per_second(DataLoader(list(range(4)), batch_size=2), 3, 1, 1.0) is None  # no lengths

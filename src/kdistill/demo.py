@@ -175,7 +175,11 @@ def _perplexity_line(summary: dict) -> str:
     line = (f"test perplexity: teacher {test['teacher']['perplexity']:.1f}, student {test['student']['perplexity']:.1f} "
             f"(top-1 agreement {test['agreement']:.1%})")
     baseline = summary.get("baseline", {}).get("metrics", {}).get("test")
-    return line + (f", labels-only baseline {baseline['perplexity']:.1f}" if baseline else "")
+    line += f", labels-only baseline {baseline['perplexity']:.1f}" if baseline else ""
+    speeds = [f"distil {s['tokens_per_second']:,.0f}" for s in summary.get("stages", []) if s.get("tokens_per_second")]
+    if summary.get("baseline", {}).get("tokens_per_second"):
+        speeds.append(f"baseline {summary['baseline']['tokens_per_second']:,.0f}")
+    return line + (f"\ntraining throughput: {', '.join(speeds)} tokens/s" if speeds else "")
 
 
 def _generation_lines(out: Path) -> list[str]:

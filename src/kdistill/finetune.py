@@ -222,9 +222,20 @@ def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_confi
         if planned is None or planned <= int(record.get("steps") or 0):
             load_baseline(model, out)
             return record
+    import time
+
+    from kdistill.evaluation import is_causal_lm
+    from kdistill.lm_bench import training_tokens_per_second
+
+    resumed = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    started = time.perf_counter()
     result = train_on_labels(model, loaders, train_config, folder, "baseline")
+    seconds = time.perf_counter() - started
     _save(model, folder / "student", tokenizer)
-    record = {"steps": result.steps, "final_metrics": result.final_metrics}
+    record = {"steps": result.steps, "final_metrics": result.final_metrics, "seconds": round(seconds, 2)}
+    if is_causal_lm(model) and not resumed:  # a resumed baseline trained only part of its steps now
+        record["tokens_per_second"] = training_tokens_per_second(loaders["train"], result.steps,
+                                                                 train_config.grad_accum, seconds)
     atomic_write_text(done, json.dumps(record, indent=2))
     return record
 

@@ -24,6 +24,19 @@ from kdistill.files import atomic_write_text
 BENCH_FILE = "generation.json"
 
 
+def training_tokens_per_second(loader: Any, steps: int, grad_accum: int, seconds: float) -> float | None:
+    """Real (unpadded) tokens a stage trained on per second: the mean real tokens of the loader's
+    batches times the batches of ``steps`` optimiser steps, over ``seconds``. None for data without
+    token lengths (images) or a stage that took no time."""
+    import numpy as np
+
+    lengths = getattr(getattr(loader, "dataset", None), "lengths", None)
+    if lengths is None or not len(loader) or seconds <= 0:
+        return None
+    per_batch = float(np.sum(lengths)) / len(loader)
+    return per_batch * min(steps * grad_accum, 10**12) / seconds
+
+
 def bench_lm(run_dir: str | Path, *, prompts: int = 3, prompt_tokens: int = 8, max_new_tokens: int = 24,
              repeats: int = 3, threads: int = 1) -> dict[str, Any]:
     """Generations and tokens/s of the run's teacher, student and (when trained) baseline."""

@@ -134,6 +134,19 @@ def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
         ["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher", "tokens"], rows)
 
 
+def _throughput(summary: Mapping) -> str:
+    """A sentence on training speed: real tokens per second of each stage and of the baseline."""
+    speeds = [(f"'{s['stage']}'", s["tokens_per_second"]) for s in summary.get("stages", [])
+              if s.get("tokens_per_second")]
+    if (summary.get("baseline") or {}).get("tokens_per_second"):
+        speeds.append(("the baseline", summary["baseline"]["tokens_per_second"]))
+    if not speeds:
+        return ""
+    said = ", ".join(f"{name} {speed:,.0f}" for name, speed in speeds)
+    return (f"\n\nTraining throughput (real tokens of the training batches per second of training, this "
+            f"machine; not measured for a stage resumed from a checkpoint): {said}.")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
@@ -161,7 +174,7 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
             + (f"\n\nStages train on: {stages}." if stages else ""))
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     if any("perplexity" in result.get("student", {}) for result in metrics.values()):
-        sections.append(_perplexity_section(metrics, baseline))
+        sections.append(_perplexity_section(metrics, baseline) + _throughput(summary))
         metrics = {}  # no accuracy for a language model
     rows = []
     for split, result in metrics.items():

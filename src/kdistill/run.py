@@ -145,12 +145,19 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
     name = "distil" if len(parts.stages) == 1 else f"stage {part.index + 1}/{len(parts.stages)} '{part.stage.name}'"
     trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory,
                       name=name)
+    started = time.perf_counter()
     result = trainer.train(resume=continuing)
+    seconds = time.perf_counter() - started
     distiller.remove_hooks()
     record = {"stage": part.stage.name, "data": part.data_name, "steps": result.steps,
               "total_steps": result.total_steps, "best_metric": result.best_metric, "best_step": result.best_step,
               "final_metrics": result.final_metrics, "skipped_steps": result.skipped_steps,
-              "effective_batch_size": getattr(result, "effective_batch_size", None)}
+              "effective_batch_size": getattr(result, "effective_batch_size", None), "seconds": round(seconds, 2)}
+    if config.lm_kind() is not None and not continuing:  # a resumed stage trained only part of its steps now
+        from kdistill.lm_bench import training_tokens_per_second
+
+        record["tokens_per_second"] = training_tokens_per_second(part.loader, result.steps, train_config.grad_accum,
+                                                                 seconds)
 
     def finish_stage() -> None:
         save_weights(part.student, part.directory / STAGE_STUDENT)
@@ -199,6 +206,7 @@ def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> d
     if baseline is not None:
         metrics = evaluate_splits(parts.teacher, parts.baseline, parts.loaders)
         extra["baseline"] = {"student": str(out / "baseline" / "student"), "steps": baseline["steps"],
+                             "tokens_per_second": baseline.get("tokens_per_second"),
                              "parameters": count_parameters(parts.baseline),
                              "metrics": {split: {**result["student"], "agreement": result["agreement"]}
                                          for split, result in metrics.items() if "student" in result}}
