@@ -340,6 +340,10 @@ def config_from_dict(raw: Mapping, overrides: Sequence[str] = (), *, base_dir: s
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: the config must be a mapping of keys (teacher, student, data, …), "
                           f"not a {type(raw).__name__}.")
+    if isinstance(raw.get("data"), Mapping):  # Dataset/DatasetDict objects: saved once, then named by folder
+        from kdistill.hf_datasets import materialise_data
+
+        raw = {**raw, "data": materialise_data(raw["data"])}
     raw = _plain(raw)
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     errors = apply_overrides(raw, overrides)

@@ -285,7 +285,8 @@ class Checker:
 
     def lm_data(self, spec: DataSpec, where: str, kind: str) -> None:
         """A causal-LM run's files: read whole and checked without a tokenizer (:func:`kdistill.lm_data.read_lm_records`)."""
-        from kdistill.lm_data import read_lm_records
+        from kdistill.hf_datasets import is_dataset_dict_folder
+        from kdistill.lm_data import lm_records
 
         if spec.kind == "classification":
             self.add(f"{where}.kind: 'classification' data cannot teach a causal-lm teacher; choose one of text, "
@@ -298,13 +299,15 @@ class Checker:
                 continue
             resolved = self.resolve(value)
             setattr(spec, key, str(resolved))
-            if not resolved.is_file():
+            if not resolved.exists():
                 self.add(f"{where}.{key}: the data file '{resolved}' does not exist.")
                 continue
+            if is_dataset_dict_folder(resolved) and key != "path":
+                self.add(f"{where}.{key}: '{resolved}' is a saved DatasetDict (several splits); give it as "
+                         "data.path, or one split's sub-folder here.")
+                continue
             try:
-                read_lm_records(resolved, kind, text=spec.text if isinstance(spec.text, str) else "text",
-                                prompt=spec.prompt, completion=spec.completion, messages=spec.messages,
-                                format=spec.format)
+                lm_records(resolved, kind, spec)
             except (ConfigError, DataError) as exc:
                 self.add(str(exc))
 
@@ -337,7 +340,16 @@ class Checker:
                 self.add(f"{path}: must be at least 1 (the first N records are kept), got {value}.")
 
     def cut_data(self, spec: DataSpec, source: str, where: str) -> None:
-        """Data cut by ``split`` (a ``path`` or a ``builtin`` set): every key it would ignore is an error."""
+        """Data cut by ``split`` (a ``path`` or a ``builtin`` set): every key it would ignore is an error.
+        A ``path`` that is a saved DatasetDict keeps its own splits: nothing cuts it."""
+        from kdistill.hf_datasets import is_dataset_dict_folder
+
+        if source == "path" and is_dataset_dict_folder(self.resolve(spec.path)):
+            for key in ("split", "split_seed", "validation", "test"):
+                if getattr(spec, key) is not None:
+                    self.add(f"{where}.{key}: '{spec.path}' is a saved DatasetDict, whose own train/validation/test "
+                             f"splits are used as they are; remove {key}.")
+            return
         if spec.validation is not None:
             self.add(f"{where}.validation: '{source}' data is cut into train/validation by 'split', so a validation "
                      "file would be ignored; remove it, or give 'train', 'validation' and 'test' files instead.")
@@ -371,9 +383,14 @@ class Checker:
             return None
         fmt = format or ("hf" if path.is_dir() else _EXTENSIONS.get(path.suffix.lower()))
         if fmt == "hf":
+            from kdistill.hf_datasets import folder_columns, is_dataset_dict_folder
+
             if not path.is_dir():
                 self.add(f"{where}: format 'hf' needs a dataset folder saved with save_to_disk; '{path}' is a file.")
-            return None
+            elif is_dataset_dict_folder(path) and not where.endswith(".path"):
+                self.add(f"{where}: '{path}' is a saved DatasetDict (several splits); give it as data.path, or one "
+                         "split's sub-folder here.")
+            return folder_columns(path) if path.is_dir() else None
         if path.is_dir():
             self.add(f"{where}: '{path}' is a folder; give a data file (or format: hf for a saved dataset).")
             return None

@@ -402,13 +402,35 @@ def read_lm_records(
         records: list[Record] = [{text: line} for line in _read_lines(path)]
     else:
         records = load_records(path, format=format)
+    check_lm_records(records, kind, source, text=text, prompt=prompt, completion=completion, messages=messages)
+    return records
+
+
+def lm_records(path: str | Path, kind: str, spec: Any) -> dict[str, list[Record]]:
+    """The records of a data key read as ``spec`` (the config's data section) says, checked: one split
+    (``""``) of a file or Dataset folder, or each split of a saved DatasetDict by name."""
+    from kdistill.hf_datasets import dataset_dict_splits, is_dataset_dict_folder
+
+    text = spec.text if isinstance(spec.text, str) else "text"
+    if not is_dataset_dict_folder(path):
+        return {"": read_lm_records(path, kind, text=text, prompt=spec.prompt, completion=spec.completion,
+                                    messages=spec.messages, format=spec.format)}
+    splits = dataset_dict_splits(path)
+    for split, records in splits.items():
+        check_lm_records(records, kind, f"{path} [{split}]", text=text, prompt=spec.prompt,
+                         completion=spec.completion, messages=spec.messages)
+    return splits
+
+
+def check_lm_records(records: Sequence[Mapping[str, Any]], kind: str, source: str, *, text: str = "text",
+                     prompt: str = "prompt", completion: str = "completion", messages: str = "messages") -> None:
+    """The columns (keys) data ``kind`` needs are in every record: a DataError naming the record if not."""
     if kind == "text":
         text_table(records, text=text, label=None, source=source)
     elif kind == "prompt_completion":
         text_table(records, text=[prompt, completion], label=None, source=source)
     else:
         check_chat_records(records, messages, source)
-    return records
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -466,5 +488,6 @@ def lm_dataset(kind: str, records: Sequence[Mapping[str, Any]], tokenizer: Any, 
     return chat(records, tokenizer, max_length, messages=messages, source=source)
 
 
-__all__ = ["IGNORE", "KINDS", "LMDataset", "LossTokens", "NextTokenTargets", "lm_dataset", "ROLES", "chat", "check_chat_records", "pad_choice",
+__all__ = ["IGNORE", "KINDS", "LMDataset", "LossTokens", "NextTokenTargets", "lm_dataset", "ROLES", "chat", "check_chat_records", "check_lm_records",
+           "lm_records", "pad_choice",
            "plain_text", "prompt_completion", "read_lm_records"]

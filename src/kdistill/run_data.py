@@ -29,6 +29,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from kdistill.config import IMAGE_DATA, RunConfig
 from kdistill.errors import DataError
+from kdistill.hf_datasets import dataset_dict_splits, is_dataset_dict_folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -123,7 +124,11 @@ def _text_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str], A
     seed = config.split_seed()
     records: dict[str, list] = {}
     sources: dict[str, str] = {}
-    if spec.builtin is not None or spec.path is not None:
+    if is_dataset_dict_folder(spec.path):  # a saved DatasetDict: its own splits
+        records = dataset_dict_splits(spec.path)
+        sources = {split: f"{spec.path} [{split}]" for split in records}
+        text, label = spec.text, spec.label
+    elif spec.builtin is not None or spec.path is not None:
         ratios = split_ratios(spec)
         if spec.builtin is not None:
             loaded = [{"text": t, "label": y} for t, y in _builtin_records(spec.builtin)]
@@ -244,7 +249,10 @@ def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -
     from kdistill import lm_data
 
     spec, kind = config.data, config.lm_kind()
-    if spec.builtin is not None or spec.path is not None:
+    if is_dataset_dict_folder(spec.path):  # a saved DatasetDict: its own splits
+        per_split = lm_data.lm_records(spec.path, kind, spec)
+        sources = {split: f"{spec.path} [{split}]" for split in per_split}
+    elif spec.builtin is not None or spec.path is not None:
         records = ([{"text": t} for t, _ in _builtin_records(spec.builtin)] if spec.builtin is not None else
                    lm_data.read_lm_records(spec.path, kind, text=spec.text, prompt=spec.prompt,
                                            completion=spec.completion, messages=spec.messages, format=spec.format))
