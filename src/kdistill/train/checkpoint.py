@@ -99,8 +99,14 @@ def set_rng_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> No
 
 
 def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, position: TrainPosition,
-                    *, keep_last: int = 2, schedule_state: dict | None = None) -> Path:
-    """Write ``directory/step-N`` atomically and prune to the last ``keep_last`` checkpoints."""
+                    *, keep_last: int = 2, schedule_state: dict | None = None,
+                    gathered: tuple[dict[str, torch.Tensor], dict] | None = None) -> Path:
+    """Write ``directory/step-N`` atomically and prune to the last ``keep_last`` checkpoints.
+
+    gathered: the model's and the optimiser's FULL state dicts when training is sharded
+    (:func:`kdistill.train.sharding.full_state`); written instead of ``model``'s and ``optimizer``'s
+    own, which hold only this process's shard.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{position.step:07d}"
@@ -110,8 +116,14 @@ def save_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, pos
     for stale in directory.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    if gathered is None:
+        save_model(model, str(tmp / "model.safetensors"))
+        optimizer_state = optimizer.state_dict()
+    else:  # clones: tied weights may share storage, which save_file refuses
+        model_state, optimizer_state = gathered
+        save_file({name: tensor.contiguous().clone() for name, tensor in model_state.items()},
+                  str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     tensors, plain = rng_state()
     save_file(tensors, str(tmp / "rng.safetensors"))
     files = ["model.safetensors", "optimizer.pt", "rng.safetensors"]
@@ -186,7 +198,15 @@ def latest_good_checkpoint(directory: Path) -> tuple[Path, dict] | None:
 
 
 def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> TrainPosition:
-    """Restore weights, optimiser, scheduler and RNG states; return the position to continue from."""
+    """Restore weights, optimiser, scheduler and RNG states; return the position to continue from.
+
+    A sharded ``model`` (FSDP) loads the full state dicts the checkpoint holds, keeping its shard;
+    every process must call it then.
+    """
+    from kdistill.train.sharding import is_sharded
+
+    if is_sharded(model):
+        return _load_sharded(path, state, model, optimizer, scheduler)
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except RuntimeError as exc:  # shape mismatches: torch lists every tensor, keep the first
@@ -196,22 +216,49 @@ def load_checkpoint(path: Path, state: dict, model: nn.Module, optimizer, schedu
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}. Was it written by another config?")
+    blob = _optimizer_blob(path)
+    optimizer.load_state_dict(blob["optimizer"])
+    return _restore_rest(path, state, scheduler, blob)
+
+
+def _optimizer_blob(path: Path) -> dict:
     try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
-        blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        return torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError for a forbidden object, RuntimeError for a bad zip
         raise CheckpointError(f"checkpoint {path}: optimizer.pt was refused or is unreadable "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
                               "kdistill loads optimiser states with weights_only=True and never unpickles "
                               "code; delete this checkpoint to fall back to an earlier one.") from None
-    optimizer.load_state_dict(blob["optimizer"])
+
+
+def _restore_rest(path: Path, state: dict, scheduler, blob: dict) -> TrainPosition:
+    """The LR schedule and the RNG states; the position to continue from."""
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
     return TrainPosition(**state["position"])
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Save a module's weights atomically as safetensors."""
+def _load_sharded(path: Path, state: dict, model: nn.Module, optimizer, scheduler) -> TrainPosition:
+    """load_checkpoint for a sharded model: the full state dicts, each process keeping its shard."""
+    from kdistill.train.sharding import load_full_state
+
+    blob = _optimizer_blob(path)
+    try:  # strict: torch names the missing and unexpected tensors
+        load_full_state(model, optimizer, load_file(str(path / "model.safetensors")), blob["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {detail} "
+                              "Was it written by another config?") from None
+    return _restore_rest(path, state, scheduler, blob)
+
+
+def save_weights(model: nn.Module, path: Path, *, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Save a module's weights atomically as safetensors (``state``: its FULL state dict, gathered
+    when training is sharded, written instead of the module's own shard)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_model(model, str(tmp))
+    if state is None:
+        save_model(model, str(tmp))
+    else:  # clones: tied weights may share storage, which save_file refuses
+        save_file({name: tensor.contiguous().clone() for name, tensor in state.items()}, str(tmp))
     os.replace(tmp, path)

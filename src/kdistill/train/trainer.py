@@ -35,6 +35,14 @@ from kdistill.train.checkpoint import (
 from kdistill.train.evaluate import evaluate_classifier
 from kdistill.train.logging import MetricsLog, notice
 from kdistill.train.optim import WarmupDecay, freeze_parameters, make_adamw, make_scheduler, parameter_groups
+from kdistill.train.sharding import (
+    check_fsdp_is_on,
+    full_model_state,
+    full_state,
+    is_sharded,
+    student_part,
+    whole_for_evaluation,
+)
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
@@ -107,6 +115,9 @@ class TrainResult:
     effective_batch_size: int | None = None  # per-process batch × processes × grad_accum
     processes: int = 1
     total_steps: int | None = None  # the run's planned length (steps < total_steps: stopped early)
+    # Sharded (FSDP) training: the trained student's FULL state dict on the main process (empty
+    # elsewhere); the student module itself stays sharded. None when training was not sharded.
+    student_state: dict[str, torch.Tensor] | None = None
 
 
 class Callback:
@@ -289,8 +300,9 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_end(final)
         run.accelerator.wait_for_everyone()
+        student_state = student_part(full_model_state(run.model)) if is_sharded(run.model) else None
         return TrainResult(position.step, run.log.records, position.best_metric, position.best_step, run.last_metrics,
-                           self.output_dir, run.skipped, run.effective, run.processes, run.total)
+                           self.output_dir, run.skipped, run.effective, run.processes, run.total, student_state)
 
     def _start(self, resume: bool | str | os.PathLike) -> _Session:
         """Seed, place and freeze the models, prepare the Distiller on the first batch, build the
@@ -305,6 +317,7 @@ class Trainer:
             mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
+        check_fsdp_is_on(accelerator)
         seed_everything(cfg.seed)
         distiller = self.distiller
         device = accelerator.device
@@ -339,7 +352,9 @@ class Trainer:
         position = TrainPosition()
         checkpoints = self.output_dir / "checkpoints" if self.output_dir else None
         if resume:
-            position = self._resume(resume, checkpoints, accelerator.unwrap_model(model), optimizer, scheduler)
+            # A sharded model loads through its FSDP wrapper (each process keeps its shard).
+            target = model if is_sharded(model) else accelerator.unwrap_model(model)
+            position = self._resume(resume, checkpoints, target, optimizer, scheduler)
             _stretch_schedule(scheduler, warmup, total)
         is_main = accelerator.is_main_process
         # The log holds each step once: the steps up to the checkpoint resumed from, then this run's.
@@ -429,17 +444,8 @@ class Trainer:
             return {}, False
         cfg = self.config
         student = accelerator.unwrap_model(model).student
-        if self.metric_fn is not None:
-            # A user's function sees all the evaluation data in every process (same result everywhere).
-            metrics = self.metric_fn(student, self.eval_data, accelerator.device)
-        elif accelerator.num_processes > 1 and isinstance(self.eval_data, torch.utils.data.DataLoader):
-            if getattr(self, "_sharded_eval", None) is None:  # each process evaluates 1/N of the batches
-                self._sharded_eval = accelerator.prepare_data_loader(self.eval_data)
-            metrics = _gathered_metrics(student, self._sharded_eval, accelerator)
-        else:
-            inputs_key = "student_inputs"
-            metrics = evaluate_classifier(student, self.eval_data, device=accelerator.device, inputs_key=inputs_key)
-        metrics = {k: float(v) for k, v in metrics.items()}
+        with whole_for_evaluation(model):  # a sharded student's root parameters, gathered
+            metrics = {k: float(v) for k, v in self._metrics(student, accelerator).items()}
         log.log(position.step, metrics, kind="eval")
         stop = False
         value = metrics.get(cfg.metric)
@@ -449,9 +455,8 @@ class Trainer:
             if better:
                 position.best_metric, position.best_step = value, position.step
                 position.evals_without_improvement = 0
-                if self.output_dir is not None and accelerator.is_main_process:
-                    (self.output_dir / "best").mkdir(parents=True, exist_ok=True)
-                    save_weights(student, self.output_dir / "best" / "student.safetensors")
+                if self.output_dir is not None:
+                    self._save_best(accelerator, model, student)
             else:
                 position.evals_without_improvement += 1
                 if cfg.early_stop_patience and position.evals_without_improvement >= cfg.early_stop_patience:
@@ -461,14 +466,32 @@ class Trainer:
             stop = bool(callback.on_evaluate(state)) or stop
         return metrics, stop
 
+    def _metrics(self, student, accelerator) -> dict:
+        if self.metric_fn is not None:
+            # A user's function sees all the evaluation data in every process (same result everywhere).
+            return self.metric_fn(student, self.eval_data, accelerator.device)
+        if accelerator.num_processes > 1 and isinstance(self.eval_data, torch.utils.data.DataLoader):
+            if getattr(self, "_sharded_eval", None) is None:  # each process evaluates 1/N of the batches
+                self._sharded_eval = accelerator.prepare_data_loader(self.eval_data)
+            return _gathered_metrics(student, self._sharded_eval, accelerator)
+        return evaluate_classifier(student, self.eval_data, device=accelerator.device, inputs_key="student_inputs")
+
     def _save(self, accelerator, model, optimizer, scheduler, position: TrainPosition, checkpoints: Path | None):
         self._saved_at = position.step
         if checkpoints is None:
             return
         accelerator.wait_for_everyone()
+        gathered = full_state(model, optimizer) if is_sharded(model) else None  # every process gathers
         if accelerator.is_main_process:
             save_checkpoint(checkpoints, accelerator.unwrap_model(model), optimizer, scheduler, position,
-                            keep_last=self.config.keep_last)
+                            keep_last=self.config.keep_last, gathered=gathered)
+
+    def _save_best(self, accelerator, model, student) -> None:
+        """``best/student.safetensors`` from the main process; a sharded student is gathered first."""
+        state = student_part(full_model_state(model)) if is_sharded(model) else None  # every process gathers
+        if accelerator.is_main_process:
+            (self.output_dir / "best").mkdir(parents=True, exist_ok=True)
+            save_weights(student, self.output_dir / "best" / "student.safetensors", state=state)
 
     def _resume(self, resume, checkpoints: Path | None, model, optimizer, scheduler) -> TrainPosition:
         """The position of the checkpoint to continue from. ``resume=True`` and no checkpoint at all:
