@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
+from torch import nn
 
 from kdistill.config import RunConfig, dump_yaml
 from kdistill.distiller import Distiller
@@ -89,6 +90,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
             _prepare_stage(parts, part)
     on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
+    _check_sharding(parts)
     stage_summaries = []
     for part in parts.stages:
         if part.index in kept:
@@ -159,14 +161,38 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
         record["tokens_per_second"] = training_tokens_per_second(part.loader, result.steps, train_config.grad_accum,
                                                                  seconds)
 
+    if result.student_state is not None:  # FSDP: the student is sharded; the main process holds it whole
+        parts.trained = _whole_student(parts, result.student_state)
+
     def finish_stage() -> None:
-        save_weights(part.student, part.directory / STAGE_STUDENT)
+        save_weights(part.student, part.directory / STAGE_STUDENT, state=result.student_state)
         atomic_write_text(part.directory / STAGE_DONE, json.dumps(record, indent=2))
         if len(parts.stages) > 1:
             _append_stage_metrics(out, part)
 
     on_main_process(finish_stage)
     return record
+
+
+def _check_sharding(parts: RunParts) -> None:
+    """Under FSDP ``kdistill run`` trains one stage of a plain student (its sharded student is gathered
+    whole once, at the end); a chain of stages or a wrapped student (Theseus, LayerDrop) is refused."""
+    from kdistill.train.sharding import fsdp_requested
+
+    if fsdp_requested() and (len(parts.stages) > 1 or parts.trained is not parts.student):
+        raise ConfigError(f"method: '{parts.recipe.method}' trains {len(parts.stages)} stage(s) of a "
+                          f"{'wrapped ' if parts.trained is not parts.student else ''}student; under FSDP kdistill "
+                          "run trains one stage of a plain student for now. Use DDP (`--processes N`, or an "
+                          "`accelerate launch` multi-GPU config without FSDP) for this method.")
+
+
+def _whole_student(parts: RunParts, state: dict) -> nn.Module:
+    """A fresh copy of the student, built as the run built it, holding the gathered ``state`` (main process)."""
+    from kdistill.run_build import _student
+
+    student, _recipe, _source = _student(parts.config, parts.teacher)
+    student.load_state_dict(state)
+    return student
 
 
 def baseline_train_config(parts: RunParts):

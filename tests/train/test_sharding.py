@@ -96,3 +96,23 @@ def test_an_unsharded_model_is_not_taken_for_a_sharded_one():
     from kdistill.train.sharding import is_sharded
 
     assert not is_sharded(bert_distiller())
+
+
+def test_kdistill_run_under_fsdp_refuses_a_chain_of_stages(monkeypatch, tmp_path):
+    """A multi-stage method would re-shard a sharded student: refused before training, with DDP named."""
+    from kdistill.config import config_from_dict
+    from kdistill.errors import ConfigError
+    from kdistill.run import run
+
+    from tests.test_run import DATA, EXAMPLES, _example_module
+
+    teacher = tmp_path / "teacher"
+    _example_module("tiny_models").tiny_bert(num_layers=2, hidden_size=32, num_heads=2).save_pretrained(teacher)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        (teacher / name).write_bytes((DATA / "tiny_tokenizer" / name).read_bytes())
+    raw = {"teacher": {"path": str(teacher)}, "method": "theseus", "method_args": {"student_layers": 1},
+           "data": {"train": str(DATA / "reviews_train.csv"), "max_length": 16, "batch_size": 16},
+           "training": {"max_steps": 1, "progress": False, "tensorboard": False}, "output_dir": str(tmp_path / "run")}
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="under FSDP kdistill run trains one stage of a plain student"):
+        run(config_from_dict(raw, base_dir=EXAMPLES))
