@@ -275,6 +275,8 @@ class HFAdapter:
             parts.append("hidden states")
         if self.attention_layers:
             parts.append(f"attention of blocks {self.attention_layers} via {self.attention_mode}")
+        if self.causal and (self.attention_layers or any(r.kind in QKV_KINDS for r in self.refs)):
+            parts.append("causal: no query attends to or relates with a later token")
         hooked = sorted(self.hooks.outputs) or None
         return ", ".join(parts) or ("logits only" if not hooked else "")
 
