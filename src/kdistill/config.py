@@ -550,6 +550,11 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         # What the model folders' config.json and tokenizer files say (no weights load).
         check.errors += model_problems(teacher, parsed.get("student"), data, [m for m in matches if m is not None],
                                        top.layer_map)
+        if teacher.task == "causal-lm" and top.method is not None:
+            from kdistill.methods.decoders import causal_lm_method_problems
+
+            check.errors += causal_lm_method_problems(top.method, top.method_args, teacher_path=teacher.path,
+                                                      has_unlabelled=data.unlabelled is not None)
 
     errors += check.errors
     if errors:

@@ -21,7 +21,7 @@ from kdistill.refs import Ref, format_refs
 from kdistill.schedules import Scalar, value_at
 
 ENSEMBLE = "ensemble"
-_OPTIONAL_LOSS_INPUTS = ("mask", "teacher_mask", "labels", "student_features", "teacher_features")
+_OPTIONAL_LOSS_INPUTS = ("mask", "teacher_mask", "labels", "student_features", "teacher_features", "causal")
 
 
 @dataclass
@@ -267,6 +267,8 @@ class Distiller(nn.Module):
             kwargs["teacher_mask"] = own if own is not None else teacher[self._teacher_of(b)].attention_mask
         if "labels" in b.accepts:
             kwargs["labels"] = labels
+        if "causal" in b.accepts:  # a decoder-only student: no query relates to a later token
+            kwargs["causal"] = student.causal
         if "student_features" in b.accepts:
             kwargs["student_features"] = student
         if "teacher_features" in b.accepts:

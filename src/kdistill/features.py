@@ -18,7 +18,8 @@ class Features:
     logits: (B, C) or (B, T, V). hidden: tuple of (B, T, D), index 0 = embeddings.
     attentions / attention_scores / queries / keys / values: dicts block index -> tensor
     (only the blocks a match reads are kept). modules: module path -> hooked output.
-    attention_mask: (B, T) of 0/1 where the model has one.
+    attention_mask: (B, T) of 0/1 where the model has one. causal: the model is decoder-only (a
+    token attends to itself and earlier tokens only); relation and attention losses mask the future then.
     """
 
     logits: Tensor | None = None
@@ -32,6 +33,7 @@ class Features:
     modules: dict[str, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
+    causal: bool = False
 
     def get(self, ref: Ref) -> Tensor:
         """The tensor ``ref`` names; a FeatureError (never an empty tuple or a KeyError) if absent."""
@@ -94,6 +96,7 @@ class Features:
             modules={k: conv(v) for k, v in self.modules.items()},
             attention_mask=self.attention_mask,
             extra={k: conv(v) for k, v in self.extra.items()},
+            causal=self.causal,
         )
 
 
@@ -101,7 +104,7 @@ def features_from_dict(data: dict) -> Features:
     """Build Features from a plain dict (what a user adapter function may return).
 
     Accepted keys: logits, hidden (list, index 0 = embeddings), attentions (list or dict),
-    pooled, attention_mask, modules (dict), and any ref string (``"attn.3"``) as a key.
+    pooled, attention_mask, modules (dict), causal (bool), and any ref string (``"attn.3"``) as a key.
     """
     known = {f for f in Features.__dataclass_fields__}
     feats = Features()

@@ -135,24 +135,85 @@ def test_qkv_features_equal_the_projection_outputs():
     assert set(features.queries) == {1} and set(features.values) == {0}
 
 
-def test_gpt2_auto_falls_back_to_eager():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
-                                     bos_token_id=0, eos_token_id=0)
-    model = transformers.GPT2LMHeadModel(copy.deepcopy(config)).eval()
-    reference = transformers.GPT2LMHeadModel(copy.deepcopy(config)).eval()
+def tiny_decoder(kind: str, seed: int = 0):
+    """A tiny random decoder-only LM (eval mode: no attention dropout) and an eager twin, same weights."""
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
+                                         bos_token_id=0, eos_token_id=0)
+        cls = transformers.GPT2LMHeadModel
+    else:
+        config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                          pad_token_id=0)
+        cls = transformers.LlamaForCausalLM
+    model = cls(copy.deepcopy(config)).eval()
+    reference = cls(copy.deepcopy(config)).eval()
     reference.load_state_dict(model.state_dict())
     reference.set_attn_implementation("eager")
-    adapter = make_adapter(model, refs("attn.-1,hidden.-1"))
-    assert adapter.attention_mode == "eager"
-    assert model.config._attn_implementation == "eager"
+    return model, reference
+
+
+def test_gpt2_attention_from_its_split_fused_projection_equals_eager_attention():
+    """GPT-2's c_attn (q|k|v in one Conv1D) is hooked and split: auto keeps SDPA and its maps carry the
+    causal and the padding mask, equal to eager attention on every real query."""
+    model, reference = tiny_decoder("gpt2")
+    adapter = make_adapter(model, refs("attn.-1,attn_scores.0,hidden.-1"))
+    assert adapter.attention_mode == "hooks" and adapter.causal
+    assert model.config._attn_implementation == "sdpa"
     batch = token_batch(lengths=LENGTHS, labels=None)
     features = adapter(batch)
-    torch.testing.assert_close(features.attentions[1], reference(**batch, output_attentions=True).attentions[1])
-    # Causal: no token attends to a later one.
-    assert features.attentions[1][0].triu(1).abs().max() == 0
-    with pytest.raises(RefError, match="only exact for .*bert.* not 'gpt2'"):
-        make_adapter(model, refs("attn.0"), attention="hooks")
+    eager = reference(**batch, output_attentions=True).attentions
+    real = batch["attention_mask"].bool()
+    for layer in (0, 1):
+        probs = features.attentions[1] if layer == 1 else features.attention_scores[0].softmax(-1)
+        torch.testing.assert_close(probs.transpose(1, 2)[real], eager[layer].transpose(1, 2)[real])
+    assert features.attentions[1][0].triu(1).abs().max() == 0  # no token attends to a later one
+    assert (features.attention_scores[0][0].triu(1) == torch.finfo(torch.float32).min).sum() == 2 * 7 * 6 / 2
+    assert features.attentions[1].shape == (3, 2, 7, 7)
+
+
+def test_gpt2_query_key_value_refs_are_thirds_of_the_fused_projection():
+    model, _ = tiny_decoder("gpt2")
+    adapter = make_adapter(model, refs("query.1,key.1,value.0,hidden.0,hidden.1"))
+    features = adapter(token_batch(lengths=LENGTHS, labels=None))
+    for layer, hidden in ((1, features.hidden[1]), (0, features.hidden[0])):
+        block = model.transformer.h[layer]
+        qkv = block.attn.c_attn(block.ln_1(hidden))
+        wanted = {"query": features.queries, "key": features.keys, "value": features.values}
+        for third, kind in enumerate(("query", "key", "value")):
+            if layer in wanted[kind]:
+                torch.testing.assert_close(wanted[kind][layer], qkv[..., 32 * third:32 * (third + 1)])
+    assert set(features.queries) == {1} and set(features.values) == {0}
+
+
+def test_rotary_decoders_read_eager_attention_and_refuse_hooked_scores():
+    """Llama's q_proj/k_proj outputs are rotated inside the attention: hooks would not be exact."""
+    model, reference = tiny_decoder("llama")
+    adapter = make_adapter(model, refs("attn.1"))
+    assert adapter.attention_mode == "eager" and adapter.causal
+    batch = token_batch(lengths=LENGTHS, labels=None)
+    torch.testing.assert_close(adapter(batch).attentions[1], reference(**batch, output_attentions=True).attentions[1])
+    for text, mode in (("attn_scores.1", "auto"), ("attn.1", "hooks")):
+        with pytest.raises(RefError, match="not 'llama' \\(rotary or relative positions .*Use 'attn.N'"):
+            make_adapter(tiny_decoder("llama")[0], refs(text), attention=mode)
+
+
+@pytest.mark.parametrize("kind,causal", [("llama", True), ("qwen2", True), ("mistral", True), ("gemma", True),
+                                         ("gpt2", True), ("bert", False)])
+def test_decoder_only_models_are_marked_causal_and_encoders_not(kind, causal):
+    size = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=32, head_dim=8)
+    model = {
+        "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**size)),
+        "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**size)),
+        "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(**size)),
+        "gemma": lambda: transformers.GemmaForCausalLM(transformers.GemmaConfig(**size)),
+        "gpt2": lambda: tiny_decoder("gpt2")[0],
+        "bert": lambda: build("bert")[0],
+    }[kind]()
+    features = make_adapter(model, refs("hidden.1"))(token_batch(lengths=LENGTHS, labels=None))
+    assert features.causal is causal
 
 
 def test_an_empty_attentions_tuple_is_an_error():

@@ -127,3 +127,29 @@ def test_shape_and_config_errors():
         attention_kl(torch.zeros(2, 4, T, T), torch.zeros(3, 4, T, T))
     with pytest.raises(ConfigError, match=r"unknown attention kind 'score'; did you mean 'scores'\?"):
         attention_mse(torch.zeros(2, 4, T, T), torch.zeros(2, 4, T, T), kind="score")
+
+
+def causal_probs(scores, mask):
+    """A decoder's attention: softmax over real keys j ≤ i; padded query rows filled with junk."""
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    return probs_with_garbage_rows(scores.masked_fill(future, float("-inf")), mask)
+
+
+def test_causal_attention_losses_count_only_keys_up_to_their_query():
+    """A decoder's future entries are zero in both maps: attention_mse must not average them in, and a
+    student that puts weight on future keys (here: a full, non-causal map) is not judged there."""
+    student = causal_probs(randn(B, H, T, T, seed=21), MASK)
+    leaky = probs_with_garbage_rows(randn(B, H, T, T, seed=22), MASK)  # weight on future keys
+    teacher = causal_probs(randn(B, H, T, T, seed=23), MASK)
+    entries = [(b, h, q, k) for b, q in valid_tokens(MASK, B, T) for h in range(H) for k in range(q + 1) if MASK[b, k]]
+    for candidate in (student, leaky):
+        squares = [(candidate[e] - teacher[e]).item() ** 2 for e in entries]
+        assert attention_mse(candidate, teacher, mask=MASK, causal=True).item() == pytest.approx(
+            sum(squares) / len(squares), rel=1e-12)
+    kls = [kl_div([teacher[b, h, q, k].item() for k in range(q + 1) if MASK[b, k]],
+                  [student[b, h, q, k].item() for k in range(q + 1) if MASK[b, k]])
+           for b, q in valid_tokens(MASK, B, T) for h in range(H)]
+    assert attention_kl(student, teacher, mask=MASK, causal=True).item() == pytest.approx(sum(kls) / len(kls),
+                                                                                         rel=1e-12)
+    assert attention_mse(student, student, mask=MASK, causal=True).item() == 0.0
+    assert attention_kl(student, student, mask=MASK, causal=True).item() == 0.0

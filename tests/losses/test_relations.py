@@ -77,3 +77,40 @@ def test_errors_name_the_width_and_the_fix():
         relation_kl(torch.zeros(2, T, 8), torch.zeros(2, 6, 8), num_heads=4)
     with pytest.raises(ConfigError, match="num_heads must be a positive integer, got 0"):
         value_relation_kl(torch.zeros(2, T, 8), torch.zeros(2, T, 8), num_heads=0)
+
+
+def causal_oracle(student, teacher, num_heads, mask):
+    """Relation of query i over the real keys j ≤ i only, KL per (batch, head, real query), averaged."""
+    terms = []
+    for b, query in valid_tokens(mask, B, T):
+        keys = [k for k in range(query + 1) if mask[b, k]]
+        for head in range(num_heads):
+            terms.append(kl_div(relation_row(teacher, b, head, query, num_heads, keys),
+                                relation_row(student, b, head, query, num_heads, keys)))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("loss", [relation_kl, value_relation_kl], ids=lambda f: f.__name__)
+def test_causal_relations_match_oracle_over_keys_up_to_each_query(loss):
+    student = with_garbage(randn(B, T, 8, seed=31), MASK)
+    teacher = with_garbage(randn(B, T, 12, seed=32), MASK)
+    expected = causal_oracle(student, teacher, 2, MASK)
+    assert loss(student, teacher, num_heads=2, mask=MASK, causal=True).item() == pytest.approx(expected, rel=1e-10)
+    assert loss(student, teacher, num_heads=2, mask=MASK).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_a_future_token_never_changes_the_causal_relation_of_an_earlier_query():
+    """Student and teacher agree on every token but the last: with causal=True every earlier query
+    compares identical relations (zero), so the loss is the last query's term alone, whatever the
+    last token holds; without it, every query sees the differing token."""
+    mask = torch.ones(1, T)
+    teacher = randn(1, T, 8, seed=33)
+    for seed in (34, 35):
+        student = teacher.clone()
+        student[:, -1] = randn(8, seed=seed)
+        heads = 2
+        last = [kl_div(relation_row(teacher, 0, h, T - 1, heads, range(T)),
+                       relation_row(student, 0, h, T - 1, heads, range(T))) for h in range(heads)]
+        causal = relation_kl(student, teacher, num_heads=heads, mask=mask, causal=True).item()
+        assert causal == pytest.approx(sum(last) / (heads * T), rel=1e-10)
+        assert relation_kl(student, teacher, num_heads=heads, mask=mask).item() != pytest.approx(causal, rel=1e-3)

@@ -5,7 +5,10 @@ Attention weights are the trap: with transformers' default SDPA attention,
 
 - ``attention="hooks"``: hook the query/key projections of the matched blocks and compute
   ``softmax(q·kᵀ/√d + mask)`` ourselves; the model keeps its fast SDPA kernel. Exact for
-  encoders with absolute position embeddings (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT).
+  encoders with absolute position embeddings (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT) and for
+  GPT-2 (its fused ``c_attn`` split into q|k|v, with the causal mask). Not for rotary models
+  (Llama, Qwen2, Mistral, Gemma): their ``q_proj``/``k_proj`` outputs are rotated inside the
+  attention's forward, after any hook could see them, so they get eager attention.
 - ``attention="eager"``: switch the model to eager attention and read ``outputs.attentions``
   (slower: every block materialises its attention matrix).
 
@@ -30,6 +33,11 @@ from kdistill.refs import ATTENTION_KINDS, LAYER_KINDS, QKV_KINDS, Ref
 
 # Encoders whose attention is exactly softmax(q·kᵀ/√d + mask) on the projections below.
 HOOKABLE_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"})
+# Decoders whose attention is exactly softmax(q·kᵀ/√d + causal and padding mask) on the projections.
+HOOKABLE_DECODER_TYPES = frozenset({"gpt2"})
+# One projection computing q|k|v side by side (GPT-2's Conv1D ``c_attn``, output 3·D).
+FUSED_PROJECTION_NAMES = ("c_attn",)
+FUSED_ORDER = ("query", "key", "value")
 PROJECTION_NAMES = {
     "query": ("query", "q_lin", "q_proj"),
     "key": ("key", "k_lin", "k_proj"),
@@ -91,10 +99,28 @@ def hf_num_heads(model: nn.Module) -> int | None:
 
 def hooks_are_exact(model: nn.Module) -> bool:
     config = model.config
-    return (
-        getattr(config, "model_type", None) in HOOKABLE_MODEL_TYPES
-        and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
-    )
+    kind = getattr(config, "model_type", None)
+    if kind in HOOKABLE_DECODER_TYPES:
+        # GPT-2 scales by 1/√d unless told otherwise; by layer index is not softmax(q·kᵀ/√d).
+        return getattr(config, "scale_attn_weights", True) and not getattr(config, "scale_attn_by_inverse_layer_idx", False)
+    return kind in HOOKABLE_MODEL_TYPES and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+
+
+def is_causal_model(model: nn.Module) -> bool:
+    """Whether the blocks the refs read attend causally (each token to itself and earlier ones).
+
+    transformers' self-attention modules carry ``is_causal``: True in Llama, Qwen2, Mistral, Gemma,
+    GPT-2 and decoder stacks, False in BERT-like encoders. The first one found decides (a decoder
+    block's self-attention comes before its cross-attention); on an encoder-decoder, within the
+    stack named with ``blocks``. A model without the attribute is taken as not causal.
+    """
+    from kdistill.models import is_encoder_decoder, named_blocks
+
+    root = model
+    if is_encoder_decoder(model) and named_blocks(model) is not None:
+        root = model.get_submodule(named_blocks(model))
+    flags = (getattr(module, "is_causal", None) for module in root.modules())
+    return next((flag for flag in flags if isinstance(flag, bool)), False)
 
 
 def find_projection(block: nn.Module, kind: str) -> nn.Module | None:
@@ -104,16 +130,30 @@ def find_projection(block: nn.Module, kind: str) -> nn.Module | None:
     return None
 
 
-def attention_from_qk(query: Tensor, key: Tensor, num_heads: int, mask: Tensor | None) -> Tensor:
-    """Pre-softmax scores (B, H, T, T) from projections (B, T, D); padded keys get the dtype's min."""
+def find_fused_projection(block: nn.Module) -> nn.Module | None:
+    """A self-attention q|k|v projection of output width 3·D (GPT-2's Conv1D ``c_attn``), else None."""
+    for name, module in block.named_modules():
+        if name.rsplit(".", 1)[-1] in FUSED_PROJECTION_NAMES and "crossattention" not in name:
+            width_in, width_out = getattr(module, "nx", None), getattr(module, "nf", None)
+            return module if width_in is not None and width_out == 3 * width_in else None
+    return None
+
+
+def attention_from_qk(query: Tensor, key: Tensor, num_heads: int, mask: Tensor | None,
+                      *, causal: bool = False) -> Tensor:
+    """Pre-softmax scores (B, H, T, T) from projections (B, T, D); padded keys — and with ``causal``
+    keys after their query — get the dtype's min."""
     batch, length, width = query.shape
     head_dim = width // num_heads
     q = query.view(batch, length, num_heads, head_dim).transpose(1, 2)
     k = key.view(batch, key.shape[1], num_heads, head_dim).transpose(1, 2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim)
+    hidden = torch.zeros(batch, 1, length, key.shape[1], dtype=torch.bool, device=scores.device)
     if mask is not None:
-        scores = scores.masked_fill(mask[:, None, None, :] == 0, torch.finfo(scores.dtype).min)
-    return scores
+        hidden |= mask[:, None, None, :] == 0
+    if causal:
+        hidden |= torch.ones(length, key.shape[1], dtype=torch.bool, device=scores.device).triu(1)
+    return scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
 
 
 def check_eos_pooling(model: nn.Module, input_ids: Tensor | None, where: str) -> None:
@@ -153,6 +193,7 @@ class HFAdapter:
         self.stack = encoder_decoder_stack(model, refs, where)
         self.refs = [ref.resolved(self.num_layers, where=where) for ref in refs]
         self.hooks = HookSet()
+        self.causal = is_causal_model(model)
         self.want_hidden = any(r.kind == "hidden" for r in self.refs)
         attention_layers = sorted({r.index for r in self.refs if r.kind in ATTENTION_KINDS})
         wants_scores = any(r.kind == "attn_scores" for r in self.refs)
@@ -177,14 +218,18 @@ class HFAdapter:
     def _pick_attention_mode(self, requested: str, layers: list[int], wants_scores: bool) -> str | None:
         if not layers:
             return None
+        # Rotary models (Llama, Qwen2, Mistral, Gemma) rotate q/k inside the attention's forward: a hook
+        # on q_proj/k_proj sees them before rotation, so hooks are not exact there and eager is used.
         exact = hooks_are_exact(self.model)
         if requested == "hooks" or (requested == "auto" and exact) or wants_scores:
             if not exact and (requested == "hooks" or wants_scores):
                 kind = getattr(self.model.config, "model_type", type(self.model).__name__)
+                exact_for = sorted(HOOKABLE_MODEL_TYPES | HOOKABLE_DECODER_TYPES)
                 raise RefError(
-                    f"{self.where}: attention from hooked queries/keys is only exact for "
-                    f"{', '.join(sorted(HOOKABLE_MODEL_TYPES))} with absolute positions, not '{kind}'. "
-                    "Use 'attn.N' (probabilities) with attention: eager."
+                    f"{self.where}: pre-softmax scores (attn_scores.N) and attention: hooks compute attention from "
+                    f"hooked queries/keys, which is only exact for {', '.join(exact_for)} with absolute positions, "
+                    f"not '{kind}' (rotary or relative positions are applied inside the attention, after the "
+                    "projections). Use 'attn.N' (probabilities, read with eager attention) instead."
                 )
             return "hooks"
         if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
@@ -208,12 +253,18 @@ class HFAdapter:
             raise RefError(f"{self.where}: {refs} hook the projections inside the blocks, but {exc}") from None
         for kind, layer in sorted(wanted):
             module = find_projection(blocks[layer], kind)
-            if module is None:
+            if module is not None:
+                self.hooks.add(module, f"{kind}.{layer}")
+                continue
+            fused = find_fused_projection(blocks[layer])
+            if fused is None:
                 raise RefError(
-                    f"{self.where}: cannot find the {kind} projection in block {layer} "
-                    f"(looked for a Linear named {' / '.join(PROJECTION_NAMES[kind])})."
+                    f"{self.where}: cannot find the {kind} projection in block {layer} (looked for a Linear "
+                    f"named {' / '.join(PROJECTION_NAMES[kind])}, or a q|k|v projection named "
+                    f"{' / '.join(FUSED_PROJECTION_NAMES)} of output width 3·D)."
                 )
-            self.hooks.add(module, f"{kind}.{layer}")
+            third = FUSED_ORDER.index(kind)
+            self.hooks.add(fused, f"{kind}.{layer}", transform=lambda qkv, third=third: qkv.chunk(3, dim=-1)[third])
 
     def describe(self) -> str:
         """One line for the plan: what this adapter asks the model for."""
@@ -224,6 +275,8 @@ class HFAdapter:
             parts.append("hidden states")
         if self.attention_layers:
             parts.append(f"attention of blocks {self.attention_layers} via {self.attention_mode}")
+        if self.causal and (self.attention_layers or any(r.kind in QKV_KINDS for r in self.refs)):
+            parts.append("causal: no query attends to or relates with a later token")
         hooked = sorted(self.hooks.outputs) or None
         return ", ".join(parts) or ("logits only" if not hooked else "")
 
@@ -249,6 +302,7 @@ class HFAdapter:
             logits=output.get("logits"),
             pooled=pooled if pooled is not None else hooked_pooled,
             attention_mask=mask,
+            causal=self.causal,
         )
         if self.want_hidden:
             hidden = output.get(self._output_key("hidden_states"))
@@ -282,7 +336,8 @@ class HFAdapter:
                 features.attentions[layer] = attentions[layer]
             return
         for kind, layer in wants:
-            scores = attention_from_qk(features.queries[layer], features.keys[layer], self.num_heads, mask)
+            scores = attention_from_qk(features.queries[layer], features.keys[layer], self.num_heads, mask,
+                                       causal=self.causal)
             if kind == "attn_scores":
                 features.attention_scores[layer] = scores
             else:

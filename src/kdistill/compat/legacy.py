@@ -34,6 +34,7 @@ from kdistill.adapters.hf import (
     find_projection,
     hf_num_heads,
     hooks_are_exact,
+    is_causal_model,
     is_hf_model,
 )
 from kdistill.errors import ConfigError, FeatureError
@@ -175,7 +176,8 @@ class LegacyCaller:
             self.attention_mode = self._pick_mode(attention)
 
     def _pick_mode(self, requested: str) -> str:
-        exact = hooks_are_exact(self.model)
+        # HookedAttentions has no causal mask and no fused-projection split: encoders only.
+        exact = hooks_are_exact(self.model) and not is_causal_model(self.model)
         if requested == "hooks" and not exact:
             raise ConfigError(
                 f"{self.where}: attention from hooked queries/keys is only exact for BERT-like encoders with "

@@ -51,7 +51,7 @@ def register_loss(name: str | None = None, *, overwrite: bool = False, ranges=No
 
 # What kdistill passes to a loss itself (never set in a match's args).
 SUPPLIED_INPUTS = ("student", "teacher", "mask", "teacher_mask", "labels", "student_features",
-                   "teacher_features")
+                   "teacher_features", "causal")
 
 
 def argument_problems(loss_fn: LossFn, name: str, args: Mapping, where: str) -> list[str]:

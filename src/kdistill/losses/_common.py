@@ -56,6 +56,11 @@ def token_mask(loss: str, mask: Tensor | None, x: Tensor) -> Tensor | None:
     return mask.to(x.device) != 0
 
 
+def causal_keys(length: int, device: torch.device) -> Tensor:
+    """(T, T) bool, True where key j ≤ query i: what a decoder-only model's query may attend to."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
 def mean_or_zero(values: Tensor) -> Tensor:
     """Mean of ``values``; 0 (still attached to the graph) when nothing is valid, instead of NaN."""
     return values.mean() if values.numel() else values.sum()
