@@ -22,6 +22,7 @@ PLUGIN_VERBS = {
     "demo": ("kdistill.demo", "distil a real pretrained model on real data, end to end"),
     "export": ("kdistill.export", "export a trained student (Hugging Face folder, ONNX, int8)"),
     "bench": ("kdistill.bench", "latency, size and accuracy: teacher vs student, PyTorch vs ONNX Runtime"),
+    "generate": ("kdistill.generate", "the teacher's answers to a causal-LM run's prompts, as a dataset to train on"),
 }
 
 EXAMPLES = {

@@ -249,28 +249,7 @@ def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -
     from kdistill import lm_data
 
     spec, kind = config.data, config.lm_kind()
-    if is_dataset_dict_folder(spec.path):  # a saved DatasetDict: its own splits
-        per_split = lm_data.lm_records(spec.path, kind, spec)
-        sources = {split: f"{spec.path} [{split}]" for split in per_split}
-    elif spec.builtin is not None or spec.path is not None:
-        records = ([{"text": t} for t, _ in _builtin_records(spec.builtin)] if spec.builtin is not None else
-                   lm_data.read_lm_records(spec.path, kind, text=spec.text, prompt=spec.prompt,
-                                           completion=spec.completion, messages=spec.messages, format=spec.format))
-        ratios = split_ratios(spec)
-        from kdistill import data as kdata
-
-        per_split = {k: v for k, v in kdata.split_records(records, ratios=ratios, seed=config.split_seed()).items() if v}
-        origin = f"builtin '{spec.builtin}'" if spec.builtin is not None else spec.path
-        sources = {k: f"{origin} ({ratios} split, seed {config.split_seed()})" for k in per_split}
-    else:
-        per_split, sources = {}, {}
-        for split in SPLITS:
-            file = getattr(spec, split)
-            if file is not None:
-                per_split[split] = lm_data.read_lm_records(file, kind, text=spec.text, prompt=spec.prompt,
-                                                           completion=spec.completion, messages=spec.messages,
-                                                           format=spec.format)
-                sources[split] = file
+    per_split, sources = lm_split_records(config)
     text = spec.text if spec.builtin is None else "text"
 
     def tokenise(rows: list, split: str, with_tokenizer: Any) -> Any:
@@ -289,6 +268,36 @@ def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -
     return DataParts(datasets, None, None, sources, "lm", f"{kind}: loss on "
                      + ("every token" if kind == "text" else "the completion tokens only" if kind == "prompt_completion"
                         else "the assistant turns only"))
+
+
+def lm_split_records(config: RunConfig) -> tuple[dict[str, list], dict[str, str]]:
+    """A causal-LM run's records per split (read and checked, before ``data.limit``) and where each
+    split came from: a saved DatasetDict's own splits, one file or set cut by ``split``, or a file per split."""
+    from kdistill import lm_data
+
+    spec, kind = config.data, config.lm_kind()
+    if is_dataset_dict_folder(spec.path):  # a saved DatasetDict: its own splits
+        per_split = lm_data.lm_records(spec.path, kind, spec)
+        return per_split, {split: f"{spec.path} [{split}]" for split in per_split}
+    if spec.builtin is not None or spec.path is not None:
+        records = ([{"text": t} for t, _ in _builtin_records(spec.builtin)] if spec.builtin is not None else
+                   lm_data.read_lm_records(spec.path, kind, text=spec.text, prompt=spec.prompt,
+                                           completion=spec.completion, messages=spec.messages, format=spec.format))
+        ratios = split_ratios(spec)
+        from kdistill import data as kdata
+
+        per_split = {k: v for k, v in kdata.split_records(records, ratios=ratios, seed=config.split_seed()).items() if v}
+        origin = f"builtin '{spec.builtin}'" if spec.builtin is not None else spec.path
+        return per_split, {k: f"{origin} ({ratios} split, seed {config.split_seed()})" for k in per_split}
+    per_split, sources = {}, {}
+    for split in SPLITS:
+        file = getattr(spec, split)
+        if file is not None:
+            per_split[split] = lm_data.read_lm_records(file, kind, text=spec.text, prompt=spec.prompt,
+                                                       completion=spec.completion, messages=spec.messages,
+                                                       format=spec.format)
+            sources[split] = file
+    return per_split, sources
 
 
 def _unlabelled_texts(spec) -> list:
