@@ -251,14 +251,21 @@ def check_refs(matches: list[Match], origins: list[str], teacher: nn.Module, stu
 
 
 def make_recipe(config: RunConfig, teacher: nn.Module, student: nn.Module | None) -> Recipe:
+    return expand_method(config.method, config.method_args, teacher, student, python_path=config.python_path)
+
+
+def expand_method(method: str, method_args: Mapping[str, Any], teacher: Any, student: nn.Module | None, *,
+                  python_path: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Method ``method`` expanded for these models, its ``method_args`` (schedules as dicts allowed) checked:
+    the one expansion ``kdistill run`` and :class:`kdistill.integrations.hf_trainer.DistillationTrainer` use."""
     from kdistill import methods
 
-    args = {k: maybe_schedule(v, path=f"method_args.{k}") for k, v in config.method_args.items()}
-    with importable(config.python_path):
+    args = {k: maybe_schedule(v, path=f"method_args.{k}") for k, v in method_args.items()}
+    with importable(list(python_path)):
         try:
-            return methods.expand(config.method, teacher, student, **args)
+            return methods.expand(method, teacher, student, **args)
         except TypeError as exc:
-            raise ConfigError(f"method_args: method '{config.method}' rejected its arguments: {exc}.") from None
+            raise ConfigError(f"method_args: method '{method}' rejected its arguments: {exc}.") from None
 
 
 def _stage_matches(recipe_stage: Stage, extra: list[Match], extra_origins: list[str], last: bool,
