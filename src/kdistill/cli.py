@@ -154,7 +154,10 @@ def _load(args: argparse.Namespace):
     from kdistill.config import load_config
 
     _check_overrides(args.overrides)
-    return load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
+    if config.conversion_note:
+        print(f"note: {args.config}: {config.conversion_note}", file=sys.stderr)
+    return config
 
 
 def _run(args: argparse.Namespace) -> int:

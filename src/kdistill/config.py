@@ -209,6 +209,13 @@ class RunConfig(_TopLevel):
     _source: str | None = None
     _imports: list[Imported] = PrivateAttr(default_factory=list)
     _tables: Any = PrivateAttr(default=None)  # kdistill.run_data.Tables, read once by validation
+    _note: str | None = PrivateAttr(default=None)  # how a TextBrewer/KnowledgeDistillation file was converted
+
+    @property
+    def conversion_note(self) -> str | None:
+        """For a file in TextBrewer's or KnowledgeDistillation's shape: what was converted and the
+        native YAML to paste in its place (``kdistill validate/plan/run`` print it); None for native files."""
+        return self._note
 
     @property
     def source(self) -> str | None:
@@ -345,6 +352,12 @@ def config_from_dict(raw: Mapping, overrides: Sequence[str] = (), *, base_dir: s
 
         raw = {**raw, "data": materialise_data(raw["data"])}
     raw = _plain(raw)
+    from kdistill.compat.yaml_import import detect_and_convert
+
+    converted = detect_and_convert(raw)  # TextBrewer's or KnowledgeDistillation's shapes, as the README says
+    note = None
+    if converted is not None:
+        raw, note = converted
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     errors = apply_overrides(raw, overrides)
     config, more = _validate(raw, base, source, import_from_base)
@@ -353,6 +366,7 @@ def config_from_dict(raw: Mapping, overrides: Sequence[str] = (), *, base_dir: s
         raise ConfigError(format_problems(errors, source))
     assert config is not None
     config._source = source
+    config._note = note
     check_data(config)
     return config
 

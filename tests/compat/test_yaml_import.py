@@ -204,3 +204,47 @@ def test_converted_matches_fit_the_native_config_schema():
         spec = MatchSpec(**match)
         assert (spec.teacher, spec.loss, spec.projection) == (match["teacher"], match["loss"], match["projection"])
     assert TrainingSpec(**native["training"]).grad_accum == 2
+
+
+def _old_shape_config(tmp_path, teacher, old: str) -> "Path":  # noqa: F821
+    from tests.test_run import DATA
+
+    raw = yaml.safe_load(old)
+    raw.update({"teacher": {"path": str(teacher)}, "student": {"from_teacher": {"layers": [0, 1]}},
+                "data": {"train": str(DATA / "reviews_train.csv"), "test": str(DATA / "reviews_test.csv"),
+                         "max_length": 16, "batch_size": 8},
+                "training": {"max_steps": 2, "progress": False, "tensorboard": False, "lr": 1e-3}})
+    raw.setdefault("train_config", {})["output_dir"] = str(tmp_path / "run")
+    file = tmp_path / "old.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    return file
+
+
+@pytest.mark.parametrize("old", ["textbrewer", "knowledge_distillation"])
+def test_validate_plan_and_run_accept_the_old_shapes_with_a_note(tmp_path, capsys, old):
+    """The README's promise: YAML in TextBrewer's or KnowledgeDistillation's shape runs through the
+    CLI, and every verb shows the native form; the resolved config is native."""
+    import json
+
+    from kdistill.cli import main
+
+    from tests.test_run import TOKENIZER, _example_module
+
+    teacher = tmp_path / "teacher"
+    _example_module("tiny_models").tiny_bert(num_layers=4, hidden_size=32, num_heads=2).save_pretrained(teacher)
+
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        (teacher / name).write_bytes((TOKENIZER / name).read_bytes())
+    shape = TEXTBREWER_YAML if old == "textbrewer" else KD_YAML
+    config = _old_shape_config(tmp_path, teacher, shape.replace("device: cuda", "device: cpu"))
+    assert main(["validate", str(config)]) == 0
+    note = capsys.readouterr().err
+    expected = "TextBrewer DistillationConfig" if old == "textbrewer" else "KnowledgeDistillation"
+    assert f"note: {config}: Converted a {expected}" in note and "Equivalent native YAML" in note
+    assert main(["plan", str(config)]) == 0
+    assert "Equivalent native YAML" in capsys.readouterr().err
+    assert main(["run", str(config)]) == 0
+    resolved = yaml.safe_load((tmp_path / "run" / "config.resolved.yaml").read_text())
+    shown = native_yaml_of(note)["matches"]
+    assert "distill_config" not in resolved and [{k: m[k] for k in shown[0]} for m in resolved["matches"]] == shown
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stages"][0]["steps"] == 2
