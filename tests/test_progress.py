@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 
-from kdistill.outputs import check_output_dir
 from kdistill.progress import RunProgress
 from kdistill.run import run
 
@@ -36,20 +35,19 @@ def test_run_log_has_each_stage_start_and_end_and_an_estimate(teacher_folder, tm
     assert "distil: start (3 steps)" not in again[len(lines):]
 
 
-def test_the_estimate_counts_the_stages_to_come_and_the_evaluation():
-    now = [0.0]
-    progress = RunProgress(None, show=False, clock=lambda: now[0])
-    progress.plan({"distil": 10, "baseline": 20}, evaluation_batches=30)
-    progress.start("distil", 10)
-    for step in range(1, 4):  # 2 s per step, the first step's own time not counted
-        now[0] += 2.0
-        progress.step(step)
-    # 7 steps left here + 20 of the baseline, at 2 s each, + 30 evaluation batches at a third of that
-    assert progress.remaining(now[0]) == (7 + 20) * 2.0 + 30 * 2.0 / 3
+def test_a_refused_run_writes_no_log_line(teacher_folder, tmp_path, monkeypatch):  # noqa: F811
+    """Lines are held until the run writes its folder: a run refused before leaves the folder as it was."""
+    import importlib
 
+    import pytest
 
-def test_a_folder_holding_only_the_log_of_a_failed_run_is_not_refused(teacher_folder, tmp_path):  # noqa: F811
+    from kdistill.errors import ShapeError
+
+    def refused(config, **kwargs):
+        raise ShapeError("matches[0]: widths differ")  # as a check of the built models would
+
+    monkeypatch.setattr(importlib.import_module("kdistill.run"), "build", refused)
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "run.log").write_text("2025-01-01 00:00:00 run: stopped (DataError: …)\n")
-    assert check_output_dir(hf_config(teacher_folder, out)) == (out, False)
+    with pytest.raises(ShapeError):
+        run(hf_config(teacher_folder, out))
+    assert not (out / "run.log").exists()

@@ -217,7 +217,7 @@ def check_output_dir(config: RunConfig, *, resume: bool = False, overwrite: bool
                 )
             if old == resolved and results and not overwrite:
                 continuing = True
-        elif any(p.name != RUN_LOG for p in out.iterdir()) and not overwrite:  # only a log: a run that failed early
+        elif any(out.iterdir()) and not overwrite:
             raise ConfigError(f"output_dir: '{out}' is not empty and holds no kdistill run (no {RESOLVED_NAME}); "
                               "choose a new or empty folder, or pass --overwrite to write into it.")
     try:

@@ -19,7 +19,9 @@ are planned from their step counts (:func:`kdistill.run_build.estimated_steps`, 
 counts them); the teacher's fine-tune runs before the run can plan its stages (they are built on the
 fine-tuned teacher), so its estimates cover the fine-tune alone and say so.
 
-The same lines go, time-stamped, to ``output_dir/run.log`` (appended to: a resumed run adds its own);
+The same lines go, time-stamped, to ``output_dir/run.log`` (appended to: a resumed run adds its own;
+--overwrite keeps it, a history of the runs in the folder), from the moment the run starts to write
+its folder (the lines before are held till then, so a refused run leaves the folder as it was);
 the screen shows them only when ``training.progress`` is on. Trainers outside a run report nothing.
 """
 
@@ -61,6 +63,7 @@ class RunProgress:
 
     def __init__(self, log_file: Path | None, *, show: bool = True, clock: Callable[[], float] = time.perf_counter):
         self.log_file = Path(log_file) if log_file else None
+        self._held: list[str] | None = []  # lines held until the run may write its folder (open_log)
         self.show = show
         self.clock = clock
         self.to_come: dict[str, int] = {}  # stages not started yet: name -> planned steps
@@ -75,9 +78,20 @@ class RunProgress:
         """One line: on the screen (when shown) and, time-stamped, appended to the run's log."""
         if self.show:
             tqdm.write(f"kdistill: {text}", file=sys.stderr)
-        if self.log_file is not None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n"
+        if self._held is not None:
+            self._held.append(line)
+        elif self.log_file is not None:
             with open(self.log_file, "a", encoding="utf-8") as handle:
-                handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+                handle.write(line)
+
+    def open_log(self) -> None:
+        """From now on the lines go to the log file, the lines held so far first. Until then a run
+        changes nothing in its folder (a refused --overwrite or --resume leaves it as it was)."""
+        held, self._held = self._held or [], None
+        if self.log_file is not None and held:
+            with open(self.log_file, "a", encoding="utf-8") as handle:
+                handle.write("".join(held))
 
     def plan(self, stages: Mapping[str, int], *, evaluation_batches: int = 0) -> None:
         """The stages still to come and their planned steps, and the evaluation's batches."""

@@ -102,6 +102,8 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
         if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
             _prepare_stage(parts, part)
     on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
+    if progress is not None:
+        progress.open_log()  # the run now writes its folder
     stage_summaries = []
     for part in parts.stages:
         if part.index in kept:
