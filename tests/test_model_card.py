@@ -8,7 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 from kdistill.model_card import hub_name, model_card, read_front_matter, write_model_card
@@ -149,6 +148,8 @@ def test_an_image_student_card_loads_safetensors_and_names_a_hub_teacher(tmp_pat
     snapshot.mkdir(parents=True)
     assert hub_name(str(snapshot)) == "google/vit-base"
     assert hub_name(str(tmp_path)) is None  # a plain local folder: no Hub name guessed
+    (tmp_path / "config.json").write_text('{"_name_or_path": "nreimers/MiniLM-L6-H384-uncased"}')
+    assert hub_name(str(tmp_path)) is None  # the model it was loaded from before it was saved: not itself
     summary = {"method": "hinton", "stages": [{"stage": "distil", "data": "train", "steps": 5}],
                "parameters": {"teacher": 1000, "student": 250}, "data": {"test": {"examples": 30, "source": "x"}},
                "metrics": {"test": {"examples": 30, "agreement": 0.9, "teacher": {"accuracy": 0.9, "macro_f1": 0.8},

@@ -51,3 +51,18 @@ def test_a_refused_run_writes_no_log_line(teacher_folder, tmp_path, monkeypatch)
     with pytest.raises(ShapeError):
         run(hf_config(teacher_folder, out))
     assert not (out / "run.log").exists()
+
+
+def test_the_estimate_counts_the_stages_to_come_and_the_evaluation():
+    now = [0.0]
+    progress = RunProgress(None, show=False, clock=lambda: now[0])
+    progress.plan({"distil": 10, "baseline": 20}, evaluation_batches=30)
+    progress.start("distil", 10)
+    for step in range(1, 4):  # 2 s per step, the first step's own time not counted
+        now[0] += 2.0
+        progress.step(step)
+    # 7 steps left here + 20 of the baseline, at 2 s each, + 30 evaluation batches at a third of that
+    assert progress.remaining(now[0]) == (7 + 20) * 2.0 + 30 * 2.0 / 3
+    progress.end("distil", 10)
+    progress.start("baseline", 20)
+    assert "distil" not in progress.to_come and progress.remaining(now[0]) is None  # not timed yet

@@ -10,9 +10,9 @@ speed when ``kdistill bench`` or the LM benchmark measured it, how to load it, a
 Every figure comes from ``summary.json`` (speed: ``bench.json`` / ``generation.json``); kdistill never
 uploads anything.
 
-``base_model`` is written only when the teacher's folder says which Hub model it is: a Hub cache
-snapshot (``…/models--ORG--NAME/snapshots/REV``) or a ``config.json`` whose ``_name_or_path`` is an
-``org/name`` id. A plain local folder is no Hub name, so it is left out rather than guessed.
+``base_model`` is written only when the teacher's folder is a Hub cache snapshot
+(``…/models--ORG--NAME/snapshots/REV``), which names the Hub model for certain. Any other local
+folder is no Hub name, so it is left out rather than guessed.
 
 Paths: the card names a file or folder only by a path the config itself holds (a data file, the
 teacher's folder); any other absolute path is cut to its last part, so no folder of this machine
@@ -47,7 +47,6 @@ TASK_NAMES = {"text-classification": "Text Classification", "text-generation": "
               "feature-extraction": "Feature Extraction"}
 BENCH_FILE = "bench.json"
 GENERATION_FILE = "generation.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)/snapshots/[^/]+/?$")
 _ABSOLUTE = re.compile(r"(?<![\w.:/])/[^\s`'\"|,()]+")
 
@@ -66,19 +65,13 @@ def pipeline_tag(resolved: Mapping) -> str:
 
 
 def hub_name(teacher_path: str | None) -> str | None:
-    """The Hub id of a teacher folder when the folder says it (see the module docstring), else None."""
+    """The Hub id of a teacher folder that is a Hub cache snapshot (``…/models--ORG--NAME/snapshots/REV``),
+    else None. ``_name_or_path`` in a folder's config.json is not used: it names the model that folder
+    was loaded from before it was saved (all-MiniLM-L6-v2's names its own base), not the folder itself."""
     if not teacher_path:
         return None
     found = _SNAPSHOT.search(str(teacher_path).replace("\\", "/"))
-    if found:
-        return f"{found.group(1)}/{found.group(2)}"
-    try:
-        named = json.loads((Path(teacher_path) / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(named, str) and _HUB_ID.match(named) and not Path(named).exists():
-        return named
-    return None
+    return f"{found.group(1)}/{found.group(2)}" if found else None
 
 
 def _config_paths(resolved: Mapping) -> set[str]:

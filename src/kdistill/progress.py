@@ -161,8 +161,8 @@ class RunProgress:
     def evaluation(self, batches: int) -> Iterator[Callable[[Mapping[str, Any]], dict[str, Any]]]:
         """Evaluation as a stage with its own bar; yields ``counted(loaders)``: the loaders, each batch
         read ticking the bar (and the estimate)."""
-        bar = tqdm(total=batches, desc=EVALUATION, disable=not self.show, dynamic_ncols=True)
         self.start(EVALUATION, batches, unit="batches")
+        bar = tqdm(total=batches, desc=EVALUATION, disable=not self.show, dynamic_ncols=True)
         read = [0]
 
         def tick() -> None:
