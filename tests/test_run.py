@@ -377,9 +377,12 @@ def cnn_config(out: Path, **match_changes):
 def test_cnn_student_is_saved_as_safetensors_and_reloads(tmp_path):
     out = tmp_path / "cnn"
     summary = run(cnn_config(out))
-    # The student, and the list of the files kdistill wrote there (a re-save keeps any other file).
-    assert sorted(p.name for p in (out / "student").iterdir()) == [".kdistill-files.json", "student.safetensors"]
-    assert json.loads((out / "student" / ".kdistill-files.json").read_text()) == ["student.safetensors"]
+    # The student, its model card, and the list of the files kdistill wrote there (a re-save keeps any other file).
+    assert sorted(p.name for p in (out / "student").iterdir()) == [".kdistill-files.json", "README.md",
+                                                                    "student.safetensors"]
+    assert json.loads((out / "student" / ".kdistill-files.json").read_text()) == ["README.md", "student.safetensors"]
+    card = (out / "student" / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and "from cnn_models import student_cnn" in card
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [2]
     assert set(records[0]) >= {"kl[logits]", "hidden_mse[module:embed]", "hard_label"}

@@ -287,6 +287,10 @@ def bench(
     if write_report:
         chart = plot_latency(rows, out_dir / "bench.png")
         append_report(out_dir / "report.md", markdown_section(result, rows, chart.name if chart else None))
+        if run is not None:  # the student's model card shows the latency too
+            from kdistill.model_card import write_model_card
+
+            write_model_card(run)
     say(markdown_table(rows, batch_sizes))
     for line in result["headline"]:
         say(line)

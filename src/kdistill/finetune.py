@@ -217,11 +217,9 @@ def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_confi
 
     folder = out / BASELINE_DIR
     done = folder / "stage_done.json"
-    if done.is_file() and (folder / "student").is_dir():
-        record = json.loads(done.read_text(encoding="utf-8"))
-        if planned is None or planned <= int(record.get("steps") or 0):
-            load_baseline(model, out)
-            return record
+    if baseline_finished(out, planned):
+        load_baseline(model, out)
+        return json.loads(done.read_text(encoding="utf-8"))
     import time
 
     from kdistill.evaluation import is_causal_lm
@@ -238,6 +236,16 @@ def train_baseline(model: nn.Module, loaders: dict[str, DataLoader], train_confi
                                                                  train_config.grad_accum, seconds)
     atomic_write_text(done, json.dumps(record, indent=2))
     return record
+
+
+def baseline_finished(out: Path, planned: int | None = None) -> bool:
+    """Whether the run in ``out`` holds a finished baseline of at least ``planned`` steps (it is loaded,
+    not trained again)."""
+    folder = out / BASELINE_DIR
+    done = folder / "stage_done.json"
+    if not (done.is_file() and (folder / "student").is_dir()):
+        return False
+    return planned is None or planned <= int(json.loads(done.read_text(encoding="utf-8")).get("steps") or 0)
 
 
 def load_baseline(model: nn.Module, out: Path) -> None:
@@ -263,6 +271,6 @@ def _save(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
         save_weights(model, tmp / "student.safetensors")
 
 
-__all__ = ["BASELINE_DIR", "FinetunedTeacher", "TEACHER_DIR", "baseline_of", "copy_into_run", "finetune_settings",
+__all__ = ["BASELINE_DIR", "FinetunedTeacher", "TEACHER_DIR", "baseline_finished", "baseline_of", "copy_into_run", "finetune_settings",
            "finetune_teacher", "finetune_train_config", "finetuned_teacher", "load_baseline", "train_baseline",
            "train_on_labels"]

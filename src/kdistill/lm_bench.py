@@ -82,6 +82,9 @@ def bench_lm(run_dir: str | Path, *, prompts: int = 3, prompt_tokens: int = 8, m
     from kdistill.report import put_section
 
     put_section(run_dir / "report.md", markdown_section(result))
+    from kdistill.model_card import write_model_card
+
+    write_model_card(run_dir)  # the student's model card shows the generation speed too
     return result
 
 

@@ -45,6 +45,7 @@ from kdistill.files import atomic_folder, atomic_write_text
 RESOLVED_NAME = "config.resolved.yaml"
 STAGE_DONE = "stage_done.json"
 STAGE_STUDENT = "student_after.safetensors"
+RUN_LOG = "run.log"  # kdistill.progress: the run's stage lines and estimates (appended, kept by --overwrite)
 STUDENT_FILES = ".kdistill-files.json"  # in student/: the files kdistill wrote there
 RESULT_NAMES = ("checkpoints", "student", "summary.json", "metrics.jsonl", "stages", "best", "tensorboard",
                 STAGE_DONE, STAGE_STUDENT)
@@ -285,6 +286,21 @@ def save_student(parts: Any, model: nn.Module, out: Path) -> Path:
         atomic_write_text(tmp / STUDENT_FILES, json.dumps(written, indent=1))
         _carry_over_user_files(final, tmp, skip=set(written))
     return final
+
+
+def student_file_owner(folder: Path, name: str) -> str | None:
+    """Whose ``name`` in a student folder is: "kdistill" (listed as written by it), "user", or None (absent)."""
+    if not (folder / name).exists():
+        return None
+    return "kdistill" if name in _listed_files(folder) else "user"
+
+
+def claim_student_file(folder: Path, name: str) -> None:
+    """Add ``name`` (just written by kdistill into the student folder) to the folder's list of kdistill's
+    files, so a re-save or an --overwrite replaces it like the model files."""
+    listed = _listed_files(folder)
+    if name not in listed:
+        atomic_write_text(folder / STUDENT_FILES, json.dumps(sorted([*listed, name]), indent=1))
 
 
 def _carry_over_user_files(old: Path, new: Path, *, skip: set[str]) -> None:

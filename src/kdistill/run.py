@@ -76,21 +76,36 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     every stage about to train has run its first batch (refs, shapes, projections): an --overwrite
     whose config does not fit the models leaves the old run as it was.
     """
-    from safetensors.torch import load_model as load_weights_into
-
     # Under a launcher (several processes) only the main process checks and writes the output
     # folder; the others wait for its answer (or its error).
     out, continuing = on_main_process(check_output_dir, config, resume=resume, overwrite=overwrite)
     if config.baseline and distributed_world_size() > 1:
         raise ConfigError("baseline: trained in one process for now; run without --processes, or set baseline: false.")
+    from kdistill.launch import is_main_process
+    from kdistill.progress import RUN_LOG, run_progress
+
+    # The stages' lines and estimates, on the screen and in run.log (the main process's).
+    with run_progress(out / RUN_LOG if is_main_process() else None, show=config.training.progress) as progress:
+        return _run(config, out, progress, continuing=continuing, resume=resume, overwrite=overwrite)
+
+
+def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resume: bool,
+         overwrite: bool) -> dict[str, Any]:
+    """``run`` once the output folder is checked: build, train every stage, write the results."""
+    from safetensors.torch import load_model as load_weights_into
+
     started = time.time()
     parts = build(config, finetune=True)
     kept, reopened = _finished_stages(parts, continuing=continuing, resume=resume)
+    _check_sharding(parts)
+    if progress is not None:
+        _plan_progress(progress, parts, kept, out)
     for part in parts.stages:  # a chain's stage taught by the assistant is checked when it starts (see below)
         if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
             _prepare_stage(parts, part)
     on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
-    _check_sharding(parts)
+    if progress is not None:
+        progress.open_log()  # the run now writes its folder
     stage_summaries = []
     for part in parts.stages:
         if part.index in kept:
@@ -104,6 +119,10 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
         final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
                        else parts.trained)
         student_dir = save_student(parts, final_model, out)
+        with _evaluation_progress(progress, parts) as counted:
+            loaders = counted(parts.loaders)
+            metrics = evaluate_splits(parts.teacher, final_model, loaders)
+            labels_only = _labels_only_results(parts, baseline, out, loaders)
         summary = {
             "config": str(out / RESOLVED_NAME),
             "student": str(student_dir),
@@ -112,19 +131,65 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
             "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
             "data": {split: {"examples": len(dataset), "source": parts.data.sources.get(split, split)}
                      for split, dataset in parts.data.datasets.items()},
-            "metrics": evaluate_splits(parts.teacher, final_model, parts.loaders),
+            "metrics": metrics,
             "processes": distributed_world_size(),
             "seconds": round(time.time() - started, 2),
-            **_labels_only_results(parts, baseline, out),
+            **labels_only,
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
         from kdistill.report import bench_section, run_report
 
         kept = bench_section(out / "report.md")  # a benchmark of an earlier save stays in the report
         run_report(out, summary, dump_yaml(config.resolved()), keep=[kept] if kept else [])
+        from kdistill.model_card import write_model_card
+
+        write_model_card(out, summary, config.resolved(), measured=kept is not None)  # and in the card
         return summary
 
     return on_main_process(write_results)
+
+
+def stage_name(parts: RunParts, part: StageParts) -> str:
+    """What the progress bar, the progress lines and run.log call a stage."""
+    return "distil" if len(parts.stages) == 1 else f"stage {part.index + 1}/{len(parts.stages)} '{part.stage.name}'"
+
+
+def _plan_progress(progress: Any, parts: RunParts, kept: dict[int, dict], out: Path) -> None:
+    """Tell the run's progress the steps of the stages still to train, of the baseline and the
+    evaluation's batches (``kdistill.progress``)."""
+    from kdistill.finetune import baseline_finished
+
+    steps = {stage_name(parts, part): estimated_steps(stage_train_config(parts.config, part), part.loader,
+                                                      distributed_world_size())
+             for part in parts.stages if part.index not in kept}
+    if parts.baseline is not None:
+        planned = estimated_steps(baseline_train_config(parts), parts.loaders["train"])
+        steps["baseline"] = 0 if baseline_finished(out, planned) else planned
+    progress.plan(steps, evaluation_batches=_evaluation_batches(parts))
+
+
+def _evaluation_batches(parts: RunParts) -> int:
+    """Batches the run's final evaluation reads: each split's batches once per model it runs over
+    them (teacher and student for classifiers; once for causal LMs), again for the baseline."""
+    from kdistill.evaluation import is_causal_lm
+
+    if is_causal_lm(parts.teacher):
+        passes = 1
+    elif _logits_are_classes(parts.teacher) and _logits_are_classes(parts.student):
+        passes = 2
+    else:
+        return 0
+    batches = sum(len(parts.loaders[split]) for split in ("validation", "test") if split in parts.loaders)
+    return batches * passes * (2 if parts.baseline is not None else 1)
+
+
+def _evaluation_progress(progress: Any, parts: RunParts):
+    """The evaluation as a stage of the run's progress (a bar of its own); without one, the loaders as they are."""
+    import contextlib
+
+    if progress is None:
+        return contextlib.nullcontext(lambda loaders: loaders)
+    return progress.evaluation(_evaluation_batches(parts))
 
 
 def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool) -> dict[str, Any]:
@@ -144,9 +209,8 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
         loader = teacher_cached_loader(part, distiller, out)
     elif config.cache == "logits" and reads_only_logits(distiller):
         loader = logits_loader(parts, part, distiller)
-    name = "distil" if len(parts.stages) == 1 else f"stage {part.index + 1}/{len(parts.stages)} '{part.stage.name}'"
     trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory,
-                      name=name)
+                      name=stage_name(parts, part))
     started = time.perf_counter()
     result = trainer.train(resume=continuing)
     seconds = time.perf_counter() - started
@@ -220,8 +284,10 @@ def _train_baseline(parts: RunParts, out: Path) -> dict | None:
                           planned=estimated_steps(train_config, parts.loaders["train"]))
 
 
-def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> dict[str, Any]:
-    """The summary's entries for the teacher's fine-tune and the baseline (none when not asked for)."""
+def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path,
+                         loaders: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary's entries for the teacher's fine-tune and the baseline (none when not asked for);
+    ``loaders``: the run's, as the evaluation reads them."""
     extra: dict[str, Any] = {}
     if parts.finetuned is not None:
         from kdistill.finetune import copy_into_run
@@ -230,7 +296,7 @@ def _labels_only_results(parts: RunParts, baseline: dict | None, out: Path) -> d
                                      "cache": str(parts.finetuned.folder), "cached": parts.finetuned.cached,
                                      "settings": parts.finetuned.settings}
     if baseline is not None:
-        metrics = evaluate_splits(parts.teacher, parts.baseline, parts.loaders)
+        metrics = evaluate_splits(parts.teacher, parts.baseline, loaders or parts.loaders)
         extra["baseline"] = {"student": str(out / "baseline" / "student"), "steps": baseline["steps"],
                              "tokens_per_second": baseline.get("tokens_per_second"),
                              "parameters": count_parameters(parts.baseline),

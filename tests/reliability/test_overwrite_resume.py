@@ -94,8 +94,8 @@ def test_an_overwrite_removes_only_kdistills_files_and_one_cut_short_never_repor
     monkeypatch.setattr(Trainer, "train", killed)
     with pytest.raises(KeyboardInterrupt):
         run(second, overwrite=True)
-    assert sorted(_files(out)) == ["config.resolved.yaml", "my_notes.txt", "student/.kdistill-files.json",
-                                   "student/NOTES.md", "teacher-cache/keep.bin"]
+    assert sorted(_files(out)) == ["config.resolved.yaml", "my_notes.txt", "run.log", "student/.kdistill-files.json",
+                                   "student/NOTES.md", "teacher-cache/keep.bin"]  # run.log: the runs' history, kept
     assert json.loads((out / "student" / ".kdistill-files.json").read_text()) == []  # NOTES.md is not kdistill's
     assert yaml.safe_load((out / "config.resolved.yaml").read_text())["training"]["lr"] == 0.02
 

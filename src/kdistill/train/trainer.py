@@ -126,6 +126,7 @@ class Callback:
     ``on_evaluate`` may return True to ask the trainer to stop (custom early stopping).
     """
 
+    def on_train_start(self, state: TrainState) -> None: ...
     def on_step(self, state: TrainState) -> None: ...
     def on_evaluate(self, state: TrainState) -> bool | None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
@@ -237,7 +238,12 @@ class Trainer:
         from kdistill.layerdrop import disable_layerdrop, enable_layerdrop
         from kdistill.unpad import disable_unpadding, enable_unpadding
 
+        from kdistill.progress import stage_callbacks
+
         with contextlib.ExitStack() as undo:  # the models leave as plain models: same state dict, every block runs
+            observers = stage_callbacks(self.name)  # inside `kdistill run`: the run's progress lines and run.log
+            self.callbacks += observers
+            undo.callback(lambda: [self.callbacks.remove(observer) for observer in observers])
             if self.config.layerdrop:
                 self._check_layerdrop()
                 enable_layerdrop(self.distiller.student, self.config.layerdrop)
@@ -265,6 +271,9 @@ class Trainer:
     def _train(self, *, resume: bool | str | os.PathLike = False) -> TrainResult:
         cfg = self.config
         run = self._start(resume)
+        for callback in self.callbacks:
+            if hasattr(callback, "on_train_start"):  # a duck-typed callback written before the hook existed
+                callback.on_train_start(run.state)
         position = run.position
         stop = False
         run.model.train()
