@@ -18,7 +18,8 @@ The format (``data.kind: conll``, the default data of ``teacher.task: token-clas
 
 Tag ids: the teacher's own ``id2label`` when it is a token classifier whose head is kept and names
 its tags (a data tag it does not know is a DataError); otherwise ``O`` first, then the other tags
-of every split in sorted order (a type seen only in validation or test still gets an output).
+of every split in sorted order, read before ``data.limit`` (a type seen only in validation or test,
+or only past the limit, still gets an output).
 """
 
 from __future__ import annotations
@@ -203,8 +204,9 @@ def _read_tag_tables(config: Any) -> TagTables:
             file = getattr(spec, split)
             if file is not None:
                 splits[split], sources[split], files[split] = read_conll(file), file, file
-    splits = {split: sentences[: config.limit_of(split)] for split, sentences in splits.items()}
+    # The tags of every sentence, before data.limit: the head's size does not depend on the limit.
     names, how = tag_names(splits, files, teacher_tags(config.teacher))
+    splits = {split: sentences[: config.limit_of(split)] for split, sentences in splits.items()}
     return TagTables(splits, sources, names, how)
 
 
