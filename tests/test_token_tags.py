@@ -129,3 +129,32 @@ def test_the_packaged_wnut16_sentences_run_a_few_steps(tmp_path):
     summary = run(config)
     assert summary["data"]["train"]["source"].startswith("builtin 'wnut16'")
     assert "f1" in summary["metrics"]["validation"]["student"]
+
+
+def test_a_pretrained_base_is_fine_tuned_as_a_tagger_then_distilled_to_half_its_layers(tmp_path, monkeypatch):
+    """The shape of the MiniLM row: teacher.finetune on a base without a head, task token-classification."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from kdistill.config import config_from_dict
+    from kdistill.run import run
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    BertModel(BertConfig(vocab_size=35, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(base)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(EXAMPLES / "data" / "tiny_tokenizer" / name, base / name)
+    out = tmp_path / "run"
+    config = config_from_dict({
+        "teacher": {"path": str(base), "task": "token-classification", "finetune": {"max_steps": 2, "lr": 1e-3}},
+        "student": {"from_teacher": {"layers": [0]}},
+        "data": {"path": "data/ner_tiny.conll", "split": [0.6, 0.2, 0.2], "max_length": 32, "batch_size": 8},
+        "method": "hinton", "training": {"max_steps": 2, "metric": "f1", "progress": False, "tensorboard": False},
+        "output_dir": str(out)}, base_dir=EXAMPLES)
+    summary = run(config)
+    saved = json.loads((out / "teacher" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForTokenClassification"]
+    assert list(saved["id2label"].values()) == ["O", "B-person", "B-place", "I-person", "I-place"]
+    assert "f1" in summary["metrics"]["test"]["teacher"]
