@@ -43,3 +43,18 @@ def tiny_llama(num_layers: int = 4, hidden_size: int = 32, num_heads: int = 4, s
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
+
+
+def tiny_bert_tagger(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, num_labels: int = 5,
+                     seed: int = 0):
+    """A randomly initialised ``BertForTokenClassification`` (one tag per token; seeded)."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    config = BertConfig(
+        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
+        num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertForTokenClassification(config)

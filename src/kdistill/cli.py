@@ -175,7 +175,8 @@ def _run(args: argparse.Namespace) -> int:
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     for split, result in summary.get("metrics", {}).items():
         if "student" in result:
-            key = "accuracy" if "accuracy" in result["student"] else "perplexity"
+            key = ("f1" if "f1" in result["student"] else "accuracy" if "accuracy" in result["student"]
+                   else "perplexity")
             also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
             print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
                   f"{result['student'][key]:.4f}{also}{_agreement(result['agreement'])}")
@@ -211,18 +212,31 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
-    first, second = ("accuracy", "macro_f1") if "accuracy" in result["student"] else ("perplexity", "loss")
-    width = len(first) + 1
-    print(f"  {'':<8} {first:>{width}} {second:>9}")
-    for role in ("teacher", "student", "baseline"):
-        if role in result:
-            print(f"  {role:<8} {result[role][first]:>{width}.4f} {result[role][second]:>9.4f}")
+    if "f1" in result["student"]:  # a token classifier: entity scores
+        _print_entity_scores(result)
+    else:
+        first, second = ("accuracy", "macro_f1") if "accuracy" in result["student"] else ("perplexity", "loss")
+        width = len(first) + 1
+        print(f"  {'':<8} {first:>{width}} {second:>9}")
+        for role in ("teacher", "student", "baseline"):
+            if role in result:
+                print(f"  {role:<8} {result[role][first]:>{width}.4f} {result[role][second]:>9.4f}")
     if result["agreement"] is None:
         print("  agreement: none (the student has its own tokenizer; each perplexity is over its own tokens)")
     else:
         print(f"  agreement (same prediction): {result['agreement']:.4f}"
               + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0
+
+
+def _print_entity_scores(result: dict) -> None:
+    """``kdistill eval`` of a token classifier: entity precision/recall/F1 (seqeval's default spans), word accuracy."""
+    columns = ("precision", "recall", "f1", "accuracy")
+    print(f"  {'':<8} " + " ".join(f"{name:>9}" for name in columns) + "  (entities; accuracy of word tags)")
+    for role in ("teacher", "student", "baseline"):
+        if role in result:
+            print(f"  {role:<8} " + " ".join(f"{result[role][name]:>9.4f}" for name in columns))
+    print(f"  {result['student']['entities']:,} entities in {result['words']:,} words")
 
 
 def _agreement(value: float | None) -> str:

@@ -36,9 +36,10 @@ from kdistill.errors import ConfigError, suggest
 from kdistill.factories import Imported, resolve
 from kdistill.model_files import model_problems
 
-TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm")
+TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm", "token-classification")
 LM_KINDS = ("text", "prompt_completion", "chat")  # data.kind of a causal-LM run (kdistill.lm_data)
-BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist")
+BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist", "wnut16")
+TAGGED_DATA = ("wnut16",)  # builtin sets of word-level BIO tags (kdistill.conll)
 IMAGE_DATA = ("digits", "fashion_mnist")
 DATA_FORMATS = ("csv", "tsv", "jsonl", "json", "hf")
 PROJECTIONS = ("auto", "linear", "mlp", "none")
@@ -84,7 +85,8 @@ class ModelSpec(_Strict):
     """A model: a Hugging Face folder (``path``), a Python factory, or (students) ``from_teacher``."""
 
     path: str | None = None
-    task: Literal["sequence-classification", "base", "masked-lm", "causal-lm"] = "sequence-classification"
+    task: Literal["sequence-classification", "base", "masked-lm", "causal-lm",
+                  "token-classification"] = "sequence-classification"
     num_labels: int | None = Field(default=None, ge=1)
     factory: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
@@ -121,7 +123,7 @@ class MatchSpec(_Strict):
 class DataSpec(_Strict):
     """Where examples come from and how they are batched."""
 
-    builtin: Literal["movie_reviews", "sms_spam", "digits", "fashion_mnist"] | None = None
+    builtin: Literal["movie_reviews", "sms_spam", "digits", "fashion_mnist", "wnut16"] | None = None
     train: str | None = None
     validation: str | None = None
     test: str | None = None
@@ -145,7 +147,9 @@ class DataSpec(_Strict):
     missing_text: Literal["error", "skip"] = "error"
     # Language-model data (teacher.task: causal-lm; kdistill.lm_data): plain text, prompt/completion
     # columns or chat messages; the loss covers the completion (assistant) tokens only.
-    kind: Literal["classification", "text", "prompt_completion", "chat"] | None = None
+    kind: Literal["classification", "text", "prompt_completion", "chat", "conll"] | None = None
+    # conll: word<TAB>tag lines, BIO tags, a blank line between sentences (kdistill.conll); the
+    # default data of teacher.task: token-classification.
     prompt: str = "prompt"
     completion: str = "completion"
     messages: str = "messages"
@@ -248,6 +252,10 @@ class RunConfig(_TopLevel):
         if self.data.kind in LM_KINDS:
             return self.data.kind
         return "text" if self.teacher.task == "causal-lm" and self.data.kind is None else None
+
+    def tagged(self) -> bool:
+        """Whether the run tags words (``teacher.task: token-classification``, data read as CoNLL)."""
+        return self.teacher.task == "token-classification"
 
     def limit_of(self, split: str) -> int | None:
         """``data.limit`` for ``split``: one number for every split, or a number per split."""
@@ -375,7 +383,11 @@ def check_data(config: RunConfig) -> None:
     """Read the data files whole (no tokenizer, no weights): a missing text, a label the teacher
     does not know or a label outside the models' classes is a DataError naming the record now,
     not after the models load. Packaged (builtin) sets are checked when the run builds its data."""
-    if config.data.builtin is None and config.lm_kind() is None:  # LM files: read by the checker
+    if config.tagged():  # word-level tags, a packaged set too (small): every line checked now
+        from kdistill.conll import read_tag_tables
+
+        read_tag_tables(config)
+    elif config.data.builtin is None and config.lm_kind() is None:  # LM files: read by the checker
         from kdistill.run_data import read_tables
 
         read_tables(config)
@@ -543,7 +555,8 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         teacher_task = parsed["teacher"].task if "teacher" in parsed else None
         kind = parsed["data"].kind
         causal = teacher_task == "causal-lm"
-        check.data(parsed["data"], lm_kind=kind if kind in LM_KINDS else "text" if causal else None)
+        check.data(parsed["data"], lm_kind=kind if kind in LM_KINDS else "text" if causal else None,
+                   tagged=teacher_task == "token-classification")
         if kind == "chat" and "teacher" in parsed:
             check.chat_template(parsed["data"].tokenizer or parsed["teacher"].path)
     layer_map_used: list[bool] = []

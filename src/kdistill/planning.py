@@ -22,6 +22,7 @@ from torch import nn
 
 from kdistill.config import RunConfig, dump_yaml
 from kdistill.errors import ShapeError
+from kdistill.run_data import TOKEN_KINDS
 from kdistill.schedules import schedule_to_dict, step_at
 
 
@@ -181,6 +182,20 @@ def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
     return steps
 
 
+def _tag_lines(config: RunConfig, parts: Any) -> list[str]:
+    """What a token-classification run's data is: its tags, how ids were chosen, the alignment, what max_length cuts."""
+    data, spec = parts.data, config.data
+    types = sorted({name[2:] for name in data.label_names if name != "O"})
+    cut = ", ".join(f"{split} {d.cut_words:,} of {d.words:,}" for split, d in data.datasets.items())
+    return [f"  word-level BIO tags ({data.num_classes} tags, {len(types)} entity types: {', '.join(types)})",
+            f"  tags: {data.labels_how}",
+            "  alignment: the first sub-token of each word carries its tag; later sub-tokens and special tokens "
+            "-100 (no hard label, no score); token-level KD over every real token",
+            f"  max_length: {spec.max_length} tokens; words cut off (no label, not scored): {cut}",
+            f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, "
+            f"vocabulary {len(parts.tokenizer):,})"]
+
+
 def _data_lines(config: RunConfig, parts: Any) -> list[str]:
     from kdistill.model_files import teacher_tokenizer_reason
 
@@ -210,6 +225,8 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
                          f"(vocabulary {len(parts.student_tokenizer):,}); the student reads its own tokens")
         else:
             lines.append(f"  student tokenizer: the teacher's ({teacher_tokenizer_reason(config.student, config.method)})")
+    elif data.kind == "tags":
+        lines += _tag_lines(config, parts)
     elif data.kind == "lm":
         lines.append(f"  language-model data, {data.labels_how}")
         lines += [f"  {split}: {dataset.describe()}" for split, dataset in data.datasets.items()]
@@ -220,7 +237,7 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
                          " the student reads its own tokens, compared with the teacher's by uld only")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
-    bucketed = ", length-bucketed" if spec.bucket and data.kind in ("text", "lm") else ""
+    bucketed = ", length-bucketed" if spec.bucket and data.kind in TOKEN_KINDS else ""
     lines.append(f"  batches: {spec.batch_size} (train{bucketed}), {spec.eval_batch_size or spec.batch_size} (evaluation)")
     if config.cache:
         lines.append(f"  cache: {config.cache} (see each stage)")

@@ -134,6 +134,24 @@ def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
         ["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher", "tokens"], rows)
 
 
+def _entity_section(metrics: Mapping, baseline: Mapping) -> str:
+    """A token classifier's entity precision, recall and F1 (seqeval's default spans) and word accuracy per split."""
+    rows = []
+    for split, result in metrics.items():
+        for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
+                             ("baseline", baseline.get(split))):
+            if values:
+                share = values.get("agreement") if role == "baseline" else result["agreement"] if role == "student" else None
+                rows.append([split, role, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}",
+                             f"{values['accuracy']:.2%}", "" if share is None else f"{share:.2%}",
+                             f"{values['entities']:,}", f"{result['words']:,}"])
+    return ("## Entities\n\nEntity-level scores (an entity is a maximal B-X I-X… span, an I-X after O or another "
+            "type starting a new one, as seqeval's default mode; right only when type, start and end match), "
+            "over words scored at their first sub-token.\n\n" + markdown_table(
+                ["split", "model", "precision", "recall", "entity F1", "word accuracy", "tags words as the teacher",
+                 "entities", "words"], rows))
+
+
 def _throughput(summary: Mapping) -> str:
     """A sentence on training speed: real tokens per second of each stage and of the baseline."""
     speeds = [(f"'{s['stage']}'", s["tokens_per_second"]) for s in summary.get("stages", [])
@@ -176,6 +194,9 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     if any("perplexity" in result.get("student", {}) for result in metrics.values()):
         sections.append(_perplexity_section(metrics, baseline) + _throughput(summary))
         metrics = {}  # no accuracy for a language model
+    if any("f1" in result.get("student", {}) for result in metrics.values()):
+        sections.append(_entity_section(metrics, baseline))
+        metrics = {}  # entity scores instead of one label per example
     rows = []
     for split, result in metrics.items():
         for role in ("teacher", "student"):

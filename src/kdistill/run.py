@@ -32,6 +32,7 @@ from kdistill.evaluation import (  # noqa: F401 - re-exported
     compare,
     evaluate_run,
     evaluate_splits,
+    evaluation_during_training,
     load_run,
 )
 from kdistill.files import atomic_write_text
@@ -202,15 +203,15 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
     # assistant, which the stage before trains.
     distiller = _prepare_stage(parts, part)
     train_config = stage_train_config(config, part)
-    classes = _logits_are_classes(part.student) and parts.data.num_classes
-    eval_loader = parts.loaders.get("validation") if classes else None
+    eval_loader, metric_fn = evaluation_during_training(part.student, parts.loaders.get("validation"),
+                                                        classes=bool(parts.data.num_classes))
     loader = part.loader
     if config.cache == "teacher":
         loader = teacher_cached_loader(part, distiller, out)
     elif config.cache == "logits" and reads_only_logits(distiller):
         loader = logits_loader(parts, part, distiller)
-    trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory,
-                      name=stage_name(parts, part))
+    trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, metric_fn=metric_fn,
+                      output_dir=part.directory, name=stage_name(parts, part))
     started = time.perf_counter()
     result = trainer.train(resume=continuing)
     seconds = time.perf_counter() - started

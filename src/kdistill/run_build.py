@@ -370,13 +370,13 @@ def _teacher(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader],
                                         data.datasets.get("validation"))
     base = config.teacher.path
     if entry.cached:
-        teacher = load_hf_model(entry.folder)
+        teacher = load_hf_model(entry.folder, task=config.teacher.task)
         source = f"fine-tuned from {base} (cached in {entry.folder})"
     elif finetune:
         teacher = kfinetune.finetune_teacher(config, entry, loaders, data.label_names, data.num_classes, tokenizer)
         source = f"fine-tuned from {base} in this run (cached in {entry.folder})"
     else:  # the plan: the base with a new head has the fine-tuned teacher's shapes
-        teacher = load_hf_model(base, num_labels=data.num_classes)
+        teacher = load_hf_model(base, num_labels=data.num_classes, task=config.teacher.task)
         epochs = config.teacher.finetune.max_steps or config.teacher.finetune.epochs
         unit = "steps" if config.teacher.finetune.max_steps else "epoch(s)"
         source = (f"{base}, to be fine-tuned first: {epochs} {unit} on {len(data.datasets['train']):,} labelled "

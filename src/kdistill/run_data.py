@@ -32,6 +32,7 @@ from kdistill.errors import DataError
 from kdistill.hf_datasets import dataset_dict_splits, is_dataset_dict_folder
 
 SPLITS = ("train", "validation", "test")
+TOKEN_KINDS = ("text", "lm", "tags")  # DataParts.kind of tokenised data (batched by length)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class DataParts:
     label_names: list[str] | None
     num_classes: int | None
     sources: dict[str, str]
-    kind: str  # "text" or "image"
+    kind: str  # "text", "lm", "tags" (token classification) or "image"
     labels_how: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)  # split -> TextTable (text data)
@@ -226,6 +227,8 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
         return _image_data(config)
     if config.lm_kind() is not None:
         return _lm_data(config, tokenizer, student_tokenizer)
+    if config.tagged():
+        return _tagged_data(config, tokenizer)
     read = read_tables(config)
     datasets: dict[str, Dataset] = {
         split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
@@ -240,6 +243,20 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
         sources["unlabelled"] = spec.unlabelled
     return DataParts(datasets, read.label_names, read.num_classes, sources, "text", read.labels_how, read.skipped,
                      read.tables)
+
+
+def _tagged_data(config: RunConfig, tokenizer: Any) -> DataParts:
+    """A token-classification run's splits (:mod:`kdistill.conll`), tokenised with the first sub-token of
+    each word labelled (:class:`kdistill.token_tags.TaggedDataset`)."""
+    from kdistill.conll import read_tag_tables
+    from kdistill.token_tags import TaggedDataset
+
+    read = read_tag_tables(config)
+    datasets: dict[str, Dataset] = {
+        split: TaggedDataset([s.words for s in sentences], read.tag_ids(split), tokenizer,
+                             tag_names=read.tag_names, max_length=config.data.max_length)
+        for split, sentences in read.sentences.items()}
+    return DataParts(datasets, read.tag_names, len(read.tag_names), dict(read.sources), "tags", read.how)
 
 
 def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -> DataParts:
@@ -380,7 +397,7 @@ def training_loader(config: RunConfig, data: DataParts, parts: list[Dataset], co
     if collate_fn is None and len(parts) == 1:
         collate_fn = lm_collate(parts[0])
     return make_loader(dataset, config.data.batch_size, shuffle=True, seed=config.data_seed(),
-                       bucket=bool(config.data.bucket) and data.kind in ("text", "lm"), collate_fn=collate_fn,
+                       bucket=bool(config.data.bucket) and data.kind in TOKEN_KINDS, collate_fn=collate_fn,
                        bucket_size_multiplier=bucket_chunks(config))
 
 
@@ -403,7 +420,7 @@ def make_loaders(config: RunConfig, data: DataParts) -> dict[str, DataLoader]:
     from kdistill.data import make_loader
 
     spec = config.data
-    bucket = bool(spec.bucket) and data.kind in ("text", "lm")
+    bucket = bool(spec.bucket) and data.kind in TOKEN_KINDS
     loaders = {}
     for split, dataset in data.datasets.items():
         train = split in ("train", "unlabelled")

@@ -37,12 +37,12 @@ def predict(model: nn.Module, batches: Iterable, *, device: torch.device | str |
 
 @torch.no_grad()
 def class_count(model: nn.Module, batch, *, inputs_key: str | None = None) -> int | None:
-    """How many classes ``model`` predicts: a Hugging Face sequence classifier's ``num_labels``, else
+    """How many classes ``model`` predicts: a Hugging Face sequence or token classifier's ``num_labels``, else
     the width of its logits on ``batch`` (one forward); None for a model whose logits are not
     classes (a Hugging Face base or language model)."""
     config = getattr(model, "config", None)
     if hasattr(config, "to_dict"):  # a Hugging Face model
-        if type(model).__name__.endswith("ForSequenceClassification"):
+        if type(model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification")):
             return getattr(config, "num_labels", None)
         return None
     source = batch[inputs_key] if inputs_key and isinstance(batch, Mapping) and inputs_key in batch else batch
