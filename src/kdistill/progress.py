@@ -186,6 +186,9 @@ class _Counted:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def __getattr__(self, name: str) -> Any:  # the loader's own attributes (dataset, batch_size, …)
+        return getattr(self.loader, name)
+
     def __iter__(self):
         for batch in self.loader:
             yield batch
