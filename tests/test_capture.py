@@ -170,7 +170,8 @@ def test_a_run_trains_from_the_capture_and_never_runs_the_teacher_in_training(te
     monkeypatch.setattr(Distiller, "teacher_features", original)
     assert main(["plan", str(file)]) == 0
     plan = capsys.readouterr().out
-    assert "the teacher does not run in training" in plan and "token_topk_kl" in plan and "44 bytes per loss token" in plan
+    assert "the teacher does not run in training" in plan and "token_topk_kl" in plan
+    assert "44 bytes per loss token" in plan
 
 
 def test_a_capture_made_for_another_teacher_data_or_k_is_refused_naming_it(teacher, tmp_path):
@@ -194,6 +195,8 @@ def test_a_capture_made_for_another_teacher_data_or_k_is_refused_naming_it(teach
     with pytest.raises(ConfigError, match="other the teacher's weights"):
         run(config_from_dict(_raw(other, tmp_path)))
     assert main(["run", str(_config_file(_raw(teacher, tmp_path, k=4), tmp_path, "k4.yaml"))]) == 2
+    with pytest.raises(ConfigError, match="capture.k: 100000 is more tokens than the teacher's vocabulary"):
+        run(config_from_dict(_raw(teacher, tmp_path, k=100_000)))
 
 
 def test_a_stage_that_reads_hidden_states_runs_the_teacher_live_and_the_plan_says_so(teacher, tmp_path, capsys):

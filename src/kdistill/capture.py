@@ -46,7 +46,6 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +378,15 @@ def _vocabulary(teacher: torch.nn.Module, tokenizer: Any) -> int:
     return int(getattr(getattr(teacher, "config", None), "vocab_size", None) or len(tokenizer))
 
 
+def _checked_vocabulary(parts: Any) -> int:
+    """The teacher's vocabulary, refusing a ``capture.k`` above it."""
+    vocabulary = _vocabulary(parts.teacher, parts.tokenizer)
+    if parts.config.capture.k > vocabulary:
+        raise ConfigError(f"capture.k: {parts.config.capture.k} is more tokens than the teacher's vocabulary of "
+                          f"{vocabulary}; give a k from 1 to {vocabulary} (64 is the default for large vocabularies).")
+    return vocabulary
+
+
 def _stage_key(parts: Any, part: Any) -> dict[str, Any]:
     return capture_key(parts.teacher, part.datasets[0], parts.tokenizer, parts.config.capture.k)
 
@@ -387,10 +395,11 @@ def run_capture(parts: Any, part: Any, *, progress: bool = True) -> dict[str, An
     """The capture of stage ``part`` (complete and matching; captured now, by the live teacher, if absent)."""
     from kdistill.run import on_main_process
 
+    vocabulary = _checked_vocabulary(parts)
     key = _stage_key(parts, part)
     distiller = parts.stage_distiller(part.index)
     return on_main_process(ensure_capture, parts.config.capture, distiller, part.datasets[0], key,
-                           _vocabulary(parts.teacher, parts.tokenizer), batch_size=_teacher_batch_size(parts.config),
+                           vocabulary, batch_size=_teacher_batch_size(parts.config),
                            progress=progress)
 
 
@@ -420,15 +429,17 @@ def describe(parts: Any, part: Any) -> str:
     uses, why = stage_reads_capture(config, part, parts.teacher)
     if not uses:
         return f"capture not used ({why}); the teacher runs live"
-    spec, vocabulary = config.capture, _vocabulary(parts.teacher, parts.tokenizer)
+    spec, vocabulary = config.capture, _checked_vocabulary(parts)
     per_token = bytes_per_token(spec.k, vocabulary)
     tokens = int(part.datasets[0].loss_tokens.total)
-    size = (f"top-{spec.k} log-probabilities (float16) and ids ({id_dtype(vocabulary).name}) + tail (float32): "
-            f"{per_token} bytes per loss token x {tokens:,} tokens = {per_token * tokens / 2**20:.1f} MiB; "
+    mib = per_token * tokens / 2**20
+    size = (f"capture of the top-{spec.k} log-probabilities (float16) and ids ({id_dtype(vocabulary).name}) + "
+            f"tail (float32): {per_token} bytes per loss token x {tokens:,} tokens = {mib:.1f} MiB; "
             f"matches token_kl -> token_topk_kl ({spec.loss})")
     record = read_record(Path(spec.path))
     if record is None:
-        return f"{size}; not captured yet: `kdistill run` captures first into {spec.path}, then the teacher does not run"
+        return (f"{size}; not captured yet: `kdistill run` captures first into {spec.path}, then the teacher "
+                "does not run")
     check_record(Path(spec.path), record, _stage_key(parts, part))
     return f"{size}; read from {spec.path} (complete): the teacher does not run in training"
 
