@@ -57,8 +57,8 @@ def _base_dataset(dataset: Any) -> tuple[Any, np.ndarray | None]:
 def data_fingerprint(dataset: Any) -> tuple[str, dict]:
     """Hash of the token ids of every example, and the tokenisation settings that shaped them.
 
-    A :class:`kdistill.data.TokenizedDataset` is hashed from its flat arrays (fast); any other
-    dataset item by item (every list, array or tensor value of every item).
+    A :class:`kdistill.data.TokenizedDataset` or :class:`kdistill.lm_data.LMDataset` is hashed from its
+    flat arrays (fast); any other dataset item by item (every list, array or tensor value of every item).
     """
     base, indices = _base_dataset(dataset)
     digest = hashlib.blake2b(digest_size=20)
@@ -72,6 +72,10 @@ def data_fingerprint(dataset: Any) -> tuple[str, dict]:
         settings.update(max_length=getattr(base, "max_length", None),
                         pad_token_id=getattr(base, "pad_token_id", None),
                         token_type_ids=bool(getattr(encoded, "has_token_type_ids", False)))
+    elif all(isinstance(getattr(base, name, None), np.ndarray) for name in ("input_ids", "labels", "offsets")):
+        # A causal-LM dataset (kdistill.lm_data.LMDataset): flat token ids, labels (its loss masks), offsets.
+        for name in ("input_ids", "labels", "offsets"):
+            digest.update(f"{name}|".encode() + np.ascontiguousarray(getattr(base, name)).tobytes())
     else:
         for position in range(len(base)):
             item = base[position]

@@ -23,6 +23,7 @@ PLUGIN_VERBS = {
     "export": ("kdistill.export", "export a trained student (Hugging Face folder, ONNX, int8)"),
     "bench": ("kdistill.bench", "latency, size and accuracy: teacher vs student, PyTorch vs ONNX Runtime"),
     "generate": ("kdistill.generate", "the teacher's answers to a causal-LM run's prompts, as a dataset to train on"),
+    "capture": ("kdistill.capture", "the teacher's top-k next-token log-probabilities, stored once for many runs"),
 }
 
 EXAMPLES = {

@@ -185,6 +185,22 @@ class TrainingSpec(_Strict):
     unpad: bool = False
 
 
+class CaptureSpec(_Strict):
+    """``capture``: the teacher's top-k next-token log-probabilities stored once (:mod:`kdistill.capture`).
+
+    path: the capture's folder (relative to the working directory, like ``output_dir``); k: tokens kept
+    per position; loss: how a stage's ``token_kl`` match reads it (``tail``: top-k plus one bucket for
+    the rest; ``renormalised``: the top-k renormalised); chunk: examples per resumable chunk;
+    batch_size: the teacher's batch (default ``data.eval_batch_size``, else ``data.batch_size``).
+    """
+
+    path: str
+    k: int = Field(default=64, ge=1)
+    loss: Literal["tail", "renormalised"] = "tail"
+    chunk: int = Field(default=256, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+
+
 class _TopLevel(_Strict):
     """The scalar keys of a run (validated together; the sections are validated one by one)."""
 
@@ -208,6 +224,7 @@ class RunConfig(_TopLevel):
     data: DataSpec
     matches: list[MatchSpec] = Field(default_factory=list)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    capture: CaptureSpec | None = None
 
     # Where the config came from (not part of the config itself).
     _source: str | None = None
@@ -264,7 +281,7 @@ class RunConfig(_TopLevel):
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
-    "teacher": ModelSpec, "student": ModelSpec, "data": DataSpec, "training": TrainingSpec,
+    "teacher": ModelSpec, "student": ModelSpec, "data": DataSpec, "training": TrainingSpec, "capture": CaptureSpec,
 }
 TOP_KEYS = sorted(RunConfig.model_fields)
 
@@ -602,7 +619,7 @@ def train_config_fields() -> list[str]:
 
 
 __all__ = [
-    "DataSpec", "FromTeacherSpec", "MatchSpec", "ModelSpec", "RunConfig", "TrainingSpec",
+    "CaptureSpec", "DataSpec", "FromTeacherSpec", "MatchSpec", "ModelSpec", "RunConfig", "TrainingSpec",
     "apply_overrides", "config_from_dict", "dump_yaml", "format_problems", "load_config", "parse_yaml",
     "pydantic_problems",
 ]

@@ -76,6 +76,19 @@ class Checker:
             top.output_dir = str(Path("runs") / stem)
         top.output_dir = str(Path(os.path.expanduser(top.output_dir)).absolute())
 
+    def _capture(self, capture: Any, causal: bool, top: Any, data: Any) -> None:
+        """``capture`` serves causal-LM runs of one tokenizer, instead of (not beside) ``cache``."""
+        if not causal:
+            self.add("capture: stores top-k next-token log-probabilities of a causal language model; this "
+                     "teacher's task is not causal-lm. Remove 'capture' (classification runs: cache: logits).")
+        if top is not None and top.cache is not None:
+            self.add(f"capture: replaces the teacher in training, so 'cache: {top.cache}' has nothing to do; "
+                     "keep one of them (remove 'cache').")
+        if data.student_tokenizer is not None:
+            self.add("capture: the teacher's top-k token ids name its own vocabulary, but data.student_tokenizer "
+                     "gives the student another; remove 'capture' (cross-tokenizer runs read the live teacher).")
+        capture.path = str(Path(os.path.expanduser(capture.path)).absolute())
+
     def across_sections(self, top: Any, parsed: dict, raw: dict) -> None:
         """What one section asks of another: a method or matches, a student, labels for the keys that
         learn from them, a tokenizer for text when the teacher is a factory."""
@@ -108,6 +121,9 @@ class Checker:
                 self.add("cache: 'logits' stores each example's logits whole (classes, or tokens x vocabulary in "
                          "float32: 196,608 bytes per token at a 49,152-word vocabulary) and does not serve causal "
                          "language models; use cache: teacher (float16, filled during the first epoch) or no cache.")
+            capture = parsed.get("capture")
+            if capture is not None:
+                self._capture(capture, causal, top, data)
             if data.student_tokenizer is not None and causal:
                 from kdistill.lm_pairs import cross_tokenizer_problems
 

@@ -279,6 +279,10 @@ def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
         from kdistill import logits_cache
 
         cache = logits_cache.describe(distiller, part.datasets, config.data.eval_batch_size or config.data.batch_size)
+    elif config.capture is not None:
+        from kdistill import capture
+
+        cache = capture.describe(parts, part)
     return StagePlan(
         index=part.index, name=stage.name, teacher=stage.teacher,
         learner="assistant" if part.student is parts.assistant else "student", data=part.data_name,

@@ -103,6 +103,10 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
         _plan_progress(progress, parts, kept, out)
     for part in parts.stages:  # a chain's stage taught by the assistant is checked when it starts (see below)
         if part.index not in kept and (parts.assistant is None or part.teacher is not parts.assistant):
+            if config.capture is not None:  # batches from the capture (made now if absent): the teacher never trains
+                from kdistill.capture import use_capture
+
+                use_capture(parts, part)
             _prepare_stage(parts, part)
     on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
     if progress is not None:

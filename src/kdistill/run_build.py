@@ -86,7 +86,7 @@ class RunParts:
         """The Distiller of stage ``index``, made on first use (a chain's assistant must train first)."""
         part = self.stages[index]
         if part.distiller is None:
-            part.distiller = _make_distiller(self.config, part)
+            part.distiller = _make_distiller(self.config, part, self.teacher)
             follow = getattr(part.student, "follow", None)
             if callable(follow):  # a wrapper with a schedule (Theseus) counts the Trainer's steps
                 follow(part.distiller)
@@ -279,10 +279,16 @@ def _stage_matches(recipe_stage: Stage, extra: list[Match], extra_origins: list[
     return own, origins
 
 
-def _make_distiller(config: RunConfig, part: StageParts) -> Distiller:
+def _make_distiller(config: RunConfig, part: StageParts, teacher: nn.Module) -> Distiller:
     stage = part.stage
+    matches = stage.matches
+    if config.capture is not None:  # a stage that trains from the capture reads its top-k (kdistill.capture)
+        from kdistill.capture import capture_matches, stage_reads_capture
+
+        if stage_reads_capture(config, part, teacher)[0]:
+            matches = capture_matches(matches, config.capture)[0]
     try:
-        return Distiller(part.teacher, part.student, stage.matches, hard_label_weight=stage.hard_label_weight,
+        return Distiller(part.teacher, part.student, matches, hard_label_weight=stage.hard_label_weight,
                          attention=config.attention)
     except RefError as exc:
         raise RefError(f"stage '{stage.name}': {exc}") from None
