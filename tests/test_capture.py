@@ -155,15 +155,26 @@ def test_a_run_trains_from_the_capture_and_never_runs_the_teacher_in_training(te
     assert main(["plan", str(file)]) == 0
     assert "not captured yet: `kdistill run` captures first" in capsys.readouterr().out
     monkeypatch.setattr(Distiller, "teacher_features", spy)
-    summary = run(config_from_dict(raw))  # no capture yet: captured first, then trained from it
+    summary = first = run(config_from_dict(raw))  # no capture yet: captured first, then trained from it
     assert (tmp_path / "capture" / "kdistill-capture.json").is_file()
     captured = live.count(True)
     assert captured == 8  # the capture alone: 12 training examples, 4 chunks of 3, in teacher batches of 2
     live.clear()
     monkeypatch.setattr(Distiller, "teacher_features", spy)
+    from kdistill.train import Trainer
+
+    held, train = [], Trainer.train
+
+    def teacher_in_memory(self, *args, **kwargs):  # the teacher's weights while the student trains
+        held.append(sum(t.numel() for model in self.distiller.teachers.values() for t in model.parameters()))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", teacher_in_memory)
     raw["output_dir"] = str(tmp_path / "second")
     summary = run(config_from_dict(raw))
     assert live and not any(live)  # every batch the distiller saw carried the stored top-k
+    assert held and not any(held)  # no teacher weights in memory while the student trains
+    assert summary["metrics"]["test"]["teacher"]["perplexity"] == first["metrics"]["test"]["teacher"]["perplexity"]
     steps = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
     assert all("kd" in r for r in steps if r["kind"] == "train")
     assert summary["metrics"]["test"]["student"]["perplexity"] > 0

@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
+import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from kdistill.config import RunConfig, dump_yaml
 from kdistill.distiller import Distiller
@@ -111,6 +113,7 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
     on_main_process(start_run_folder, config, overwrite=overwrite, reopened=tuple(p.directory for p in reopened))
     if progress is not None:
         progress.open_log()  # the run now writes its folder
+    released = _release_teacher(parts, kept)
     stage_summaries = []
     for part in parts.stages:
         if part.index in kept:
@@ -119,6 +122,8 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
         else:
             stage_summaries.append(_train_stage(parts, part, out, continuing))
     baseline = _train_baseline(parts, out)
+    if released:  # the evaluation compares the teacher with the student: loaded again from its folder
+        parts.teacher = load_model(config.teacher, "teacher", config)
 
     def write_results() -> dict[str, Any]:
         final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
@@ -241,6 +246,22 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
 
     on_main_process(finish_stage)
     return record
+
+
+def _release_teacher(parts: RunParts, kept: Mapping[int, Any]) -> bool:
+    """When every stage still to train reads the teacher's top-k from ``capture``, the teacher's weights
+    are freed for the training (each tensor emptied; the teacher never runs) and the teacher is loaded
+    again for the evaluation; whether that happened."""
+    from kdistill.capture import stage_reads_capture
+
+    if parts.config.capture is None:
+        return False
+    to_train = [part for part in parts.stages if part.index not in kept]
+    if not to_train or not all(stage_reads_capture(parts.config, part, parts.teacher)[0] for part in to_train):
+        return False
+    for tensor in [*parts.teacher.parameters(), *parts.teacher.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return True
 
 
 def _check_sharding(parts: RunParts) -> None:
