@@ -218,6 +218,10 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
         if parts.student_tokenizer is not None:
             lines.append(f"  student tokenizer: {spec.student_tokenizer} (vocabulary {len(parts.student_tokenizer):,});"
                          " the student reads its own tokens, compared with the teacher's by uld only")
+        if config.on_policy is not None:
+            from kdistill.on_policy import describe
+
+            lines.append(f"  {describe(config.on_policy)}")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
     bucketed = ", length-bucketed" if spec.bucket and data.kind in ("text", "lm") else ""

@@ -37,6 +37,7 @@ from kdistill.evaluation import (  # noqa: F401 - re-exported
 from kdistill.files import atomic_write_text
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.logits_cache import reads_only_logits
+from kdistill.on_policy import on_policy_settings
 from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's names and helpers)
     RESOLVED_NAME,
     RESULT_NAMES,
@@ -146,7 +147,7 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
         loader = logits_loader(parts, part, distiller)
     name = "distil" if len(parts.stages) == 1 else f"stage {part.index + 1}/{len(parts.stages)} '{part.stage.name}'"
     trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, output_dir=part.directory,
-                      name=name)
+                      name=name, on_policy=on_policy_settings(config, parts.tokenizer, distiller.student))
     started = time.perf_counter()
     result = trainer.train(resume=continuing)
     seconds = time.perf_counter() - started
@@ -179,6 +180,9 @@ def _check_sharding(parts: RunParts) -> None:
     whole once, at the end); a chain of stages or a wrapped student (Theseus, LayerDrop) is refused."""
     from kdistill.train.sharding import fsdp_requested
 
+    if fsdp_requested() and parts.config.on_policy is not None:
+        raise ConfigError("on_policy: the student samples completions whole, which a sharded (FSDP) student "
+                          "cannot; use DDP (`--processes N`) for on-policy distillation.")
     if fsdp_requested() and (len(parts.stages) > 1 or parts.trained is not parts.student):
         raise ConfigError(f"method: '{parts.recipe.method}' trains {len(parts.stages)} stage(s) of a "
                           f"{'wrapped ' if parts.trained is not parts.student else ''}student; under FSDP kdistill "
