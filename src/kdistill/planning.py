@@ -160,10 +160,21 @@ def make_plan(config: RunConfig) -> Plan:
         layer_map_kind=config.layer_map if isinstance(config.layer_map, str) else "explicit",
         stages=stages,
         parameters={"teacher": count_parameters(parts.teacher), "student": student, "projections": projections,
-                    "frozen": frozen, "trainable": student - frozen + projections},
+                    "frozen": frozen, "trainable": _trainable(parts.trained, config.training.freeze, student - frozen) + projections},
         total_steps=sum(stage.steps for stage in stages), labels_only_steps=_labels_only_steps(config, parts),
         expansion=expansion, notes=notes,
     )
+
+
+def _trainable(student: nn.Module, freeze: list[str], unfrozen: int) -> int:
+    """Student parameters the run trains: ``unfrozen`` (those no ``training.freeze`` glob matches), or for a
+    LoRA student its adapters (the rest is frozen) that no glob matches."""
+    from kdistill.lora import has_lora
+
+    if not has_lora(student):
+        return unfrozen
+    return sum(p.numel() for name, p in student.named_parameters()
+               if p.requires_grad and not any(fnmatch.fnmatchcase(name, pattern) for pattern in freeze))
 
 
 def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:

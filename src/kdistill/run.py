@@ -37,6 +37,7 @@ from kdistill.evaluation import (  # noqa: F401 - re-exported
 from kdistill.files import atomic_write_text
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.logits_cache import reads_only_logits
+from kdistill.lora import merge_lora
 from kdistill.on_policy import on_policy_settings
 from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's names and helpers)
     RESOLVED_NAME,
@@ -104,6 +105,7 @@ def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> 
     def write_results() -> dict[str, Any]:
         final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
                        else parts.trained)
+        final_model = merge_lora(final_model)  # student.lora: a plain Hugging Face student is saved and evaluated
         student_dir = save_student(parts, final_model, out)
         summary = {
             "config": str(out / RESOLVED_NAME),
