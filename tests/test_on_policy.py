@@ -142,7 +142,8 @@ def test_the_plan_shows_on_policy(llama_teacher, tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"matches": [{"teacher": "hidden.-1", "loss": "hidden_mse"}]}, "on_policy: needs a match of the two models' logits"),
+    ({"matches": [{"teacher": "hidden.-1", "loss": "hidden_mse"}]},
+     "on_policy: needs a match of the two models' logits"),
     ({"cache": "teacher"}, "on_policy: sampled batches hold new tokens the teacher must score, so cache: 'teacher'"),
     ({"training": {"unpad": True}}, "on_policy: the student generates with a key-value cache"),
     ({"on_policy": {"lmbda": 1.5}}, "on_policy.lmbda: must be at most 1.0, got 1.5"),
@@ -158,7 +159,7 @@ def test_on_policy_problems_are_found_at_validate(llama_teacher, tmp_path, chang
 def test_on_policy_needs_prompts_and_a_causal_lm(llama_teacher, tmp_path):
     raw = _raw(llama_teacher, tmp_path)
     raw["data"] = {**raw["data"], "kind": "text", "path": str(write_jsonl(tmp_path / "t.jsonl", [{"text": "a b"}] * 8))}
-    with pytest.raises(ConfigError, match="on_policy: the student continues each example's prompt.*data.kind is 'text'"):
+    with pytest.raises(ConfigError, match="on_policy: the student continues each example's prompt.*kind is 'text'"):
         config_from_dict(raw)
     raw = _raw(llama_teacher, tmp_path)
     raw["teacher"] = {**raw["teacher"], "task": "sequence-classification"}
