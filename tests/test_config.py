@@ -144,7 +144,7 @@ def test_all_problems_are_collected_into_one_error(tmp_path):
     names = ", ".join(LOSSES.names())
     expected = [
         "trainig: unknown key 'trainig'; did you mean 'training'? Valid keys: ",
-        "teacher.pth: unknown key 'pth'; did you mean 'path'? Valid keys: args, blocks, factory, finetune, from_teacher, num_labels, path, task.",
+        "teacher.pth: unknown key 'pth'; did you mean 'path'? Valid keys: args, blocks, factory, finetune, from_teacher, lora, num_labels, path, task.",
         "training.epochs: expected a number, got 'many'.",
         "training.mixed_precision: 'fp8' is not a valid choice. Choose one of: no, bf16, fp16.",
         f"method: unknown method 'hintn'; did you mean 'hinton'? Available: {', '.join(METHODS.names())}.",

@@ -81,6 +81,17 @@ class FinetuneSpec(_Strict):
     seed: int | None = None
 
 
+class LoraSpec(_Strict):
+    """``student.lora``: train low-rank adapters of the student through ``peft`` (:mod:`kdistill.lora`),
+    merged into its weights when it is saved. ``target_modules``: module names (``[q_proj, v_proj]``),
+    ``all-linear``, or null for peft's default for the model's type."""
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] | None = None
+
+
 class ModelSpec(_Strict):
     """A model: a Hugging Face folder (``path``), a Python factory, or (students) ``from_teacher``."""
 
@@ -92,6 +103,7 @@ class ModelSpec(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
     from_teacher: FromTeacherSpec | None = None
     finetune: FinetuneSpec | None = None  # teacher only: fine-tune this pretrained base on the run's labels first
+    lora: LoraSpec | None = None  # student only: train LoRA adapters (peft), merged when saved
     # The block list (dotted module path) that methods copy, drop or replace and layer refs count;
     # needed where kdistill will not pick one (encoder-decoders). A from_teacher student inherits it.
     blocks: str | None = None
@@ -201,6 +213,20 @@ class CaptureSpec(_Strict):
     batch_size: int | None = Field(default=None, ge=1)
 
 
+# On-policy distillation and LoRA students (kdistill.on_policy, kdistill.lora)
+
+
+class OnPolicySpec(_Strict):
+    """``on_policy``: with probability ``lmbda`` a batch's completions are sampled from the student and
+    scored by the teacher (GKD; :mod:`kdistill.on_policy`). ``seed``: of the draws and samples (default:
+    the training seed)."""
+
+    lmbda: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=1.0, gt=0)
+    max_new_tokens: int = Field(default=128, ge=1)
+    seed: int | None = None
+
+
 class _TopLevel(_Strict):
     """The scalar keys of a run (validated together; the sections are validated one by one)."""
 
@@ -225,6 +251,7 @@ class RunConfig(_TopLevel):
     matches: list[MatchSpec] = Field(default_factory=list)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     capture: CaptureSpec | None = None
+    on_policy: OnPolicySpec | None = None
 
     # Where the config came from (not part of the config itself).
     _source: str | None = None
@@ -283,6 +310,7 @@ class RunConfig(_TopLevel):
 SECTIONS: dict[str, type[BaseModel]] = {
     "teacher": ModelSpec, "student": ModelSpec, "data": DataSpec, "training": TrainingSpec, "capture": CaptureSpec,
 }
+SECTIONS["on_policy"] = OnPolicySpec
 TOP_KEYS = sorted(RunConfig.model_fields)
 
 
@@ -584,6 +612,11 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         check.layer_map(top.layer_map)
 
     check.across_sections(top, parsed, raw)
+    from kdistill.on_policy import on_policy_problems
+
+    check.errors += on_policy_problems(parsed.get("on_policy"), teacher=parsed.get("teacher"), data=parsed.get("data"),
+                                       matches=matches, top=top, training=parsed.get("training"),
+                                       capture=parsed.get("capture"))
     data, teacher = parsed.get("data"), parsed.get("teacher")
 
     imports: list[Imported] = []
@@ -619,7 +652,8 @@ def train_config_fields() -> list[str]:
 
 
 __all__ = [
-    "CaptureSpec", "DataSpec", "FromTeacherSpec", "MatchSpec", "ModelSpec", "RunConfig", "TrainingSpec",
+    "CaptureSpec", "DataSpec", "FromTeacherSpec", "LoraSpec", "MatchSpec", "ModelSpec", "OnPolicySpec", "RunConfig",
+    "TrainingSpec",
     "apply_overrides", "config_from_dict", "dump_yaml", "format_problems", "load_config", "parse_yaml",
     "pydantic_problems",
 ]

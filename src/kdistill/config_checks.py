@@ -156,6 +156,13 @@ class Checker:
                      "sequence or token classifier; "
                      + ("a student is trained by the run itself." if role != "teacher" else
                         f"this teacher has {'a factory' if spec.path is None else f'task {spec.task!r}'}."))
+        if spec.lora is not None:
+            if role != "student":
+                self.add(f"{where}.lora: LoRA adapters train a student; the teacher is frozen.")
+            else:
+                from kdistill.lora import require_peft
+
+                require_peft(f"{where}.lora")
         if spec.num_labels is not None and spec.path is None:
             self.add(f"{where}.num_labels: applies to a Hugging Face 'path' (its classifier size); a factory takes "
                      "its sizes in 'args'.")

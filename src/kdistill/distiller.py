@@ -212,7 +212,9 @@ class Distiller(nn.Module):
         return self.student_adapter(student_batch)
 
     def forward(self, batch: Mapping, *, step: int = 0, total_steps: int | None = None,
-                check_finite: bool = True) -> DistillOutput:
+                check_finite: bool = True, hard_label: bool = True) -> DistillOutput:
+        """The loss of ``batch`` at ``step``. ``hard_label=False`` leaves the hard-label loss out (a batch
+        of the student's own samples, :mod:`kdistill.on_policy`: its tokens are no labels to learn)."""
         if not self.prepared:
             self.prepare(batch)
             if len(self.projections):  # made now, after any optimiser was built: they would never train
@@ -235,7 +237,7 @@ class Distiller(nn.Module):
             parts[b.name] = term
             total = term if total is None else total + term
         hard_weight = value_at(self.hard_label_weight, step, total_steps)
-        if hard_weight and labels is not None:
+        if hard_weight and labels is not None and hard_label:
             term = hard_weight * self.hard_label_fn(student.logits, None, labels=labels, **self.hard_label_args)
             parts["hard_label"] = term
             total = term if total is None else total + term

@@ -251,6 +251,9 @@ def load_baseline(model: nn.Module, out: Path) -> None:
     """Put the saved baseline's weights into ``model`` (a run continued after its baseline finished)."""
     from safetensors.torch import load_model
 
+    from kdistill.lora import merge_lora
+
+    merge_lora(model)  # a LoRA baseline was saved merged
     folder = out / BASELINE_DIR / "student"
     file = folder / "model.safetensors" if (folder / "model.safetensors").is_file() else folder / "student.safetensors"
     load_model(model, str(file), strict=False)
@@ -261,8 +264,10 @@ def _save(model: nn.Module, folder: Path, tokenizer: Any = None) -> None:
     from kdistill.adapters.hf import is_hf_model
     from kdistill.files import atomic_folder
     from kdistill.models import save_model_folder
+    from kdistill.lora import merge_lora
     from kdistill.train import save_weights
 
+    merge_lora(model)  # student.lora: the baseline trained adapters too; saved (and evaluated) merged
     if is_hf_model(model):
         save_model_folder(model, folder, tokenizer)
         return

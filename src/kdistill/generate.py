@@ -214,22 +214,41 @@ def _generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], 
     from kdistill.lm_data import pad_choice
 
     pad, _ = pad_choice(tokenizer)
-    device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     size = settings["batch_size"]
+    sampling = {"do_sample": True, "temperature": settings["temperature"], "top_p": settings["top_p"]} \
+        if settings["do_sample"] else {"do_sample": False}
     for start in range(0, len(order), size):
         batch = [prompts[i] for i in order[start:start + size]]
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (longest - len(ids)) + ids for ids in batch], device=device)
-        mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in batch], device=device)
-        sampling = {"do_sample": True, "temperature": settings["temperature"], "top_p": settings["top_p"]} \
-            if settings["do_sample"] else {"do_sample": False}
-        out = model.generate(input_ids, attention_mask=mask, max_new_tokens=settings["max_new_tokens"],
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling)
-        for i, row in zip(order[start:start + size], out[:, longest:]):
-            answers[i] = tokenizer.decode(_until_eos(row.tolist(), tokenizer.eos_token_id), skip_special_tokens=True)
+        rows = continue_prompts(model, batch, pad_token_id=pad, eos_token_ids=(tokenizer.eos_token_id,),
+                                max_new_tokens=settings["max_new_tokens"], **sampling)
+        for i, row in zip(order[start:start + size], rows):
+            answers[i] = tokenizer.decode(_until_eos(row, tokenizer.eos_token_id), skip_special_tokens=True)
     return answers
+
+
+@torch.no_grad()
+def continue_prompts(model: torch.nn.Module, prompts: list[list[int]], *, pad_token_id: int,
+                     eos_token_ids: tuple[int | None, ...], max_new_tokens: int, **sampling: Any) -> list[list[int]]:
+    """The tokens ``model`` adds to each of ``prompts`` (token ids; one batch padded on the left), each
+    through its first eos token inclusive (``eos_token_ids``; all ``max_new_tokens`` when none comes).
+
+    ``sampling``: ``model.generate``'s decoding settings (``do_sample``, ``temperature``, ``top_k``, ``top_p``),
+    over the model's own generation config; a sampled continuation draws from the global torch RNG.
+    """
+    device = next(model.parameters()).device
+    longest = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad_token_id] * (longest - len(ids)) + list(ids) for ids in prompts], device=device)
+    mask = torch.tensor([[0] * (longest - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    stops = [int(eos) for eos in eos_token_ids if eos is not None]
+    out = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                         eos_token_id=stops or None, **sampling)
+    rows = []
+    for row in out[:, longest:].tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+        rows.append(row[:end])
+    return rows
 
 
 def _until_eos(ids: list[int], eos: int | None) -> list[int]:
@@ -262,4 +281,4 @@ def _save(output: Path, splits: dict[str, list[dict]], record: dict[str, Any]) -
     os.replace(tmp, output)
 
 
-__all__ = ["add_arguments", "generate", "main"]
+__all__ = ["add_arguments", "continue_prompts", "generate", "main"]

@@ -161,10 +161,21 @@ def make_plan(config: RunConfig) -> Plan:
         layer_map_kind=config.layer_map if isinstance(config.layer_map, str) else "explicit",
         stages=stages,
         parameters={"teacher": count_parameters(parts.teacher), "student": student, "projections": projections,
-                    "frozen": frozen, "trainable": student - frozen + projections},
+                    "frozen": frozen, "trainable": _trainable(parts.trained, config.training.freeze, student - frozen) + projections},
         total_steps=sum(stage.steps for stage in stages), labels_only_steps=_labels_only_steps(config, parts),
         expansion=expansion, notes=notes,
     )
+
+
+def _trainable(student: nn.Module, freeze: list[str], unfrozen: int) -> int:
+    """Student parameters the run trains: ``unfrozen`` (those no ``training.freeze`` glob matches), or for a
+    LoRA student its adapters (the rest is frozen) that no glob matches."""
+    from kdistill.lora import has_lora
+
+    if not has_lora(student):
+        return unfrozen
+    return sum(p.numel() for name, p in student.named_parameters()
+               if p.requires_grad and not any(fnmatch.fnmatchcase(name, pattern) for pattern in freeze))
 
 
 def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
@@ -235,6 +246,10 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
         if parts.student_tokenizer is not None:
             lines.append(f"  student tokenizer: {spec.student_tokenizer} (vocabulary {len(parts.student_tokenizer):,});"
                          " the student reads its own tokens, compared with the teacher's by uld only")
+        if config.on_policy is not None:
+            from kdistill.on_policy import describe
+
+            lines.append(f"  {describe(config.on_policy)}")
     else:
         lines.append(f"  images: {tuple(data.datasets['train'].images.shape[1:])} per example, {data.num_classes} classes")
     bucketed = ", length-bucketed" if spec.bucket and data.kind in TOKEN_KINDS else ""

@@ -40,6 +40,8 @@ from kdistill.evaluation import (  # noqa: F401 - re-exported
 from kdistill.files import atomic_write_text
 from kdistill.launch import distributed_world_size, processes_use_cpu
 from kdistill.logits_cache import reads_only_logits
+from kdistill.lora import merge_lora
+from kdistill.on_policy import on_policy_settings
 from kdistill.outputs import (  # noqa: F401  (re-exported: the run folder's names and helpers)
     RESOLVED_NAME,
     RESULT_NAMES,
@@ -128,6 +130,7 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
     def write_results() -> dict[str, Any]:
         final_model = (parts.trained.export() if hasattr(parts.trained, "export") and parts.trained is not parts.student
                        else parts.trained)
+        final_model = merge_lora(final_model)  # student.lora: a plain Hugging Face student is saved and evaluated
         student_dir = save_student(parts, final_model, out)
         with _evaluation_progress(progress, parts) as counted:
             loaders = counted(parts.loaders)
@@ -220,7 +223,8 @@ def _train_stage(parts: RunParts, part: StageParts, out: Path, continuing: bool)
     elif config.cache == "logits" and reads_only_logits(distiller):
         loader = logits_loader(parts, part, distiller)
     trainer = Trainer(distiller, loader, config=train_config, eval_data=eval_loader, metric_fn=metric_fn,
-                      output_dir=part.directory, name=stage_name(parts, part))
+                      output_dir=part.directory, name=stage_name(parts, part),
+                      on_policy=on_policy_settings(config, parts.tokenizer, distiller.student))
     started = time.perf_counter()
     result = trainer.train(resume=continuing)
     seconds = time.perf_counter() - started
@@ -269,6 +273,9 @@ def _check_sharding(parts: RunParts) -> None:
     whole once, at the end); a chain of stages or a wrapped student (Theseus, LayerDrop) is refused."""
     from kdistill.train.sharding import fsdp_requested
 
+    if fsdp_requested() and parts.config.on_policy is not None:
+        raise ConfigError("on_policy: the student samples completions whole, which a sharded (FSDP) student "
+                          "cannot; use DDP (`--processes N`) for on-policy distillation.")
     if fsdp_requested() and (len(parts.stages) > 1 or parts.trained is not parts.student):
         raise ConfigError(f"method: '{parts.recipe.method}' trains {len(parts.stages)} stage(s) of a "
                           f"{'wrapped ' if parts.trained is not parts.student else ''}student; under FSDP kdistill "

@@ -397,6 +397,10 @@ def _student(config: RunConfig, teacher: nn.Module) -> tuple[nn.Module, Recipe |
         student = load_model(config.student, "student", config, teacher=teacher)
         source = (config.student.path or (config.student.factory and f"factory {config.student.factory}")
                   or f"from_teacher {config.student.from_teacher.model_dump(exclude_none=True)}")
+        if config.student.lora is not None:
+            from kdistill.lora import add_lora
+
+            source += f"; {add_lora(student, config.student.lora)}"
     else:
         draft = make_recipe(config, teacher, None)
         if not draft.student_init:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from kdistill.adapters.base import to_device
 from kdistill.distiller import Distiller
 from kdistill.errors import ConfigError, NonFiniteLossError
+from kdistill.on_policy import maybe_sampled
 from kdistill.train.checkpoint import (
     TrainPosition,
     latest_good_checkpoint,
@@ -179,6 +180,8 @@ class Trainer:
     eval_data / metric_fn: ``metric_fn(student, eval_data, device) -> dict``; default: accuracy
         and macro-F1 of the student's logits.
     output_dir: where checkpoints, ``metrics.jsonl``, TensorBoard events and ``best/`` go.
+    on_policy: :class:`kdistill.on_policy.OnPolicy` settings: a causal-LM batch drawn for it is replaced by
+        the student's own completions of its prompts before the forward (GKD); None: never.
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class Trainer:
         output_dir: str | os.PathLike | None = None,
         accelerator: Any = None,
         name: str = "distil",
+        on_policy: Any = None,
     ):
         self.name = name  # what the progress bar calls this training: the stage's real name
         self.distiller = distiller
@@ -203,6 +207,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(output_dir) if output_dir else None
         self._accelerator = accelerator
+        self.on_policy = on_policy
         self._evaluated_at: int | None = None
         self._saved_at: int | None = None
         _check_config(self.config)
@@ -386,9 +391,14 @@ class Trainer:
         """Forward, backward and (at the end of an accumulation) an optimiser step on ``batch``; the loss
         parts join ``run.running``. False when a non-finite loss skipped the batch (``on_nonfinite: skip``)."""
         cfg, accelerator, position = self.config, run.accelerator, run.position
+        options = {}
+        if self.on_policy is not None:  # GKD: this batch may become the student's own completions
+            batch, sampled = maybe_sampled(self.on_policy, accelerator.unwrap_model(run.model).student, batch,
+                                           epoch=position.epoch, batch_index=position.batch_in_epoch)
+            options = {"hard_label": False} if sampled else {}
         with accelerator.accumulate(run.model):
             try:
-                out, failure = run.model(batch, step=position.step, total_steps=run.total), None
+                out, failure = run.model(batch, step=position.step, total_steps=run.total, **options), None
             except NonFiniteLossError as exc:
                 out, failure = None, exc
             if run.processes > 1:  # every process skips (or stops) together, or the others would hang
