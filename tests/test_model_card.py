@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kdistill.model_card import hub_name, model_card, read_front_matter, write_model_card
@@ -162,3 +163,24 @@ def test_an_image_student_card_loads_safetensors_and_names_a_hub_teacher(tmp_pat
     assert meta["base_model"] == "google/vit-base"
     assert meta["model-index"][0]["results"][0]["dataset"] == {"name": "digits", "type": "digits", "split": "test"}
     assert "from my_models import small_cnn" in text and "student.safetensors" in text
+
+
+def test_the_packaged_teachers_are_named_by_their_hub_ids(tmp_path):
+    """A packaged teacher resolves to a local folder; the card names the model it is (and base_model)."""
+    from kdistill import packaged
+
+    smol = tmp_path / "cache" / "models" / "smollm2-135m-instruct-0123abcd"
+    assert hub_name(str(smol)) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_name(str(tmp_path / "elsewhere" / "smollm2-135m-instruct-0123abcd")) is None
+    assert hub_name(str(tmp_path / "my-model")) is None
+    summary = {"method": "matches", "metrics": {}, "stages": []}
+    card = model_card(summary, {"teacher": {"path": str(smol), "task": "causal-lm"}})
+    assert yaml.safe_load(card.split("---")[1])["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "packaged as `builtin:SmolLM2-135M-Instruct`" in card and "de-quantised" in card
+    from kdistill.errors import DataError
+
+    try:
+        minilm = packaged.minilm_teacher_path()
+    except DataError:
+        pytest.skip("the packaged MiniLM teacher is not installed")
+    assert hub_name(str(minilm)) == "sentence-transformers/all-MiniLM-L6-v2"

