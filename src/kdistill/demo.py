@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config overrides, as for `kdistill run` (e.g. training.lr=3e-5)")
     parser.add_argument("--task", default="classification", choices=list(CONFIGS),
                         help="classification (default: MiniLM on movie-review sentiment) or causal-lm (SmolLM2-135M-"
-                             "Instruct distilled into 10 of its 30 blocks on the same sentences as text)")
+                             "Instruct distilled into 15 of its 30 blocks on the same sentences as text)")
     parser.add_argument("--method", default="hinton", choices=list(DEMO_METHOD_ARGS),
                         help="distillation method for the student (default: hinton; minilm: the best in the "
                              "quality table, about twice the time; see docs/methods.md)")

@@ -1,4 +1,4 @@
-"""`kdistill demo --task causal-lm --quick`: the packaged SmolLM2 teacher distilled into 10 of its 30
+"""`kdistill demo --task causal-lm --quick`: the packaged SmolLM2 teacher distilled into 15 of its 30
 blocks through `kdistill run`, then generations and tokens/s (skipped where the GGUF package is absent)."""
 
 import importlib.util
@@ -38,7 +38,7 @@ def test_lm_demo_quick_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert test["tokens"] > 0 and test["teacher"]["perplexity"] < 1000  # the pretrained teacher knows English
     generation = json.loads((output / "generation.json").read_text())
     assert set(generation["generations"]) == {"teacher", "student", "baseline"}
-    assert generation["blocks"] == {"teacher": 30, "student": 10, "baseline": 10}
+    assert generation["blocks"] == {"teacher": 30, "student": 15, "baseline": 15}
     assert generation["speedup"]["student"] > 1.0
     report = (output / "report.md").read_text()
     assert "## Perplexity" in report and "## Generation" in report
