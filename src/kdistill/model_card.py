@@ -199,7 +199,9 @@ def _what_it_is(summary: Mapping, resolved: Mapping) -> str:
     if stages:
         text += " Stages: " + "; ".join(stages) + "."
     if summary.get("baseline"):
-        text += (" The baseline is the same student as built, trained on the labels alone with the same settings "
+        alone = ("the text alone (next-token cross-entropy)" if (resolved.get("teacher") or {}).get("task") == "causal-lm"
+                 else "the labels alone")
+        text += (f" The baseline is the same student as built, trained on {alone} with the same settings "
                  "and seed (no teacher): what distillation adds is the gap between it and the student.")
     return text
 
