@@ -40,6 +40,12 @@ def tiny(kind: str, layers: int = 4) -> nn.Module:
             layer_types=["full_attention", "sliding_attention"] * (layers // 2),
         )
         return transformers.Qwen2ForCausalLM(config).eval()
+    if kind in ("mistral", "gemma"):
+        size = dict(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                    intermediate_size=64, vocab_size=100, head_dim=16)
+        if kind == "mistral":
+            return transformers.MistralForCausalLM(transformers.MistralConfig(**size)).eval()
+        return transformers.GemmaForCausalLM(transformers.GemmaConfig(**size)).eval()
     raise AssertionError(kind)
 
 
@@ -48,6 +54,8 @@ LAYER_PATHS = {
     "gpt2": "transformer.h",
     "distilbert": "distilbert.transformer.layer",
     "qwen2": "model.layers",
+    "mistral": "model.layers",
+    "gemma": "model.layers",
 }
 
 
