@@ -162,7 +162,7 @@ def _load(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kdistill.launch import is_main_process, relaunch, strip_processes
+    from kdistill.launch import is_main_process, leave_process_group, relaunch, strip_processes
 
     config = _load(args)  # a bad config fails here, once, before any process starts
     if args.processes != 1:
@@ -170,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     from kdistill.run import run
 
     summary = run(config, resume=args.resume, overwrite=args.overwrite)
+    leave_process_group()
     if not is_main_process():
         return 0
     print(f"done: student in {summary['student']}")

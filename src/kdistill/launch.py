@@ -48,6 +48,16 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def leave_process_group() -> None:
+    """Under a launcher: wait for every process, then tear the process group down, so no process exits
+    while another still talks to it (an exit with a live gloo group can abort the process: exit -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def launch_command(args: Sequence[str], processes: int, *, gpus: int | None = None) -> tuple[list[str], dict[str, str]]:
     """The command and environment that run ``kdistill ARGS`` in ``processes`` processes.
 
