@@ -136,7 +136,8 @@ def test_pooling_is_read_from_the_teachers_sentence_transformers_folder(tmp_path
     settings = json.loads((folder / "1_Pooling" / "config.json").read_text())
     settings.update(pooling_mode_cls_token=False, pooling_mode_max_tokens=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(settings))
-    assert "teacher.pooling: the folder" in _problems(raw) and "pools its sentence embedding with 'max'" in _problems(raw)
+    text = _problems(raw)
+    assert "teacher.pooling: the folder" in text and "pools its sentence embedding with 'max'" in text
     raw["teacher"]["pooling"] = raw["student"]["pooling"] = "mean"  # an explicit choice wins over the folder's
     assert config_from_dict(raw, base_dir=EXAMPLES).teacher.pooling == "mean"
 

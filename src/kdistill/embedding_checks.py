@@ -58,7 +58,8 @@ def _outside_embedding_runs(teacher: Any, student: Any, matches: list) -> list[s
     for role, spec in (("teacher", teacher), ("student", student)):
         if spec is not None and spec.pooling is not None:
             problems.append(f"{role}.pooling: pools a sentence embedding, which only an embedding run makes; the "
-                            f"teacher's task is '{teacher.task}'. Set teacher.task: embedding, or remove {role}.pooling.")
+                            f"teacher's task is '{teacher.task}'. Set teacher.task: embedding, or remove "
+                            f"{role}.pooling.")
     for i, spec in enumerate(matches):
         for role in ("teacher", "student"):
             if spec is not None and _reads(getattr(spec, role), "embedding"):

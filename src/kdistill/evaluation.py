@@ -123,7 +123,8 @@ def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str
                     splits=("validation", "test")) -> dict[str, Any]:
     """Teacher against student on each of ``splits`` the run has: accuracy and macro-F1 for classifiers,
     next-token loss, perplexity and top-1 agreement for causal language models, entity precision/recall/F1
-    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`); {} for other models."""
+    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`), nearest-neighbour accuracy
+    and agreement of embedding models against the train split (:mod:`kdistill.embedding`); {} for other models."""
     if is_causal_lm(teacher) and is_causal_lm(student):
         return {split: compare_lm(teacher, student, loaders[split]) for split in splits if split in loaders}
     if is_token_classifier(teacher) and is_token_classifier(student):
