@@ -33,6 +33,20 @@ def tiny_bert(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, nu
         return BertForSequenceClassification(config)
 
 
+def tiny_bert_encoder(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, seed: int = 0):
+    """A randomly initialised ``BertModel`` (an encoder without a head: an embedding model; seeded)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertModel(config, add_pooling_layer=False)
+
+
 def tiny_llama(num_layers: int = 4, hidden_size: int = 32, num_heads: int = 4, seed: int = 0):
     """A randomly initialised ``LlamaForCausalLM`` over the tiny word-level vocabulary (seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM

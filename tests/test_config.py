@@ -144,14 +144,14 @@ def test_all_problems_are_collected_into_one_error(tmp_path):
     names = ", ".join(LOSSES.names())
     expected = [
         "trainig: unknown key 'trainig'; did you mean 'training'? Valid keys: ",
-        "teacher.pth: unknown key 'pth'; did you mean 'path'? Valid keys: args, blocks, factory, finetune, from_teacher, lora, num_labels, path, task.",
+        "teacher.pth: unknown key 'pth'; did you mean 'path'? Valid keys: args, blocks, factory, finetune, from_teacher, lora, num_labels, path, pooling, task.",
         "training.epochs: expected a number, got 'many'.",
         "training.mixed_precision: 'fp8' is not a valid choice. Choose one of: no, bf16, fp16.",
         f"method: unknown method 'hintn'; did you mean 'hinton'? Available: {', '.join(METHODS.names())}.",
         f"data.label: no column 'lable' in '{DATA / 'reviews_train.csv'}'; did you mean 'label'? Columns: text, label. "
         "(Set 'label: null' for unlabelled data.)",
         f"data.test: the data file '{DATA / 'missing.csv'}' does not exist.",
-        "matches[1].teacher: unknown feature ref 'hiden.2'; did you mean 'hidden'? Valid forms: logits, pooled, "
+        "matches[1].teacher: unknown feature ref 'hiden.2'; did you mean 'hidden'? Valid forms: logits, pooled, embedding, "
         "hidden.N, attn.N, attn_scores.N, query.N, key.N, value.N, module:PATH.",
         f"matches[2].loss: unknown loss 'hiden_mse'; did you mean 'hidden_mse'? Available: {names}.",
     ]

@@ -58,7 +58,7 @@ def test_unknown_ref_without_a_close_name_has_no_suggestion():
     with pytest.raises(RefError) as info:
         parse_ref("banana")
     assert "did you mean" not in str(info.value)
-    assert "Valid forms: logits, pooled, hidden.N" in str(info.value)
+    assert "Valid forms: logits, pooled, embedding, hidden.N" in str(info.value)
 
 
 @pytest.mark.parametrize("kind", ["hidden", "attn", "value"])

@@ -39,6 +39,11 @@ def teacher_fingerprint(model: nn.Module) -> str:
                                                         "return_dict", "attn_implementation",
                                                         "transformers_version", "torch_dtype", "dtype")}
         digest.update(json.dumps(plain, sort_keys=True, default=str).encode())
+    from kdistill.embedding import pooling_of
+
+    pooling = pooling_of(model)  # an embedding teacher's pooling changes what 'embedding' stores
+    if pooling is not None:
+        digest.update(f"pooling={pooling}|".encode())
     for name, tensor in sorted(model.state_dict().items()):
         _hash_tensor(digest, name, tensor)
     return digest.hexdigest()

@@ -118,6 +118,8 @@ def _put(features: Features, ref: Ref, value: Tensor) -> None:
         features.logits = value
     elif ref.kind == "pooled":
         features.pooled = value
+    elif ref.kind == "embedding":
+        features.embedding = value
     elif ref.kind == "module":
         features.modules[ref.path] = value
     else:

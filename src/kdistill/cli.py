@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     for split, result in summary.get("metrics", {}).items():
         if "student" in result:
             key = ("f1" if "f1" in result["student"] else "accuracy" if "accuracy" in result["student"]
-                   else "perplexity")
+                   else "knn_accuracy" if "knn_accuracy" in result["student"] else "perplexity")
             also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
             print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
                   f"{result['student'][key]:.4f}{also}{_agreement(result['agreement'])}")
@@ -216,6 +216,9 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
     if "f1" in result["student"]:  # a token classifier: entity scores
         _print_entity_scores(result)
+    elif "knn_accuracy" in result["student"]:  # sentence embeddings (kdistill.embedding)
+        _print_embedding_scores(result)
+        return 0
     else:
         first, second = ("accuracy", "macro_f1") if "accuracy" in result["student"] else ("perplexity", "loss")
         width = len(first) + 1
@@ -229,6 +232,17 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"  agreement (same prediction): {result['agreement']:.4f}"
               + (f" (baseline: {result['baseline']['agreement']:.4f})" if "baseline" in result else ""))
     return 0
+
+
+def _print_embedding_scores(result: dict) -> None:
+    """``kdistill eval`` of an embedding run: the table of report.md, the train split as the neighbours' index."""
+    from kdistill.embedding import embedding_table
+    from kdistill.report import markdown_table
+
+    split = result["split"]
+    baseline = {split: result["baseline"]} if "baseline" in result else {}
+    print(f"  nearest neighbours (k={result['k']}, cosine) among the {result['index_examples']:,} train texts")
+    print("\n".join("  " + line for line in markdown_table(*embedding_table({split: result}, baseline)).splitlines()))
 
 
 def _print_entity_scores(result: dict) -> None:

@@ -36,7 +36,7 @@ from kdistill.errors import ConfigError, suggest
 from kdistill.factories import Imported, resolve
 from kdistill.model_files import model_problems
 
-TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm", "token-classification")
+TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm", "token-classification", "embedding")
 LM_KINDS = ("text", "prompt_completion", "chat")  # data.kind of a causal-LM run (kdistill.lm_data)
 BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist", "wnut16")
 TAGGED_DATA = ("wnut16",)  # builtin sets of word-level BIO tags (kdistill.conll)
@@ -97,7 +97,10 @@ class ModelSpec(_Strict):
 
     path: str | None = None
     task: Literal["sequence-classification", "base", "masked-lm", "causal-lm",
-                  "token-classification"] = "sequence-classification"
+                  "token-classification", "embedding"] = "sequence-classification"
+    # task: embedding — the sentence embedding's pooling (kdistill.embedding); unset: the folder's
+    # sentence-transformers Pooling config, else (student) the teacher's, else mean. Filled by validation.
+    pooling: Literal["mean", "cls"] | None = None
     num_labels: int | None = Field(default=None, ge=1)
     factory: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
@@ -633,6 +636,9 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
             check.errors += causal_lm_method_problems(top.method, top.method_args, teacher_path=teacher.path,
                                                       has_unlabelled=data.unlabelled is not None)
 
+    from kdistill.embedding_checks import embedding_problems
+
+    check.errors += embedding_problems(teacher, parsed.get("student"), data, matches, top)
     errors += check.errors
     if errors:
         return None, errors

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from kdistill.adapters.hf import is_hf_model
 from kdistill.config import IMAGE_DATA, RunConfig
+from kdistill.embedding import compare_embeddings, evaluate_embedding_splits, is_embedding_model
 from kdistill.errors import ConfigError, DataError
 from kdistill.outputs import RESOLVED_NAME
 from kdistill.run_build import load_model, make_recipe, student_from_init
@@ -122,11 +123,14 @@ def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str
                     splits=("validation", "test")) -> dict[str, Any]:
     """Teacher against student on each of ``splits`` the run has: accuracy and macro-F1 for classifiers,
     next-token loss, perplexity and top-1 agreement for causal language models, entity precision/recall/F1
-    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`); {} for other models."""
+    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`), nearest-neighbour accuracy
+    and agreement of embedding models against the train split (:mod:`kdistill.embedding`); {} for other models."""
     if is_causal_lm(teacher) and is_causal_lm(student):
         return {split: compare_lm(teacher, student, loaders[split]) for split in splits if split in loaders}
     if is_token_classifier(teacher) and is_token_classifier(student):
         return {split: compare_tags(teacher, student, loaders[split]) for split in splits if split in loaders}
+    if is_embedding_model(teacher) and is_embedding_model(student):
+        return evaluate_embedding_splits(teacher, student, loaders, splits)
     if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
         return {}
     return {split: compare(teacher, student, loaders[split]) for split in splits if split in loaders}
@@ -169,6 +173,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
         from safetensors.torch import load_model as load_weights_into
 
         load_weights_into(student, str(student_dir / "student.safetensors"))
+    from kdistill.embedding import mark_models
+
+    mark_models(config, teacher, student)
     tokenizer = student_tokenizer = None
     if config.data.builtin not in IMAGE_DATA:
         tokenizer = models.load_tokenizer(config.data.tokenizer or config.teacher.path)
@@ -189,6 +196,11 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
     teacher.eval()
     compare_fn = (compare_lm if is_causal_lm(teacher) and is_causal_lm(student) else
                   compare_tags if is_token_classifier(teacher) and is_token_classifier(student) else compare)
+    if is_embedding_model(teacher) and is_embedding_model(student):  # the train split is the neighbours' index
+        if split == "train":
+            raise ConfigError("--split: an embedding run classifies each text by its nearest train text, so the "
+                              "train split is the index, not a split to measure; choose validation or test.")
+        compare_fn = lambda t, s, loader: compare_embeddings(t, s, loader, loaders["train"])  # noqa: E731
     result = compare_fn(teacher, student, loaders[split])
     if "teacher" not in result:
         raise DataError(f"the '{split}' split has no labels, so accuracy cannot be measured "

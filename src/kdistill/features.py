@@ -30,6 +30,7 @@ class Features:
     keys: dict[int, Tensor] = field(default_factory=dict)
     values: dict[int, Tensor] = field(default_factory=dict)
     pooled: Tensor | None = None
+    embedding: Tensor | None = None  # (B, D): the pooled sentence embedding (kdistill.embedding)
     modules: dict[str, Tensor] = field(default_factory=dict)
     attention_mask: Tensor | None = None
     extra: dict[str, Tensor] = field(default_factory=dict)
@@ -47,6 +48,8 @@ class Features:
             return self.logits
         if ref.kind == "pooled":
             return self.pooled
+        if ref.kind == "embedding":
+            return self.embedding
         if ref.kind == "hidden":
             if not self.hidden:
                 return None
@@ -69,6 +72,9 @@ class Features:
             return "The model has no head producing logits (e.g. a bare BertModel): match 'pooled' or 'hidden.-1', or load a model with a head."
         if ref.kind == "pooled":
             return "The model has no pooler output."
+        if ref.kind == "embedding":
+            return ("The sentence embedding is made for teacher.task: embedding (an encoder whose last hidden "
+                    "state is pooled); a custom adapter must fill Features.embedding.")
         if ref.kind in ("attn", "attn_scores"):
             return ("Attention weights were not returned; with transformers' SDPA attention they silently "
                     "come back empty. kdistill asks for eager attention or hooks q/k itself for known "
@@ -93,6 +99,7 @@ class Features:
             keys={k: conv(v) for k, v in self.keys.items()},
             values={k: conv(v) for k, v in self.values.items()},
             pooled=conv(self.pooled),
+            embedding=conv(self.embedding),
             modules={k: conv(v) for k, v in self.modules.items()},
             attention_mask=self.attention_mask,
             extra={k: conv(v) for k, v in self.extra.items()},

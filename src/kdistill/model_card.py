@@ -39,15 +39,15 @@ CARD_NAME = "README.md"
 TAGS = ["kdistill", "knowledge-distillation"]
 PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation",
                  "token-classification": "token-classification",
-                 "masked-lm": "fill-mask", "base": "feature-extraction"}
+                 "masked-lm": "fill-mask", "base": "feature-extraction", "embedding": "sentence-similarity"}
 AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification",
                 "text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
-                "feature-extraction": "AutoModel"}
+                "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel"}
 TASK_NAMES = {"text-classification": "Text Classification", "text-generation": "Text Generation",
               "token-classification": "Token Classification",
               "image-classification": "Image Classification", "fill-mask": "Fill-Mask",
-              "feature-extraction": "Feature Extraction"}
+              "feature-extraction": "Feature Extraction", "sentence-similarity": "Sentence Similarity"}
 BENCH_FILE = "bench.json"
 GENERATION_FILE = "generation.json"
 _SNAPSHOT = re.compile(r"models--([\w.-]+)--([\w.-]+)/snapshots/[^/]+/?$")
@@ -132,6 +132,8 @@ def student_metrics(figures: Mapping) -> list[dict[str, Any]]:
                 {"type": "recall", "value": figures["recall"], "name": "Entity recall"},
                 {"type": "f1", "value": figures["f1"], "name": "Entity F1"},
                 {"type": "accuracy", "value": figures["accuracy"], "name": "Word accuracy"}]
+    if "knn_accuracy" in figures:  # an embedding: its nearest-neighbour label accuracy (kdistill.embedding)
+        return [{"type": "accuracy", "value": figures["knn_accuracy"], "name": "1-NN accuracy"}]
     metrics = []
     if "accuracy" in figures:
         metrics.append({"type": "accuracy", "value": figures["accuracy"], "name": "Accuracy"})
@@ -228,6 +230,11 @@ def _results_section(summary: Mapping) -> str | None:
     """Teacher, student and baseline per split: accuracy and macro-F1, or perplexity and next-token loss."""
     metrics = summary.get("metrics") or {}
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
+    from kdistill.embedding import embedding_table, is_embedding_result
+
+    if is_embedding_result(metrics):
+        header, rows = embedding_table(metrics, baseline)
+        return "## Results\n\n" + _table(header, rows) if rows else None
     language = any("perplexity" in (r.get("student") or {}) for r in metrics.values())
     tags = any("precision" in (r.get("student") or {}) for r in metrics.values())
     rows = []

@@ -280,12 +280,24 @@ def save_student(parts: Any, model: nn.Module, out: Path) -> Path:
             tokenizer = parts.student_tokenizer or parts.tokenizer
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            _sentence_transformers_files(parts, model, tmp)
         else:
             save_weights(model, tmp / "student.safetensors")
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         atomic_write_text(tmp / STUDENT_FILES, json.dumps(written, indent=1))
         _carry_over_user_files(final, tmp, skip=set(written))
     return final
+
+
+def _sentence_transformers_files(parts: Any, model: nn.Module, folder: Path) -> None:
+    """An embedding student's folder also loads in sentence-transformers, pooled as the run pooled it (and
+    normalised when the teacher's folder normalises); the projection used in training is not part of it."""
+    from kdistill.embedding import folder_normalises, pooling_of, write_sentence_transformers_files
+
+    mode = pooling_of(model)
+    if mode is not None:
+        width = getattr(model.config, "hidden_size", None) or 0
+        write_sentence_transformers_files(folder, mode, width, normalise=folder_normalises(parts.config.teacher.path))
 
 
 def student_file_owner(folder: Path, name: str) -> str | None:

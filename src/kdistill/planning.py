@@ -85,6 +85,7 @@ class Plan:
     labels_only_steps: dict[str, int]  # the teacher's fine-tune and the baseline, when the run has them
     expansion: dict
     notes: tuple[str, ...]
+    embedding: tuple[str, ...] = ()  # task: embedding — pooling, how it is measured and saved (kdistill.embedding)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,9 +94,14 @@ class Plan:
         lines = [f"kdistill plan: {self.source}", "", *self.imports, "", "data", *self.data, "", "models"]
         for model in self.models:
             lines += [f"  {model.role:<9} {model.summary}", f"  {'':<9} {model.blocks}", f"  {'':<9} source: {model.source}"]
-        if self.baseline:
+        if self.baseline and self.embedding:
+            lines.append(f"  {'baseline':<9} the student as built, untrained: the embedding it gives without "
+                         "distillation (baseline/); summary and report show it beside teacher and student")
+        elif self.baseline:
             lines.append(f"  {'baseline':<9} the student as built, trained on the labels alone with the same settings "
                          "and seed (baseline/); summary and report show it beside teacher and student")
+        if self.embedding:
+            lines += ["", "sentence embeddings", *self.embedding]
         if self.layer_map is not None:
             lines += ["", f"layer map ({self.layer_map_kind}; teacher hidden -> student hidden, 0 = embeddings)",
                       "  " + ", ".join(f"{t}->{s}" for t, s in self.layer_map)]
@@ -163,8 +169,24 @@ def make_plan(config: RunConfig) -> Plan:
         parameters={"teacher": count_parameters(parts.teacher), "student": student, "projections": projections,
                     "frozen": frozen, "trainable": _trainable(parts.trained, config.training.freeze, student - frozen) + projections},
         total_steps=sum(stage.steps for stage in stages), labels_only_steps=_labels_only_steps(config, parts),
-        expansion=expansion, notes=notes,
+        expansion=expansion, notes=notes, embedding=tuple(embedding_plan(config, parts)),
     )
+
+
+def embedding_plan(config: RunConfig, parts: Any) -> list[str]:
+    """The lines of an embedding run: each model's pooling, how the embeddings are measured and saved."""
+    from kdistill.embedding import NEIGHBOURS, pooling_of
+
+    if config.teacher.task != "embedding":
+        return []
+    index = len(parts.data.datasets.get("train", ()))
+    return [f"  pooling: teacher {pooling_of(parts.teacher)}, student {pooling_of(parts.student)} (the last hidden state "
+            "over the real tokens; the 'embedding' ref)",
+            f"  measured on validation/test: {NEIGHBOURS}-NN label accuracy by cosine against the {index:,} train texts; "
+            "the student's cosine with the teacher's embedding (equal widths only), the correlation of pairwise "
+            "similarities, the same nearest neighbour",
+            "  saved: the encoder with a sentence-transformers Pooling config (modules.json, 1_Pooling/); "
+            "projections are training-only"]
 
 
 def _trainable(student: nn.Module, freeze: list[str], unfrozen: int) -> int:
@@ -188,7 +210,7 @@ def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
         from kdistill.finetune import finetune_train_config
 
         steps["teacher's fine-tune"] = estimated_steps(finetune_train_config(config, train), train)
-    if parts.baseline is not None and train is not None:
+    if parts.baseline is not None and train is not None and config.teacher.task != "embedding":
         steps["baseline"] = estimated_steps(baseline_train_config(parts), train)
     return steps
 

@@ -7,6 +7,8 @@ ref                meaning                                                      
 =================  ===========================================================  ================
 ``logits``         the model's logits (classifier, MLM or LM head)              (B, C) / (B,T,V)
 ``pooled``         pooled output (BERT pooler)                                  (B, D)
+``embedding``      the sentence embedding: the last hidden state pooled over     (B, D)
+                   the real tokens (``task: embedding``; kdistill.embedding)
 ``hidden.N``       hidden states; ``hidden.0`` = embeddings, ``hidden.N`` =      (B, T, D)
                    output of block N (1-based like Hugging Face), ``hidden.-1``
                    = last block
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 from kdistill.errors import RefError, suggest
 
-SIMPLE_KINDS = ("logits", "pooled")
+SIMPLE_KINDS = ("logits", "pooled", "embedding")
 LAYER_KINDS = ("hidden", "attn", "attn_scores", "query", "key", "value")
 ATTENTION_KINDS = ("attn", "attn_scores")
 QKV_KINDS = ("query", "key", "value")

@@ -194,6 +194,12 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     if any("perplexity" in result.get("student", {}) for result in metrics.values()):
         sections.append(_perplexity_section(metrics, baseline) + _throughput(summary))
         metrics = {}  # no accuracy for a language model
+    from kdistill.embedding import embedding_table, is_embedding_result
+
+    if is_embedding_result(metrics):  # sentence embeddings: nearest-neighbour accuracy, agreement with the teacher
+        sections.append("## Embeddings (the train split is the nearest-neighbour index)\n\n"
+                        + markdown_table(*embedding_table(metrics, baseline)))
+        metrics = {}
     if any("f1" in result.get("student", {}) for result in metrics.values()):
         sections.append(_entity_section(metrics, baseline))
         metrics = {}  # entity scores instead of one label per example

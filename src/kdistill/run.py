@@ -170,6 +170,7 @@ def stage_name(parts: RunParts, part: StageParts) -> str:
 def _plan_progress(progress: Any, parts: RunParts, kept: dict[int, dict], out: Path) -> None:
     """Tell the run's progress the steps of the stages still to train, of the baseline and the
     evaluation's batches (``kdistill.progress``)."""
+    from kdistill.embedding import is_embedding_model
     from kdistill.finetune import baseline_finished
 
     steps = {stage_name(parts, part): estimated_steps(stage_train_config(parts.config, part), part.loader,
@@ -177,7 +178,8 @@ def _plan_progress(progress: Any, parts: RunParts, kept: dict[int, dict], out: P
              for part in parts.stages if part.index not in kept}
     if parts.baseline is not None:
         planned = estimated_steps(baseline_train_config(parts), parts.loaders["train"])
-        steps["baseline"] = 0 if baseline_finished(out, planned) else planned
+        untrained = is_embedding_model(parts.baseline)  # an embedding run's baseline is not trained
+        steps["baseline"] = 0 if untrained or baseline_finished(out, planned) else planned
     progress.plan(steps, evaluation_batches=_evaluation_batches(parts))
 
 
@@ -307,11 +309,15 @@ def baseline_train_config(parts: RunParts):
 
 
 def _train_baseline(parts: RunParts, out: Path) -> dict | None:
-    """The student as built, trained on the labels alone (``baseline: true``)."""
+    """The student as built, trained on the labels alone (``baseline: true``); an embedding run's baseline is
+    the student as built, untrained (:mod:`kdistill.embedding`)."""
     if parts.baseline is None:
         return None
+    from kdistill.embedding import is_embedding_model, save_untrained_baseline
     from kdistill.finetune import train_baseline
 
+    if is_embedding_model(parts.baseline):  # no labels to train an encoder on: the student as built
+        return save_untrained_baseline(parts.baseline, out, parts.student_tokenizer or parts.tokenizer)
     train_config = baseline_train_config(parts)
     return train_baseline(parts.baseline, parts.loaders, train_config, out, parts.student_tokenizer or parts.tokenizer,
                           planned=estimated_steps(train_config, parts.loaders["train"]))

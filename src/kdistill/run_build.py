@@ -312,6 +312,9 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     teacher, sources, finetuned = _teacher(config, data, loaders, tokenizer, finetune)
     student, recipe, source = _student(config, teacher)
     sources["student"] = source
+    from kdistill.embedding import mark_models
+
+    mark_models(config, teacher, student)  # task: embedding — each model's pooling travels with it
     assistant = None
     if recipe is not None and recipe.assistant:
         assistant = student_from_init(recipe.assistant, teacher, where=f"method '{config.method}' assistant")

@@ -195,6 +195,7 @@ class HFAdapter:
         self.hooks = HookSet()
         self.causal = is_causal_model(model)
         self.want_hidden = any(r.kind == "hidden" for r in self.refs)
+        self.want_embedding = any(r.kind == "embedding" for r in self.refs)
         attention_layers = sorted({r.index for r in self.refs if r.kind in ATTENTION_KINDS})
         wants_scores = any(r.kind == "attn_scores" for r in self.refs)
         self.attention_mode = self._pick_attention_mode(attention, attention_layers, wants_scores)
@@ -273,6 +274,10 @@ class HFAdapter:
             parts.append(f"layer refs read the {self.stack} stack")
         if self.want_hidden:
             parts.append("hidden states")
+        if self.want_embedding:
+            from kdistill.embedding import pooling_of
+
+            parts.append(f"sentence embedding ({pooling_of(self.model) or 'mean'} pooling of the last hidden state)")
         if self.attention_layers:
             parts.append(f"attention of blocks {self.attention_layers} via {self.attention_mode}")
         if self.causal and (self.attention_layers or any(r.kind in QKV_KINDS for r in self.refs)):
@@ -290,7 +295,7 @@ class HFAdapter:
         want_eager_attentions = self.attention_mode == "eager"
         output = self.model(
             **inputs,
-            output_hidden_states=self.want_hidden,
+            output_hidden_states=self.want_hidden or self.want_embedding,
             output_attentions=want_eager_attentions,
             return_dict=True,
         )
@@ -309,6 +314,8 @@ class HFAdapter:
             if not hidden:
                 raise FeatureError(f"{self.where}: the model returned no hidden states although they were requested.")
             features.hidden = tuple(hidden)
+        if self.want_embedding:
+            features.embedding = self._embedding(output, mask)
         for key, tensor in hooked.items():
             kind, _, rest = key.partition(".") if not key.startswith("module:") else ("module", "", key[7:])
             if kind == "module":
@@ -318,6 +325,15 @@ class HFAdapter:
         if self.attention_layers:
             self._fill_attention(features, output, mask)
         return features
+
+    def _embedding(self, output, mask: Tensor | None) -> Tensor:
+        """The last hidden state pooled over the real tokens (the model's pooling, default mean): (B, D)."""
+        from kdistill.embedding import pool, pooling_of
+
+        hidden = output.get(self._output_key("hidden_states"))
+        if not hidden:
+            raise FeatureError(f"{self.where}: the model returned no hidden states to pool into a sentence embedding.")
+        return pool(hidden[-1], mask, pooling_of(self.model) or "mean")
 
     def _output_key(self, name: str) -> str:
         """``hidden_states`` or, on an encoder-decoder, the named stack's (``encoder_hidden_states``)."""
