@@ -440,3 +440,27 @@ def test_eager_attention_is_requested_only_in_eager_mode():
     keep = batch["attention_mask"].bool()[:, None, :, None] & batch["attention_mask"].bool()[:, None, None, :]
     keep = keep.expand_as(eager_probs)
     torch.testing.assert_close(hook_probs[keep], eager_probs[keep], rtol=1e-4, atol=1e-5)
+
+
+def test_the_teacher_cache_serves_a_stage_on_train_plus_unlabelled_text(tmp_path, monkeypatch):
+    """Joined parts number their items from one (the labelled split's index 0 is not the first
+    unlabelled text's): cached losses equal the live ones, step by step."""
+    import json
+    from pathlib import Path
+
+    from kdistill.config import load_config
+    from kdistill.run import run
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    losses = {}
+    for cache in ("none", "teacher"):
+        out = tmp_path / cache
+        overrides = ["training.max_steps=6", "data.unlabelled=data/reviews_unlabelled.txt",
+                     "data.distil_on=train+unlabelled", "training.progress=false", "training.tensorboard=false",
+                     "training.log_every=1", f"output_dir={out}"] + (["cache=teacher"] if cache == "teacher" else [])
+        run(load_config(examples / "tinybert_matches.yaml", overrides))
+        losses[cache] = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                         if r["kind"] == "train"]
+    assert len(losses["teacher"]) == 6
+    assert losses["teacher"] == pytest.approx(losses["none"], rel=2e-3)  # float16 storage

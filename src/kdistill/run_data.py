@@ -356,11 +356,20 @@ class TextOnly(Dataset):
 
 
 class Joined(ConcatDataset):
-    """Datasets one after the other, with their ``lengths`` (for length-bucketed batches)."""
+    """Datasets one after the other, with their ``lengths`` (for length-bucketed batches). An item's
+    ``index`` is its position in the joined dataset (each part numbers its own items from 0, so the
+    teacher cache, keyed by ``index``, would otherwise read the labelled split's rows for the
+    unlabelled texts)."""
 
     def __init__(self, parts: list[Dataset]):
         super().__init__(parts)
         self.lengths = np.concatenate([part.lengths for part in parts])
+
+    def __getitem__(self, index: int) -> Any:
+        item = super().__getitem__(index)
+        if isinstance(item, dict) and "index" in item:
+            item = {**item, "index": int(index if index >= 0 else len(self) + index)}
+        return item
 
 
 def tokenized(part: Dataset) -> Any:
