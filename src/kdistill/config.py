@@ -577,12 +577,12 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     for key in raw:
         if key not in TOP_KEYS:
             errors.append(f"{key}: unknown key '{key}'{_hint(key, TOP_KEYS)} Valid keys: {', '.join(TOP_KEYS)}.")
-    if raw.get("data") is None:
-        errors.append("data: required, but missing.")
     from kdistill.teachers import parse_teachers, reads_primary, teachers_problems
 
     raw_teachers, more = parse_teachers(raw)  # teachers: {name: spec}: the first one is read as `teacher`
     errors += more
+    if raw.get("data") is None:
+        errors.append("data: required, but missing.")
 
     parsed: dict[str, Any] = {}
     for key, model in SECTIONS.items():

@@ -60,7 +60,7 @@ def parse_teachers(raw: Mapping) -> tuple[dict[str, Any], list[str]]:
     teachers = raw.get("teachers")
     if teachers is None:
         if raw.get("teacher") is None:
-            return {}, ["teacher: required, but missing (several teachers: teachers: {name: {path: …}, …})."]
+            return {}, ["teacher: required, but missing."]
         return {}, []
     if raw.get("teacher") is not None:
         return {}, ["teachers: give either 'teacher' (one teacher) or 'teachers' (several, by name), not both; "
