@@ -214,6 +214,7 @@ def test_the_plan_lists_both_teachers_and_what_reads_them(folders, tmp_path):
     assert "teacher 'second' BertForSequenceClassification, 2 layers, hidden 48" in text
     assert "read by: soft (ensemble)\n" in text and "read by: soft (ensemble), second_top" in text
     assert "ensemble:logits" in text and "second:hidden.2" in text
+    assert "teacher asks for: 'first': logits only; 'second': " in text
 
 
 def test_multiteacher_method_takes_every_teacher(folders, tmp_path):
@@ -253,3 +254,26 @@ def test_run_summary_has_each_teacher_and_eval_matches_it(folders, tmp_path):
         assert again["teachers"][name] == pytest.approx(teachers[name]["metrics"]["test"])
     assert again["ensemble"] == pytest.approx(summary["ensemble"]["test"])
     assert again["student"] == pytest.approx(summary["metrics"]["test"]["student"])
+
+
+def test_two_fine_tunes_of_one_base_with_other_seeds_are_two_teachers(folders, tmp_path, monkeypatch):
+    from kdistill.run import evaluate_run, run
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    raw = raw_config(folders, out, teacher_weights=None)
+    raw["teachers"] = {name: {"path": str(folders["first"]), "finetune": {"max_steps": 1, "lr": 1e-2, "seed": seed}}
+                       for name, seed in (("one", 1), ("two", 2))}
+    raw["matches"] = [{"teacher": "logits", "loss": "kl", "teacher_name": "ensemble", "args": {"temperature": 2.0}},
+                      {"teacher": "hidden.2", "student": "hidden.1", "loss": "hidden_mse", "teacher_name": "two"}]
+    summary = run(config_from_dict(raw, base_dir=EXAMPLES))
+    one, two = (summary["teachers"][name]["finetune"] for name in ("one", "two"))
+    assert one["cache"] != two["cache"] and not one["cached"] and not two["cached"]  # two cache entries
+    assert one["folder"] == str(out / "teachers" / "one") and (out / "teachers" / "two" / "config.json").is_file()
+    assert "teacher_finetune" not in summary
+    again = evaluate_run(out, split="test")  # each fine-tuned teacher read back from teachers/<name>/
+    for name in ("one", "two"):
+        assert again["teachers"][name] == pytest.approx(summary["teachers"][name]["metrics"]["test"])
+    assert again["teacher"] == pytest.approx(summary["metrics"]["test"]["teacher"])
+    cached = run(config_from_dict({**raw, "output_dir": str(tmp_path / "again")}, base_dir=EXAMPLES))
+    assert all(cached["teachers"][name]["finetune"]["cached"] for name in ("one", "two"))

@@ -343,7 +343,7 @@ def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
         length=f"{train_config.max_steps or train_config.epochs} {'steps' if train_config.max_steps else 'epoch(s)'}",
         matches=tuple(rows), projections=tuple(f"{p.name} {p.projection}" for p in match_plans if p.projection),
         projection_parameters=sum(p.numel() for p in distiller.projections.parameters()),
-        teacher_asks=_adapter_line(distiller.teacher_adapters[next(iter(distiller.teachers))], teacher_refs),
+        teacher_asks=_teachers_ask(distiller, teacher_refs),
         student_asks=_adapter_line(distiller.student_adapter, student_refs),
         steps=steps, batches_per_epoch=len(part.loader), grad_accum=train_config.grad_accum, cache=cache,
     )
@@ -371,6 +371,23 @@ def _model_line(model: nn.Module) -> str:
         parts.append(f"hidden {width}")
     parts.append(f"{count_parameters(model):,} parameters")
     return ", ".join(parts)
+
+
+def _teachers_ask(distiller: Any, refs: list) -> str:
+    """What the teacher is asked for; with several, each teacher by name with the refs of the matches that
+    read it (by name, or through the ensemble; a match without teacher_name reads the first)."""
+    from kdistill.distiller import ENSEMBLE
+
+    names = list(distiller.teachers)
+    if len(names) == 1:
+        return _adapter_line(distiller.teacher_adapters[names[0]], refs)
+
+    def read(bound: Any, name: str) -> bool:
+        return bound.match.teacher_name in (ENSEMBLE, name) or (bound.match.teacher_name is None and name == names[0])
+
+    return "; ".join(f"'{name}': " + _adapter_line(distiller.teacher_adapters[name],
+                                                   [r for b in distiller.bound if read(b, name) for r in b.teacher_refs])
+                     for name in names)
 
 
 def _adapter_line(adapter: Any, refs: list) -> str:
