@@ -292,7 +292,7 @@ def _whole_student(parts: RunParts, state: dict) -> nn.Module:
     """A fresh copy of the student, built as the run built it, holding the gathered ``state`` (main process)."""
     from kdistill.run_build import _student
 
-    student, _recipe, _source = _student(parts.config, parts.teacher)
+    student, _recipe, _source = _student(parts.config, parts.teacher, parts.teachers)
     student.load_state_dict(state)
     return student
 
