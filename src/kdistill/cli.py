@@ -226,6 +226,12 @@ def _eval(args: argparse.Namespace) -> int:
         for role in ("teacher", "student", "baseline"):
             if role in result:
                 print(f"  {role:<8} {result[role][first]:>{width}.4f} {result[role][second]:>9.4f}")
+        # Several teachers (kdistill.teachers): each one, and their ensemble, below the primary's row.
+        rows = {f"teacher '{name}'": values for name, values in (result.get("teachers") or {}).items() if values}
+        if "ensemble" in result:
+            rows["ensemble"] = result["ensemble"]
+        for role, values in rows.items():
+            print(f"  {role}: {first} {values[first]:.4f}, {second} {values[second]:.4f}")
     if result["agreement"] is None:
         print("  agreement: none (the student has its own tokenizer; each perplexity is over its own tokens)")
     else:

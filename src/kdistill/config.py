@@ -243,12 +243,20 @@ class _TopLevel(_Strict):
     seed: int = 0
     python_path: list[str] = Field(default_factory=list)
     baseline: bool = False  # also train the student on the labels alone (kdistill.finetune)
+    teacher_weights: dict[str, float] | None = None  # teachers: weight of each in 'ensemble' matches (kdistill.teachers)
 
 
 class RunConfig(_TopLevel):
-    """One run. ``teacher`` and ``data`` are required; ``method`` and/or ``matches`` say what to distil."""
+    """One run. ``teacher`` (or ``teachers``) and ``data`` are required; ``method`` and/or ``matches`` say
+    what to distil.
+
+    ``teachers: {name: spec, …}`` instead of ``teacher``: several teachers (:mod:`kdistill.teachers`).
+    ``teacher`` is then the *primary* teacher, the first listed — the one that gives the tokenizer, the
+    label order, what ``from_teacher`` copies and the teacher row of the evaluation.
+    """
 
     teacher: ModelSpec
+    teachers: dict[str, ModelSpec] | None = None
     student: ModelSpec | None = None
     data: DataSpec
     matches: list[MatchSpec] = Field(default_factory=list)
@@ -278,8 +286,20 @@ class RunConfig(_TopLevel):
         return list(self._imports)
 
     def resolved(self) -> dict:
-        """Every key with its value after defaults, overrides and path resolution (YAML-ready)."""
-        return self.model_dump(mode="json")
+        """Every key with its value after defaults, overrides and path resolution (YAML-ready). With
+        ``teachers`` the primary teacher is not repeated as ``teacher`` (a config says one or the other);
+        the keys of several teachers are left out of single-teacher runs (their folders compare equal)."""
+        resolved = self.model_dump(mode="json")
+        for key in ("teachers", "teacher_weights"):
+            if resolved.get(key) is None:
+                resolved.pop(key, None)
+        if self.teachers is not None:
+            resolved.pop("teacher")
+        return {"teachers": resolved.pop("teachers"), **resolved} if self.teachers is not None else resolved
+
+    def teacher_specs(self) -> dict[str, ModelSpec]:
+        """The run's teachers by name, the primary first: ``teachers``, or ``{"teacher": teacher}``."""
+        return dict(self.teachers) if self.teachers is not None else {"teacher": self.teacher}
 
     def to_yaml(self) -> str:
         return dump_yaml(self.resolved())
@@ -310,6 +330,7 @@ class RunConfig(_TopLevel):
         return limit.get(split) if isinstance(limit, dict) else limit
 
 
+# ``teachers`` (a mapping name -> teacher spec) is read by kdistill.teachers.parse_teachers.
 SECTIONS: dict[str, type[BaseModel]] = {
     "teacher": ModelSpec, "student": ModelSpec, "data": DataSpec, "training": TrainingSpec, "capture": CaptureSpec,
 }
@@ -559,9 +580,12 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     for key in raw:
         if key not in TOP_KEYS:
             errors.append(f"{key}: unknown key '{key}'{_hint(key, TOP_KEYS)} Valid keys: {', '.join(TOP_KEYS)}.")
-    for key in ("teacher", "data"):
-        if raw.get(key) is None:
-            errors.append(f"{key}: required, but missing.")
+    from kdistill.teachers import parse_teachers, reads_primary, teachers_problems
+
+    raw_teachers, more = parse_teachers(raw)  # teachers: {name: spec}: the first one is read as `teacher`
+    errors += more
+    if raw.get("data") is None:
+        errors.append("data: required, but missing.")
 
     parsed: dict[str, Any] = {}
     for key, model in SECTIONS.items():
@@ -571,6 +595,14 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
             parsed[key] = model.model_validate(raw[key])
         except ValidationError as exc:
             errors += pydantic_problems(exc, key, model)
+    teachers = {}
+    for name, spec in raw_teachers.items():
+        try:
+            teachers[name] = ModelSpec.model_validate(spec)
+        except ValidationError as exc:
+            errors += pydantic_problems(exc, f"teachers.{name}", ModelSpec)
+    if raw_teachers and len(teachers) == len(raw_teachers):
+        parsed["teacher"] = next(iter(teachers.values()))
     top_raw = {k: raw[k] for k in _TopLevel.model_fields if k in raw}
     top = None
     try:
@@ -595,7 +627,10 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     check = Checker(base)
     if top is not None:
         check.top_level(top, source, import_from_base)
-    if "teacher" in parsed:
+    if teachers:
+        for name, spec in teachers.items():
+            check.model(spec, f"teachers.{name}", role="teacher")
+    elif "teacher" in parsed:
         check.model(parsed["teacher"], "teacher", role="teacher")
     if "student" in parsed:
         check.model(parsed["student"], "student", role="student")
@@ -621,6 +656,9 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
                                        matches=matches, top=top, training=parsed.get("training"),
                                        capture=parsed.get("capture"))
     data, teacher = parsed.get("data"), parsed.get("teacher")
+    if teacher is not None:
+        check.errors += teachers_problems(teachers or {"teacher": teacher}, top, matches, data,
+                                          several=bool(raw_teachers), parsed=parsed)
 
     imports: list[Imported] = []
     if top is not None:  # a config is code: import what it names now, refusing the standard library
@@ -628,7 +666,9 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         check.errors += problems
     if teacher is not None and data is not None and top is not None:
         # What the model folders' config.json and tokenizer files say (no weights load).
-        check.errors += model_problems(teacher, parsed.get("student"), data, [m for m in matches if m is not None],
+        # Refs of matches that read another teacher are checked against it when the run builds.
+        check.errors += model_problems(teacher, parsed.get("student"), data,
+                                       [m for m in matches if m is not None and reads_primary(m, teachers)],
                                        top.layer_map)
         if teacher.task == "causal-lm" and top.method is not None:
             from kdistill.methods.decoders import causal_lm_method_problems
@@ -645,6 +685,7 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     assert top is not None
     config = RunConfig.model_validate({
         **top.model_dump(), **parsed, "matches": [m for m in matches if m is not None],
+        "teachers": teachers or None,
     })
     config._imports = imports
     return config, []

@@ -594,9 +594,7 @@ class Checker:
             self.add(f"{where}.projection: unknown projection '{spec.projection}'{_hint(spec.projection, PROJECTIONS)} "
                      f"Available: {', '.join(PROJECTIONS)}, or 'package.module:function' building a module "
                      "from (in_width, out_width).")
-        if spec.teacher_name not in (None, "teacher", "ensemble"):
-            self.add(f"{where}.teacher_name: no teacher named '{spec.teacher_name}'; this run has one teacher, "
-                     "'teacher'.")
+        # teacher_name: against the run's teachers (kdistill.teachers.teachers_problems).
 
     def ref(self, text: str, where: str) -> str | None:
         """Check a ref; return its kind when it is a layer wildcard (``hidden.*``)."""

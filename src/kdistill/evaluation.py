@@ -215,4 +215,13 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
         load_baseline(baseline, Path(run_dir))
         again = compare_fn(teacher, baseline, loaders[split])
         result["baseline"] = {**again["student"], "agreement": again["agreement"]}
+    if _config.teachers is not None:  # several teachers: each one's figures, and the ensemble's (kdistill.teachers)
+        from kdistill.teachers import load_run_teachers, teacher_results
+
+        teachers = load_run_teachers(run_dir, _config, teacher)
+        several = teacher_results(teachers, student, loaders, _config.teacher_weights, {}, splits=(split,),
+                                  primary_metrics={split: result})
+        result["teachers"] = {name: entry["metrics"].get(split) for name, entry in several["teachers"].items()}
+        if len(teachers) > 1 and split in several.get("ensemble", {}):
+            result["ensemble"] = several["ensemble"][split]
     return {"split": split, **result}

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from kdistill.files import cache_root, fingerprint
 
 TEACHER_DIR = "teacher"  # the fine-tuned teacher, saved in the run
+TEACHERS_DIR = "teachers"  # several teachers (kdistill.teachers): each fine-tuned one in teachers/<name>/
 BASELINE_DIR = "baseline"
 
 
@@ -157,15 +158,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def copy_into_run(entry: FinetunedTeacher, out: Path) -> Path:
-    """The fine-tuned teacher as a Hugging Face folder in the run (``teacher/``), copied from the cache."""
+def copy_into_run(entry: FinetunedTeacher, out: Path, name: str | None = None) -> Path:
+    """The fine-tuned teacher as a Hugging Face folder in the run (``teacher/``; teacher ``name`` of several:
+    ``teachers/<name>/``), copied from the cache."""
     import shutil
 
     from kdistill.files import atomic_folder
 
-    with atomic_folder(out / TEACHER_DIR) as tmp:
+    folder = out / TEACHER_DIR if name is None else out / TEACHERS_DIR / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(folder) as tmp:
         shutil.copytree(entry.folder, tmp, dirs_exist_ok=True)
-    return out / TEACHER_DIR
+    return folder
 
 
 def finetune_train_config(config: Any, loader: DataLoader) -> Any:

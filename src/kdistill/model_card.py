@@ -64,7 +64,13 @@ def pipeline_tag(resolved: Mapping) -> str:
 
     if (resolved.get("data") or {}).get("builtin") in IMAGE_DATA:
         return "image-classification"
-    return PIPELINE_TAGS.get((resolved.get("teacher") or {}).get("task"), "text-classification")
+    return PIPELINE_TAGS.get(_primary_teacher(resolved).get("task"), "text-classification")
+
+
+def _primary_teacher(resolved: Mapping) -> dict:
+    """The resolved config's teacher: ``teacher``, or the first of several ``teachers`` (the primary one)."""
+    several = resolved.get("teachers") or {}
+    return resolved.get("teacher") or next(iter(several.values()), None) or {}
 
 
 def hub_name(teacher_path: str | None) -> str | None:
@@ -150,7 +156,7 @@ def card_metadata(summary: Mapping, resolved: Mapping, *, hf_folder: bool) -> di
         meta["library_name"] = "transformers"
     meta["pipeline_tag"] = tag
     meta["tags"] = list(TAGS)
-    base = hub_name((resolved.get("teacher") or {}).get("path"))
+    base = hub_name(_primary_teacher(resolved).get("path"))
     if base:
         meta["base_model"] = base
     results = []
@@ -179,7 +185,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _what_it_is(summary: Mapping, resolved: Mapping) -> str:
-    teacher = resolved.get("teacher") or {}
+    teacher = _primary_teacher(resolved)
     named = hub_name(teacher.get("path"))
     source = f"[{named}](https://huggingface.co/{named})" if named else f"`{teacher.get('path') or teacher.get('factory')}`"
     from kdistill.packaged import builtin_model_of

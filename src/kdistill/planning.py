@@ -67,6 +67,7 @@ class ModelPlan:
     summary: str
     blocks: str
     source: str
+    reads: str | None = None  # several teachers: the matches that read this one
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Plan:
         lines = [f"kdistill plan: {self.source}", "", *self.imports, "", "data", *self.data, "", "models"]
         for model in self.models:
             lines += [f"  {model.role:<9} {model.summary}", f"  {'':<9} {model.blocks}", f"  {'':<9} source: {model.source}"]
+            if model.reads is not None:
+                lines.append(f"  {'':<9} read by: {model.reads}")
         if self.baseline and self.embedding:
             lines.append(f"  {'baseline':<9} the student as built, untrained: the embedding it gives without "
                          "distillation (baseline/); summary and report show it beside teacher and student")
@@ -210,6 +213,12 @@ def _labels_only_steps(config: RunConfig, parts: Any) -> dict[str, int]:
         from kdistill.finetune import finetune_train_config
 
         steps["teacher's fine-tune"] = estimated_steps(finetune_train_config(config, train), train)
+    for name, entry in parts.finetunes.items():  # several teachers: each one's fine-tune
+        if not entry.cached and train is not None:
+            from kdistill.finetune import finetune_train_config
+
+            own = config.model_copy(update={"teacher": config.teachers[name]})
+            steps[f"teacher '{name}''s fine-tune"] = estimated_steps(finetune_train_config(own, train), train)
     if parts.baseline is not None and train is not None and config.teacher.task != "embedding":
         steps["baseline"] = estimated_steps(baseline_train_config(parts), train)
     return steps
@@ -282,11 +291,38 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
 
 
 def _model_plans(parts: Any) -> list[ModelPlan]:
+    """The models' lines; with several teachers one per teacher, with the matches that read it (the
+    stages' Distillers are prepared by then)."""
     from kdistill.models import describe_blocks
 
-    return [ModelPlan(role, _model_line(model), describe_blocks(model), parts.model_sources.get(role, "?"))
-            for role, model in (("teacher", parts.teacher), ("assistant", parts.assistant), ("student", parts.student))
-            if model is not None]
+    if len(parts.teachers) > 1:
+        teachers = [ModelPlan(f"teacher '{name}'" + (" (primary)" if i == 0 else ""), _model_line(model),
+                              describe_blocks(model), parts.model_sources.get(f"teacher:{name}", "?"),
+                              _teacher_reads(parts, name))
+                    for i, (name, model) in enumerate(parts.teachers.items())]
+    else:
+        teachers = [ModelPlan("teacher", _model_line(parts.teacher), describe_blocks(parts.teacher),
+                              parts.model_sources.get("teacher", "?"))]
+    return teachers + [ModelPlan(role, _model_line(model), describe_blocks(model), parts.model_sources.get(role, "?"))
+                       for role, model in (("assistant", parts.assistant), ("student", parts.student))
+                       if model is not None]
+
+
+def _teacher_reads(parts: Any, name: str) -> str:
+    """Which matches of which stages read teacher ``name``, alone or through the ensemble."""
+    from kdistill.distiller import ENSEMBLE
+
+    found = []
+    for part in parts.stages:
+        distiller = part.distiller
+        if distiller is None or name not in distiller.teachers:
+            continue
+        for match in distiller.plan:
+            if match.teacher_name in (name, ENSEMBLE):
+                how = " (ensemble)" if match.teacher_name == ENSEMBLE else ""
+                found.append(f"{match.name}{how}" if len(parts.stages) == 1 else
+                             f"stage '{part.stage.name}' {match.name}{how}")
+    return ", ".join(found) or "no match"
 
 
 def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
@@ -300,7 +336,9 @@ def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
     train_config = stage_train_config(config, part)
     steps = estimated_steps(train_config, part.loader)
     stage = part.stage
-    rows = [MatchRow(m.name, m.teacher, _shape(m.teacher_shape), m.student, _shape(m.student_shape), m.loss,
+    several = len(distiller.teachers) > 1  # the teacher column names the teacher read: 'name:ref'
+    rows = [MatchRow(m.name, f"{m.teacher_name}:{m.teacher}" if several else m.teacher, _shape(m.teacher_shape),
+                     m.student, _shape(m.student_shape), m.loss,
                      _weight(m.weight), m.projection or "-", _active(bound.match.start, bound.match.stop, steps))
             for m, bound in zip(match_plans, distiller.bound)]
     if "hard_label" in (distiller.part_names() or ()):
@@ -327,7 +365,7 @@ def _stage_plan(config: RunConfig, parts: Any, part: Any) -> StagePlan:
         length=f"{train_config.max_steps or train_config.epochs} {'steps' if train_config.max_steps else 'epoch(s)'}",
         matches=tuple(rows), projections=tuple(f"{p.name} {p.projection}" for p in match_plans if p.projection),
         projection_parameters=sum(p.numel() for p in distiller.projections.parameters()),
-        teacher_asks=_adapter_line(distiller.teacher_adapters[next(iter(distiller.teachers))], teacher_refs),
+        teacher_asks=_teachers_ask(distiller, teacher_refs),
         student_asks=_adapter_line(distiller.student_adapter, student_refs),
         steps=steps, batches_per_epoch=len(part.loader), grad_accum=train_config.grad_accum, cache=cache,
     )
@@ -355,6 +393,23 @@ def _model_line(model: nn.Module) -> str:
         parts.append(f"hidden {width}")
     parts.append(f"{count_parameters(model):,} parameters")
     return ", ".join(parts)
+
+
+def _teachers_ask(distiller: Any, refs: list) -> str:
+    """What the teacher is asked for; with several, each teacher by name with the refs of the matches that
+    read it (by name, or through the ensemble; a match without teacher_name reads the first)."""
+    from kdistill.distiller import ENSEMBLE
+
+    names = list(distiller.teachers)
+    if len(names) == 1:
+        return _adapter_line(distiller.teacher_adapters[names[0]], refs)
+
+    def read(bound: Any, name: str) -> bool:
+        return bound.match.teacher_name in (ENSEMBLE, name) or (bound.match.teacher_name is None and name == names[0])
+
+    return "; ".join(f"'{name}': " + _adapter_line(distiller.teacher_adapters[name],
+                                                   [r for b in distiller.bound if read(b, name) for r in b.teacher_refs])
+                     for name in names)
 
 
 def _adapter_line(adapter: Any, refs: list) -> str:

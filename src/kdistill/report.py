@@ -216,6 +216,8 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     if rows:
         sections.append("## Accuracy\n\n" + markdown_table(
             ["split", "model", "accuracy", "macro-F1", "agrees with the teacher", "examples"], rows))
+    if summary.get("teachers"):
+        sections.append(_teachers_section(summary))
     params = summary.get("parameters") or {}
     if params:
         teacher, student = params.get("teacher", 0), params.get("student", 0)
@@ -237,6 +239,26 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     sections += list(keep)
     sections.append(f"{CONFIG_HEADING}\n\n```yaml\n{resolved_yaml.rstrip()}\n```")
     return write_report(out / "report.md", sections)
+
+
+def _teachers_section(summary: Mapping) -> str:
+    """Several teachers (``teachers:``): each one's figures per split, how often the student agrees with it,
+    and the ensemble's (the teachers' probabilities averaged with teacher_weights)."""
+    def figures(values: Mapping) -> str:
+        return ", ".join(f"{key} {value:.4f}" for key, value in values.items()
+                         if key != "agreement" and isinstance(value, (int, float)))
+
+    rows = []
+    for i, (name, entry) in enumerate(summary["teachers"].items()):
+        label = f"{name} (primary)" if i == 0 else name
+        for split, values in (entry.get("metrics") or {}).items():
+            agreement = values.get("agreement")
+            rows.append([label, split, figures(values), f"{agreement:.2%}" if agreement is not None else "",
+                         f"{entry.get('parameters') or 0:,}", entry.get("source") or ""])
+    for split, values in (summary.get("ensemble") or {}).items():
+        rows.append(["ensemble", split, figures(values), "", "", "the teachers' probabilities, weighted"])
+    return ("## Teachers\n\nThe `teacher` rows above are the primary teacher's (listed first).\n\n"
+            + markdown_table(["teacher", "split", "figures", "student agrees", "parameters", "source"], rows))
 
 
 def write_report(path: Path, sections: Sequence[str]) -> Path:

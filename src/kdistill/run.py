@@ -136,6 +136,9 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
             loaders = counted(parts.loaders)
             metrics = evaluate_splits(parts.teacher, final_model, loaders)
             labels_only = _labels_only_results(parts, baseline, out, loaders)
+            from kdistill.teachers import run_teachers_summary
+
+            labels_only.update(run_teachers_summary(parts, final_model, loaders, metrics, out))  # teachers: each one
         summary = {
             "config": str(out / RESOLVED_NAME),
             "student": str(student_dir),
@@ -195,7 +198,9 @@ def _evaluation_batches(parts: RunParts) -> int:
     else:
         return 0
     batches = sum(len(parts.loaders[split]) for split in ("validation", "test") if split in parts.loaders)
-    return batches * passes * (2 if parts.baseline is not None else 1)
+    # Several teachers: each other one against the student (two passes), and the ensemble (one).
+    others = 2 * (len(parts.teachers) - 1) + 1 if len(parts.teachers) > 1 else 0
+    return batches * (passes * (2 if parts.baseline is not None else 1) + others)
 
 
 def _evaluation_progress(progress: Any, parts: RunParts):
@@ -289,7 +294,7 @@ def _whole_student(parts: RunParts, state: dict) -> nn.Module:
     """A fresh copy of the student, built as the run built it, holding the gathered ``state`` (main process)."""
     from kdistill.run_build import _student
 
-    student, _recipe, _source = _student(parts.config, parts.teacher)
+    student, _recipe, _source = _student(parts.config, parts.teacher, parts.teachers)
     student.load_state_dict(state)
     return student
 

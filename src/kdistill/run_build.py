@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdistill.adapters.base import get_submodule
 from kdistill.adapters.hf import hf_num_layers, is_hf_model
 from kdistill.config import IMAGE_DATA, RunConfig
-from kdistill.distiller import Distiller
+from kdistill.distiller import ENSEMBLE, Distiller
 from kdistill.errors import ConfigError, DataError, KdistillError, RefError
 from kdistill.launch import distributed_world_size
 from kdistill.matches import Match, explicit_layer_map, last_k_layer_map, skip_layer_map, uniform_layer_map
@@ -42,7 +42,7 @@ class StageParts:
 
     index: int
     stage: Stage
-    teacher: nn.Module
+    teacher: nn.Module | dict[str, nn.Module]  # several teachers (kdistill.teachers): every one by name
     student: nn.Module
     loader: DataLoader
     origins: list[str]
@@ -72,6 +72,9 @@ class RunParts:
     model_sources: dict[str, str] = field(default_factory=dict)
     finetuned: Any = None  # kdistill.finetune.FinetunedTeacher when teacher.finetune is set
     baseline: nn.Module | None = None  # the student as built, to train on labels alone (baseline: true)
+    # Every teacher by name, the primary (``teacher``) first; {"teacher": teacher} for one teacher.
+    teachers: dict[str, nn.Module] = field(default_factory=dict)
+    finetunes: dict[str, Any] = field(default_factory=dict)  # several teachers: each fine-tune's cache entry
 
     @property
     def datasets(self) -> dict[str, Dataset]:
@@ -221,11 +224,20 @@ def config_matches(config: RunConfig, layer_map: list[tuple[int, int]] | None) -
     return result, origins
 
 
-def check_refs(matches: list[Match], origins: list[str], teacher: nn.Module, student: nn.Module) -> None:
-    """Every ref against the real models, all problems in one error (before any batch runs)."""
+def check_refs(matches: list[Match], origins: list[str], teacher: nn.Module | Mapping[str, nn.Module],
+               student: nn.Module) -> None:
+    """Every ref against the real models, all problems in one error (before any batch runs). ``teacher``:
+    the model, or several by name: a match's teacher refs are checked against the teacher(s) it reads."""
     problems = []
     for match, origin in zip(matches, origins):
-        for role, text, model in (("teacher", match.teacher, teacher), ("student", match.student, student)):
+        sides = [("student", match.student, student)]
+        if isinstance(teacher, Mapping):
+            read = (list(teacher) if match.teacher_name == ENSEMBLE else
+                    [match.teacher_name if match.teacher_name in teacher else next(iter(teacher))])
+            sides = [("teacher", match.teacher, teacher[name]) for name in read] + sides
+        else:
+            sides.insert(0, ("teacher", match.teacher, teacher))
+        for role, text, model in sides:
             where = f"{origin}.{role}"
             try:
                 refs = parse_ref(text, where=where)
@@ -250,7 +262,12 @@ def check_refs(matches: list[Match], origins: list[str], teacher: nn.Module, stu
                        f"{len(problems)} refs do not fit the models:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def make_recipe(config: RunConfig, teacher: nn.Module, student: nn.Module | None) -> Recipe:
+def make_recipe(config: RunConfig, teacher: nn.Module, student: nn.Module | None,
+                teachers: Mapping[str, nn.Module] | None = None) -> Recipe:
+    """The config's method for these models. ``teachers``: every teacher by name, which ``method:
+    multiteacher`` takes (its ensemble); other methods see ``teacher``, the primary one."""
+    if config.method == "multiteacher" and teachers is not None and len(teachers) > 1:
+        teacher = dict(teachers)
     return expand_method(config.method, config.method_args, teacher, student, python_path=config.python_path)
 
 
@@ -289,6 +306,7 @@ def _make_distiller(config: RunConfig, part: StageParts, teacher: nn.Module) -> 
             matches = capture_matches(matches, config.capture)[0]
     try:
         return Distiller(part.teacher, part.student, matches, hard_label_weight=stage.hard_label_weight,
+                         teacher_weights=config.teacher_weights if isinstance(part.teacher, Mapping) else None,
                          attention=config.attention)
     except RefError as exc:
         raise RefError(f"stage '{stage.name}': {exc}") from None
@@ -309,8 +327,10 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     tokenizer, student_tokenizer, tokenizer_source = _tokenizers(config)
     data = build_data(config, tokenizer, student_tokenizer)
     loaders = make_loaders(config, data)
-    teacher, sources, finetuned = _teacher(config, data, loaders, tokenizer, finetune)
-    student, recipe, source = _student(config, teacher)
+    teachers, sources, finetunes = _teachers(config, data, loaders, tokenizer, finetune)
+    teacher = next(iter(teachers.values()))  # the primary teacher
+    finetuned = finetunes.get("teacher") if config.teachers is None else None  # several: RunParts.finetunes
+    student, recipe, source = _student(config, teacher, teachers)
     sources["student"] = source
     from kdistill.embedding import mark_models
 
@@ -328,8 +348,8 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     if recipe is not None and recipe.student_wrapper is not None:
         trained = recipe.student_wrapper(teacher, student)
     if tokenizer is not None:
-        _check_vocab_sizes(config, teacher, student, tokenizer, student_tokenizer)
-    _check_classes(config, data, loaders, teacher, student)
+        _check_vocab_sizes(config, teachers, student, tokenizer, student_tokenizer)
+    _check_classes(config, data, loaders, teachers, student)
 
     layer_map = None
     if any(m.teacher.endswith(".*") for m in config.matches):
@@ -337,11 +357,11 @@ def build(config: RunConfig, *, finetune: bool = False) -> RunParts:
     recipe, stage_origins = _recipe_with_matches(config, recipe, layer_map)
     if tokenizer is not None and config.lm_kind() is not None:
         _real_vocabulary(recipe, teacher, student, len(tokenizer))
-    stages = _stages(config, recipe, stage_origins, data, loaders, teacher, trained, assistant)
-    if finetuned is None:
-        _check_teacher_head(config, stages)
+    stages = _stages(config, recipe, stage_origins, data, loaders, teachers, trained, assistant)
+    _check_teacher_head(config, stages, finetunes)
     parts = RunParts(config, teacher, student, trained, assistant, tokenizer, student_tokenizer, tokenizer_source,
-                     data, loaders, recipe, stages, layer_map, sources, finetuned, baseline)
+                     data, loaders, recipe, stages, layer_map, sources, finetuned, baseline, teachers,
+                     finetunes if config.teachers is not None else {})
     if assistant is None:
         for i in range(len(stages)):
             parts.stage_distiller(i)  # bad refs and loss arguments surface now, not mid-run
@@ -363,11 +383,30 @@ def _tokenizers(config: RunConfig) -> tuple[Any, Any, str | None]:
     return tokenizer, student_tokenizer, source
 
 
+def _teachers(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader], tokenizer: Any,
+              finetune: bool) -> tuple[dict[str, nn.Module], dict[str, str], dict[str, Any]]:
+    """Every teacher by name (the primary first), where each came from (``sources``: ``teacher`` for one
+    teacher, ``teacher:<name>`` for several) and the cache entries of those fine-tuned."""
+    if config.teachers is None:
+        teacher, sources, entry = _teacher(config, data, loaders, tokenizer, finetune)
+        return {"teacher": teacher}, sources, ({"teacher": entry} if entry is not None else {})
+    teachers, sources, entries = {}, {}, {}
+    for name, spec in config.teachers.items():
+        # The fine-tune's settings and cache key read ``config.teacher``: each teacher in its place.
+        teachers[name], source, entry = _teacher(config.model_copy(update={"teacher": spec}), data, loaders,
+                                                 tokenizer, finetune, where=f"teachers.{name}")
+        sources[f"teacher:{name}"] = source["teacher"]
+        if entry is not None:
+            entries[name] = entry
+    sources["teacher"] = sources[f"teacher:{next(iter(teachers))}"]
+    return teachers, sources, entries
+
+
 def _teacher(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader], tokenizer: Any,
-             finetune: bool) -> tuple[nn.Module, dict[str, str], Any]:
+             finetune: bool, where: str = "teacher") -> tuple[nn.Module, dict[str, str], Any]:
     """The teacher, where it came from, and (``teacher.finetune``) its fine-tune's cache entry."""
     if config.teacher.finetune is None:
-        teacher = load_model(config.teacher, "teacher", config)
+        teacher = load_model(config.teacher, where, config)
         return teacher, {"teacher": config.teacher.path or f"factory {config.teacher.factory}"}, None
     from kdistill import finetune as kfinetune
     from kdistill.models import load_hf_model
@@ -394,8 +433,10 @@ def _teacher(config: RunConfig, data: DataParts, loaders: dict[str, DataLoader],
     return teacher, {"teacher": source}, entry
 
 
-def _student(config: RunConfig, teacher: nn.Module) -> tuple[nn.Module, Recipe | None, str]:
-    """The student (from the config or the method's ``student_init``), the method's recipe and the source."""
+def _student(config: RunConfig, teacher: nn.Module, teachers: Mapping[str, nn.Module] | None = None
+             ) -> tuple[nn.Module, Recipe | None, str]:
+    """The student (from the config or the method's ``student_init``), the method's recipe and the source;
+    ``teacher`` the primary teacher, ``teachers`` every one (:func:`make_recipe`)."""
     if config.student is not None:
         student = load_model(config.student, "student", config, teacher=teacher)
         source = (config.student.path or (config.student.factory and f"factory {config.student.factory}")
@@ -405,13 +446,13 @@ def _student(config: RunConfig, teacher: nn.Module) -> tuple[nn.Module, Recipe |
 
             source += f"; {add_lora(student, config.student.lora)}"
     else:
-        draft = make_recipe(config, teacher, None)
+        draft = make_recipe(config, teacher, None, teachers)
         if not draft.student_init:
             raise ConfigError(f"student: required: method '{config.method}' does not say how to build a student. "
                               "Give student: {path: …}, {factory: …} or {from_teacher: {layers: [0, 2, 4]}}.")
         student = student_from_init(draft.student_init, teacher, where=f"method '{config.method}' student_init")
         source = f"built by method '{config.method}': {draft.student_init}"
-    recipe = make_recipe(config, teacher, student) if config.method is not None else None
+    recipe = make_recipe(config, teacher, student, teachers) if config.method is not None else None
     return student, recipe, source
 
 
@@ -435,10 +476,12 @@ def _recipe_with_matches(config: RunConfig, recipe: Recipe | None,
 
 
 def _stages(config: RunConfig, recipe: Recipe, stage_origins: list[list[str]], data: DataParts,
-            loaders: dict[str, DataLoader], teacher: nn.Module, trained: nn.Module,
+            loaders: dict[str, DataLoader], teachers: Mapping[str, nn.Module], trained: nn.Module,
             assistant: nn.Module | None) -> list[StageParts]:
+    from kdistill.teachers import stage_teachers
+
     out = Path(config.output_dir)
-    chain = {"teacher": teacher, "assistant": assistant}
+    chain = {"teacher": stage_teachers(teachers), "assistant": assistant}
     stages = []
     learners = chain_learners(recipe.stages, trained, assistant)
     for i, stage in enumerate(recipe.stages):
@@ -477,31 +520,37 @@ def _real_vocabulary(recipe: Recipe, teacher: nn.Module, student: nn.Module, voc
                 stage.matches[i] = match.with_(args={**match.args, "vocab_size": vocabulary})
 
 
-def _check_teacher_head(config: RunConfig, stages: list[StageParts]) -> None:
+def _check_teacher_head(config: RunConfig, stages: list[StageParts], finetunes: Mapping[str, Any]) -> None:
     """A teacher whose classifier is made at load is random and frozen: its logits are no target."""
     from kdistill.labels import teacher_labels
+    from kdistill.teachers import teachers_read_logits
 
-    head = teacher_labels(config.teacher)
-    if not head.new_head:
-        return
-    for part in stages:
-        reading = [m.name or m.teacher for m in part.stage.matches if m.teacher == "logits"]
-        if part.stage.teacher == "teacher" and reading:
+    specs = config.teacher_specs()
+    for name, spec in specs.items():
+        head = teacher_labels(spec)
+        if name in finetunes or not head.new_head:
+            continue
+        for part in stages:
+            reading = teachers_read_logits(part.stage.matches, name, next(iter(specs)))
+            if part.stage.teacher != "teacher" or not reading:
+                continue
+            where = "teacher" if config.teachers is None else f"teachers.{name}"
             raise ConfigError(
-                f"teacher: {head.source}, so its logits are random (the teacher is not trained); stage "
+                f"{where}: {head.source}, so its logits are random (the teacher is not trained); stage "
                 f"'{part.stage.name}' distils them (match '{reading[0]}'). Give a teacher fine-tuned for these "
                 "labels, or match only hidden states and attentions."
             )
 
 
-def _check_vocab_sizes(config: RunConfig, teacher: nn.Module, student: nn.Module, tokenizer: Any,
+def _check_vocab_sizes(config: RunConfig, teachers: Mapping[str, nn.Module], student: nn.Module, tokenizer: Any,
                        student_tokenizer: Any) -> None:
-    """Each Hugging Face model can look up every id its tokenizer gives (a factory's too), before a batch runs."""
+    """Each Hugging Face model can look up every id its tokenizer gives (a factory's too), before a batch runs;
+    every teacher reads the primary teacher's tokens."""
     from kdistill.model_files import vocab_too_small
 
     teacher_source = config.data.tokenizer or config.teacher.path
-    feeds = (("teacher", teacher, tokenizer, teacher_source),
-             ("student", student, student_tokenizer or tokenizer, config.data.student_tokenizer or teacher_source))
+    feeds = [*(("teacher", teacher, tokenizer, teacher_source) for teacher in teachers.values()),
+             ("student", student, student_tokenizer or tokenizer, config.data.student_tokenizer or teacher_source)]
     for role, model, feeding, source in feeds:
         try:
             rows = model.get_input_embeddings().num_embeddings if is_hf_model(model) else None
@@ -514,16 +563,18 @@ def _check_vocab_sizes(config: RunConfig, teacher: nn.Module, student: nn.Module
             raise ConfigError(problem)
 
 
-def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, DataLoader], teacher: nn.Module,
-                   student: nn.Module) -> None:
-    """Every label of every split is a class of both models (their real output widths)."""
+def _check_classes(config: RunConfig, data: DataParts, loaders: Mapping[str, DataLoader],
+                   teachers: Mapping[str, nn.Module], student: nn.Module) -> None:
+    """Every label of every split is a class of every model (their real output widths)."""
     from kdistill.labels import check_label_range, too_many_classes
     from kdistill.train.evaluate import class_count
 
     if data.num_classes is None or "train" not in loaders:
         return
     batch = next(iter(loaders["train"]))
-    for role, model, key in (("teacher", teacher, None), ("student", student, "student_inputs")):
+    models = [*(("teacher" if len(teachers) == 1 else f"teachers.{name}", teacher, None)
+                for name, teacher in teachers.items()), ("student", student, "student_inputs")]
+    for role, model, key in models:
         classes = class_count(model, batch, inputs_key=key)
         if classes is None:
             continue

@@ -67,12 +67,15 @@ class RunFolder:
         """The run's teacher folder: ``teacher/`` in the run when ``teacher.finetune`` trained it from
         ``teacher.path`` (the base has no classifier of the run's classes), else ``teacher.path`` of the
         run's config when it is a model folder; None otherwise."""
-        from kdistill.finetune import TEACHER_DIR
+        from kdistill.finetune import TEACHER_DIR, TEACHERS_DIR
 
-        teacher = self.raw_config().get("teacher") if self.is_run else None
+        raw = self.raw_config() if self.is_run else {}
+        teacher, name = raw.get("teacher"), None
+        if isinstance(raw.get("teachers"), dict) and raw["teachers"]:  # several: the primary, listed first
+            name, teacher = next(iter(raw["teachers"].items()))
         path = teacher.get("path") if isinstance(teacher, dict) else None
         if isinstance(teacher, dict) and teacher.get("finetune") is not None:
-            path = self.path / TEACHER_DIR
+            path = self.path / TEACHER_DIR if name is None else self.path / TEACHERS_DIR / name
         return Path(path) if path and (Path(path) / "config.json").is_file() else None
 
     def split(self, name: str):

@@ -179,3 +179,18 @@ def test_vision_rows_distil_a_cnn_through_hooks(quality, tmp_path, capsys, monke
     # another temperature: new cells for the KD rows; the baseline and the teacher are kept
     again = run(quality, capsys, *common, "--methods", "baseline,hinton", "--vision-temperature", "1")
     assert (again["ran"], again["skipped"]) == (1, 2)
+
+
+def test_the_multiteacher_cell_is_two_teachers_of_one_base_with_other_seeds(quality, tmp_path, monkeypatch):
+    from kdistill.config import config_from_dict
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    options = quality.Options(tasks=("movie",), methods=("multiteacher",), layers=(3,), seeds=(0,), subset=64,
+                              teacher="tiny", results=tmp_path / "results.jsonl", progress=False)
+    raw = quality.cell_config(quality.Cell("movie", "multiteacher", 3, True, 0), options)
+    teachers = raw["teachers"]
+    assert list(teachers) == ["teacher", "reseeded"] and "teacher" not in raw and raw["cache"] is None
+    assert teachers["reseeded"]["finetune"]["seed"] == teachers["teacher"]["finetune"]["seed"] + 1
+    assert teachers["teacher"] == quality.teacher_config("movie", options)["teacher"]  # the table's teacher
+    config = config_from_dict(raw, base_dir=tmp_path)  # validates: both teachers read by the ensemble
+    assert config.method == "multiteacher" and list(config.teacher_specs()) == ["teacher", "reseeded"]

@@ -103,3 +103,10 @@ def test_float64_teachers_give_a_float64_ensemble_target():
     oracle = 9.0 * (mixed * (mixed.log() - log_p_s)).sum(-1).mean()
     assert seen and set(seen) == {torch.float64} and loss.dtype == torch.float64
     assert float(loss) == pytest.approx(float(oracle), rel=1e-12)
+
+
+def test_one_teacher_model_is_refused_not_hinton_under_another_name(models):
+    teachers, student = models
+    with pytest.raises(ConfigError, match=r"teacher: method 'multiteacher' averages several teachers, but it was "
+                                          r"given one model"):
+        expand("multiteacher", teachers["big"], student)

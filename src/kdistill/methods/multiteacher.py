@@ -56,12 +56,16 @@ def multiteacher(*, teacher: nn.Module | Mapping[str, nn.Module] | None = None, 
                  intermediate: Sequence[Mapping[str, Any]] = ()) -> Recipe:
     """Ensemble soft targets (probabilities averaged at T, T² in the loss) + hard labels + intermediate matches.
 
-    teacher: a dict name -> model (several teachers). teacher_weights: name -> weight of the average
+    teacher: a dict name -> model (several teachers; one model is refused). teacher_weights: name -> weight of the average
     (normalised; default equal). intermediate: ``[{teacher_name, teacher, student, loss, weight, args,
     projection}]`` — matches to one named teacher.
     """
     method = "multiteacher"
     check_choice(method, "loss", loss, SOFT_LOSSES)
+    if teacher is not None and not isinstance(teacher, Mapping):  # one model: Hinton KD under another name
+        raise ConfigError(f"teacher: method '{method}' averages several teachers, but it was given one model; pass "
+                          "a dict name -> model (in a config: teachers: {name: {path: …}, …}), or use method "
+                          "'hinton' for one teacher.")
     names = list(teacher) if isinstance(teacher, Mapping) else None
     if teacher_weights is not None:
         if not isinstance(teacher_weights, Mapping) or not teacher_weights:
