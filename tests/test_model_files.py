@@ -146,7 +146,8 @@ def test_a_student_with_its_own_different_tokenizer_needs_student_tokenizer(teac
         f"('{teacher}'): the teacher's has 35 tokens, the student's 35, and 2 ids differ (id 10: teacher "
         f"'{WORDS[10]}' vs student '{WORDS[11]}'; id 11: teacher '{WORDS[11]}' vs student '{WORDS[10]}'). Without "
         "data.student_tokenizer the student would read the teacher's token ids. Set data.student_tokenizer: "
-        f"{student} (each model then reads its own tokens), or use a student trained with the teacher's tokenizer."]
+        f"{student} (each model then reads its own tokens; for language models with the logits matched by loss uld, "
+        "the one token loss that needs no common vocabulary), or use a student trained with the teacher's tokenizer."]
     config = raw(teacher, {"path": str(student)})
     config["data"]["student_tokenizer"] = str(student)
     assert config_from_dict(config).data.student_tokenizer == str(student)
