@@ -407,6 +407,26 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return {"median": medians, "ratios": ratios}
 
 
+def targets(ratios: dict) -> dict[str, bool]:
+    """Issue 19's targets on the median within-round ratios: kdistill ≥ 1.0× TRL's tokens/s at ≤ its peak
+    RSS and an equal or better held-out loss; the capture ≥ 1.5× the live teacher's tokens/s at a held-out
+    loss within 2%."""
+    def holds(pair: str, key: str, test) -> bool:
+        value = ratios[pair].get(key)
+        return value is not None and bool(test(value))
+
+    met = {}
+    if "kdistill/trl" in ratios:
+        met["kdistill tokens/s >= 1.0x TRL"] = holds("kdistill/trl", "tokens_per_second", lambda r: r >= 1.0)
+        met["kdistill peak RSS <= TRL"] = holds("kdistill/trl", "peak_rss_mb", lambda r: r <= 1.0)
+        met["kdistill held-out loss <= TRL"] = holds("kdistill/trl", "heldout_loss", lambda r: r <= 1.0)
+    if "kdistill-capture/kdistill" in ratios:
+        pair = "kdistill-capture/kdistill"
+        met["capture tokens/s >= 1.5x live"] = holds(pair, "tokens_per_second", lambda r: r >= 1.5)
+        met["capture held-out loss within 2% of live"] = holds(pair, "heldout_loss", lambda r: abs(r - 1.0) <= 0.02)
+    return met
+
+
 def print_tables(summary: dict) -> None:
     rows = [[name, f"{m['tokens_per_second']:.1f}", f"{m['peak_rss_mb']:.0f}", f"{m['peak_anon_mb']:.0f}",
              f"{m.get('heldout_loss', float('nan')):.5g}", f"{m.get('heldout_ce', float('nan')):.5g}"]
@@ -422,6 +442,8 @@ def print_tables(summary: dict) -> None:
     for name, rows in summary["runs"].items():
         settings = next((r["settings"] for r in rows if "settings" in r), "failed")
         print(f"{name}: {settings}")
+    for target, met in summary["targets"].items():
+        print(f"target {target}: {'met' if met else 'NOT met'}")
 
 
 def _make_capture(job: Job, work: Path, log) -> dict | None:
@@ -503,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runs = _rounds(job_file, work, libraries, args.repeats, evaluate, log)
     summary = {"job": dataclasses.asdict(job), "check": check, "capture": capture, "runs": runs, **summarise(runs)}
+    summary["targets"] = targets(summary["ratios"])
     print_tables(summary)
     (output / "lm.json").parent.mkdir(parents=True, exist_ok=True)
     (output / "lm.json").write_text(json.dumps(summary, indent=2, default=str))

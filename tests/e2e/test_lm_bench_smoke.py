@@ -81,5 +81,15 @@ def test_quick_run_reports_every_library_and_the_ratios(lm_bench, tmp_path):
         assert math.isfinite(row["heldout_loss"]) and row["heldout_loss"] >= 0 and math.isfinite(row["heldout_ce"])
     assert set(summary["ratios"]) == {"kdistill/trl", "kdistill-capture/kdistill"}
     assert all(r["tokens_per_second"] > 0 for r in summary["ratios"].values())
+    assert len(summary["targets"]) == 5 and all(isinstance(v, bool) for v in summary["targets"].values())
     written = json.loads((tmp_path / "out" / "lm.json").read_text())
     assert written["job"]["steps"] == 3 and set(written["median"]) == set(summary["runs"])
+
+
+def test_targets_read_the_within_round_ratios(lm_bench):
+    ratios = {"kdistill/trl": {"tokens_per_second": 1.2, "peak_rss_mb": 0.9, "heldout_loss": 1.01},
+              "kdistill-capture/kdistill": {"tokens_per_second": 1.6, "peak_rss_mb": 0.8, "heldout_loss": None}}
+    assert lm_bench.targets(ratios) == {
+        "kdistill tokens/s >= 1.0x TRL": True, "kdistill peak RSS <= TRL": True,
+        "kdistill held-out loss <= TRL": False, "capture tokens/s >= 1.5x live": True,
+        "capture held-out loss within 2% of live": False}
