@@ -265,6 +265,25 @@ def spread(rates: dict[str, list[float]], baseline: str, name: str) -> tuple[flo
     return min(values), max(values)
 
 
+def run_script_worker(python: str, script: Path, args: Sequence[str], *, timeout: int = 900) -> dict:
+    """``python script _worker ARGS`` in a fresh process (so its peak memory is its own); the dict the
+    worker printed with :func:`print_json` (``RESULT worker {json}``), or ``{"error": why}``."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    command = [python, str(script), "_worker", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT worker "):
+            return json.loads(line[len("RESULT worker "):])
+    tail = (done.stderr or done.stdout).strip().splitlines()
+    return {"error": tail[-1][:300] if tail else f"exit code {done.returncode}"}
+
+
 def machine() -> str:
     import platform
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -463,18 +462,7 @@ def peer_python(venv: Path, log) -> tuple[str | None, dict[str, str]]:
 
 
 def run_worker(python: str, method: str, extra: list[str], *, timeout: int = 900) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(common.ROOT / "src"), TOKENIZERS_PARALLELISM="false",
-               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
-    command = [python, str(Path(__file__).resolve()), "_worker", "--method", method, *extra]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout}s"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT worker "):
-            return json.loads(line[len("RESULT worker "):])
-    tail = (done.stderr or done.stdout).strip().splitlines()
-    return {"error": tail[-1][:300] if tail else f"exit code {done.returncode}"}
+    return common.run_script_worker(python, Path(__file__).resolve(), ["--method", method, *extra], timeout=timeout)
 
 
 def section_peers(args, log) -> dict:

@@ -31,10 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quick_raw(folder: Path) -> dict:
-    """A tiny random Llama (2 blocks, 32 wide) on the repository's tiny review texts, for a smoke run."""
-    import csv
-
+def tiny_llama_teacher(folder: Path) -> Path:
+    """A tiny random Llama (2 blocks, 32 wide) with the repository's tiny tokenizer, saved in ``folder``."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -43,12 +41,25 @@ def _quick_raw(folder: Path) -> dict:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder / "teacher")
-    tokenizer.save_pretrained(folder / "teacher")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_review_texts(count: int, offset: int = 0) -> list[str]:
+    """Review sentences of the repository's tiny training CSV (``examples/data/reviews_train.csv``)."""
+    import csv
+
     with open(ROOT / "examples" / "data" / "reviews_train.csv", encoding="utf-8") as handle:
-        texts = [row["text"] for row in csv.DictReader(handle)][:48]
+        return [row["text"] for row in csv.DictReader(handle)][offset:offset + count]
+
+
+def _quick_raw(folder: Path) -> dict:
+    """A tiny random Llama (2 blocks, 32 wide) on the repository's tiny review texts, for a smoke run."""
+    teacher = tiny_llama_teacher(folder / "teacher")
+    texts = tiny_review_texts(48)
     (folder / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    return {"teacher": {"path": str(folder / "teacher"), "task": "causal-lm"},
+    return {"teacher": {"path": str(teacher), "task": "causal-lm"},
             "student": {"from_teacher": {"layers": [1]}},
             "matches": [{"teacher": "logits", "student": "logits", "loss": "token_kl", "name": "kd"}],
             "hard_label_weight": 0.5,
@@ -75,6 +86,21 @@ def _run(raw: dict, output: Path) -> dict:
                for split in ("validation", "test") if split in metrics}}
 
 
+def make_capture(raw: dict, build_dir: Path, *, progress: bool = True) -> dict:
+    """The top-k capture ``raw["capture"]`` asks for, made once by ``kdistill capture``'s code (the teacher
+    over the training data); its record with the seconds it took (loading included) and its MiB on disk."""
+    from kdistill.capture import Capture, capture_stage, run_capture
+    from kdistill.config import config_from_dict
+    from kdistill.run_build import build
+
+    started = time.perf_counter()
+    parts = build(config_from_dict({**raw, "output_dir": str(build_dir)}, import_from_base=False))
+    record = run_capture(parts, capture_stage(parts), progress=progress)
+    seconds = time.perf_counter() - started
+    on_disk = sum(f.stat().st_size for f in Path(Capture(raw["capture"]["path"]).path).iterdir() if f.is_file())
+    return {**record, "seconds": seconds, "mib_on_disk": on_disk / 2**20}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds (each runs both ways)")
@@ -89,10 +115,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from kdistill.capture import Capture, capture_stage, run_capture
-    from kdistill.config import config_from_dict
-    from kdistill.run_build import build
-
     if args.threads:
         torch.set_num_threads(args.threads)
     output = Path(args.output)
@@ -101,13 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     live = _quick_raw(scratch) if args.quick else _demo_raw()
     captured = {**live, "capture": {"path": str(output / f"capture-k{args.k}"), "k": args.k, "loss": args.loss}}
 
-    started = time.perf_counter()
-    parts = build(config_from_dict({**captured, "output_dir": str(output / "build")}, import_from_base=False))
-    record = run_capture(parts, capture_stage(parts))
-    seconds = time.perf_counter() - started
-    on_disk = sum(f.stat().st_size for f in Path(Capture(captured["capture"]["path"]).path).iterdir() if f.is_file())
-    print(f"capture: k {args.k}, {record['tokens']:,} loss tokens, {record['bytes_per_token']} bytes per token "
-          f"predicted, {on_disk / 2**20:.2f} MiB on disk, {seconds:.1f} s with loading (not part of the rounds)")
+    made = make_capture(captured, output / "build")
+    print(f"capture: k {args.k}, {made['tokens']:,} loss tokens, {made['bytes_per_token']} bytes per token "
+          f"predicted, {made['mib_on_disk']:.2f} MiB on disk, {made['seconds']:.1f} s with loading (not part of the rounds)")
 
     results: dict[str, list[dict]] = {"live": [], "capture": []}
     for number in range(rounds):
@@ -124,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
                     for key in summary["live"] if key.endswith("_loss")))
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"capture": record, "rounds": results, "median": summary, "ratio": ratio}
+    return {"capture": made, "rounds": results, "median": summary, "ratio": ratio}
 
 
 if __name__ == "__main__":
