@@ -32,9 +32,13 @@ def test_example_runs_three_steps(path, tmp_path):
     assert (out / "config.resolved.yaml").is_file() and (out / "summary.json").is_file()
     saved = sorted(p.name for p in (out / "student").iterdir())
     generation = ["generation_config.json"] if path.stem.startswith("causal_lm") else []  # a causal LM's own file
-    assert saved == [".kdistill-files.json", "README.md"] + (  # the manifest (what --overwrite may remove), the card
+    pooling = ["1_Pooling"] if path.stem.startswith("embedding") else []  # sentence-transformers' Pooling module
+    sentence_modules = ["modules.json"] if pooling else []
+    # the manifest (what --overwrite may remove), the model card, then the model's own files
+    assert saved == [".kdistill-files.json", *pooling, "README.md"] + (
         ["student.safetensors"] if path.stem == "cnn_module_hooks"
-        else ["config.json", *generation, "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
+        else ["config.json", *generation, "model.safetensors", *sentence_modules, "tokenizer.json",
+              "tokenizer_config.json"])
     assert summary["stages"][0]["steps"] == 3
     assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
     assert "validation" in summary["metrics"]
