@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def named_paths() -> list[tuple[str, str]]:
 
 
 def _open(annotation: typing.Any) -> bool:
-    """Whether any key may follow a field of this type (a dict, Any)."""
-    return annotation is typing.Any or typing.get_origin(annotation) is dict or annotation is dict
+    """Whether any key may follow a field of this type (a dict, Any, or a union holding one)."""
+    if annotation is typing.Any or typing.get_origin(annotation) is dict or annotation is dict:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _open(arg) for arg in typing.get_args(annotation))
 
 
 def _models_in(annotation: typing.Any) -> list[type[BaseModel]]:

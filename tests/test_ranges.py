@@ -10,6 +10,7 @@ import pytest
 
 from kdistill import Distiller, Match
 from kdistill.config import config_from_dict
+from kdistill.distiller import _OPTIONAL_LOSS_INPUTS
 from kdistill.errors import ConfigError
 from kdistill.losses import LOSSES, register_loss
 from kdistill.methods import METHODS, expand
@@ -23,7 +24,7 @@ ALPHA_WHY = "(the weight of the soft-target loss; the hard-label weight is 1 −
 STRUCTURED = {("distilbert", "layers"), ("hinton", "loss"), ("minilm", "assistant"),
               ("multiteacher", "teacher_weights"), ("multiteacher", "intermediate"), ("tinybert", "layer_map"),
               ("tinybert", "general_teacher")}
-SUPPLIED = {"teacher", "student", "mask", "teacher_mask", "labels", "student_features", "teacher_features"}
+SUPPLIED = {"teacher", "student", *_OPTIONAL_LOSS_INPUTS}  # what the Distiller passes, never a config
 
 
 def test_range_sentences_name_the_path_the_value_and_the_range():
