@@ -21,12 +21,8 @@ What happens underneath:
 from __future__ import annotations
 
 import logging
-import math
 import random
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +46,15 @@ from kdistill.compat.textbrewer_config import (  # noqa: F401 - re-exported
     _check_keys,
     _Config,
 )
+from kdistill.compat.textbrewer_loop import (  # noqa: F401 - checkpoint_steps re-exported
+    LoopHooks,
+    checkpoint_steps,
+    cycle,
+    plan_steps,
+    save_checkpoint,
+    scheduler_maker,
+    train_loop,
+)
 from kdistill.compat.textbrewer_losses import (  # noqa: F401 - re-exported: YAML names them here
     _dynamic_temperature,
     _heads,
@@ -72,6 +77,7 @@ from kdistill.matches import Match
 from kdistill.schedules import Linear, Scalar, value_at
 
 logger = logging.getLogger("kdistill.compat.textbrewer")
+_TASK = "textbrewer_task"  # the task a MultiTaskDistiller batch belongs to
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,9 +257,11 @@ class BasicDistiller:
         self.adaptor_S = adaptor_S
         self.teachers = self._teacher_dict(model_T)
         self.teacher_adaptors = self._teacher_adaptors(adaptor_T)
-        for name, adaptor in [*self.teacher_adaptors.items(), ("adaptor_S", adaptor_S)]:
+        self.student_adaptors = self._student_adaptors(adaptor_S)
+        for name, adaptor in [*self.teacher_adaptors.items(), *self.student_adaptors.items()]:
             if not callable(adaptor):
-                raise ConfigError(f"{name}: an adaptor is a function (batch, model_outputs) -> dict, got "
+                where = "adaptor_S" if name is None else name
+                raise ConfigError(f"{where}: an adaptor is a function (batch, model_outputs) -> dict, got "
                                   f"{type(adaptor).__name__}.")
         self.callers = {name: LegacyCaller(model, attention=attention, where=f"model_T '{name}'")
                         for name, model in self.teachers.items()}
@@ -274,6 +282,10 @@ class BasicDistiller:
 
     def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
         return {name: adaptor_T for name in self.teachers}
+
+    def _student_adaptors(self, adaptor_S) -> dict[str | None, Callable]:
+        """The student's adaptor by the task a wrapped batch names (``None``: no task)."""
+        return {None: adaptor_S}
 
     def __enter__(self):
         self._modes = ({name: m.training for name, m in self.teachers.items()}, self.model_S.training)
@@ -300,7 +312,9 @@ class BasicDistiller:
     def _student_features(self, model, wrapped) -> Features:
         _, student_batch = _split(wrapped[_BATCH])
         outputs = self.student_caller(student_batch, **wrapped.get(_ARGS, {}))
-        return results_to_features(self.adaptor_S(student_batch, outputs), who="adaptor_S")
+        task = wrapped.get(_TASK)
+        who = "adaptor_S" if task is None else f"adaptor_S of '{task}'"
+        return results_to_features(self.student_adaptors[task](student_batch, outputs), who=who)
 
     # ------------------------------------------------------------------ building the engine
     def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
@@ -311,30 +325,33 @@ class BasicDistiller:
                                f"(adaptor_S returned {'none' if student.logits is None else 'logits'}).")
         return [kd_match(self.d_config)]
 
-    def _build(self, wrapped: dict, optimizer) -> None:
+    def _build_engine(self, wrapped: dict, optimizer, teachers: dict[str, nn.Module]) -> Distiller:
+        """The kdistill engine for ``teachers``, its matches probed on ``wrapped``; its projections join
+        ``optimizer`` as new parameter groups (as TextBrewer's did)."""
         with torch.no_grad():
-            teacher = {name: self._teacher_features(name)(model, wrapped) for name, model in self.teachers.items()}
+            teacher = {name: self._teacher_features(name)(model, wrapped) for name, model in teachers.items()}
             student = self._student_features(self.model_S, wrapped)
         matches = self._matches(teacher, student)
         if not matches and not student.extra.get("losses"):
             raise ConfigError("nothing to distil: the adaptors return no 'logits' in common, there are no "
                               "intermediate_matches and adaptor_S returns no 'losses'.")
-        adapters = {name: self._teacher_features(name) for name in self.teachers}
-        self.engine = Distiller(self.teachers, self.model_S, matches, teacher_adapter=adapters,
-                                student_adapter=self._student_features)
-        self._extend_engine(self.engine)
-        self.engine.to(next(self.model_S.parameters()).device)
-        self.engine.prepare(wrapped)
-        self._check_projections()
-        for key, module in self.engine.projections.items():
+        adapters = {name: self._teacher_features(name) for name in teachers}
+        engine = Distiller(teachers, self.model_S, matches, teacher_adapter=adapters,
+                           student_adapter=self._student_features)
+        self._extend_engine(engine)
+        engine.to(next(self.model_S.parameters()).device)
+        engine.prepare(wrapped)
+        self._check_projections(engine)
+        for key, module in engine.projections.items():
             options = self._projection_options.get(key, {})
             optimizer.add_param_group({"params": list(module.parameters()), **options})
             logger.info("added projection %s (%s) to the optimizer", key, type(module).__name__)
+        return engine
 
     def _extend_engine(self, engine: Distiller) -> None:
         """Hook for GeneralDistiller: projections kdistill's Match cannot express."""
 
-    def _check_projections(self) -> None:
+    def _check_projections(self, engine: Distiller) -> None:
         """Hook for GeneralDistiller: declared projection widths against the real features."""
 
     # ------------------------------------------------------------------ training
@@ -346,91 +363,58 @@ class BasicDistiller:
         ``args`` are extra keyword arguments for both models' forward. ``callback(model=student,
         step=global_step)`` runs after each checkpoint. Returns ``self.history``.
         """
-        if num_epochs is None and num_steps is None:
-            raise ConfigError("train: give num_epochs or num_steps.")
-        cfg = self.t_config
-        device = cfg.resolved_device()
+        caching = bool(self.d_config.is_caching_logits) and not self.uses_intermediate_matches
+        if num_steps is not None and caching:
+            raise ConfigError("is_caching_logits=True cannot be combined with train(num_steps=...); "
+                              "train by num_epochs or turn caching off.")
+        steps = plan_steps(self.t_config, dataloader, num_epochs, num_steps)
+        device = self._to_device(args)
+        cache = self._cache(dataloader, batch_postprocessor, device, optimizer) if caching else None
+
+        def batches(epoch):
+            if cache is not None:
+                random.shuffle(cache)
+                return (self._wrap(batch, None, device, cached=True) for batch in cache)
+            source = cycle(dataloader) if epoch is None else dataloader
+            return (self._wrap(batch, batch_postprocessor, device, cached=False) for batch in source)
+
+        return train_loop(self._hooks(optimizer), optimizer, config=self.t_config, device=device, steps=steps,
+                          batches=batches, make_scheduler=scheduler_maker(optimizer, scheduler_class,
+                                                                          scheduler_args, scheduler),
+                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
+                          print_freq=self.print_freq)
+
+    def _to_device(self, model_args: dict) -> torch.device:
+        device = self.t_config.resolved_device()
         for model in [*self.teachers.values(), self.model_S]:
             model.to(device)
-        if self.engine is not None:
-            self.engine.to(device)
-        self._model_args = args
-        accumulation = cfg.gradient_accumulation_steps
-        caching = bool(self.d_config.is_caching_logits) and not self.uses_intermediate_matches
-        if num_steps is not None:
-            if caching:
-                raise ConfigError("is_caching_logits=True cannot be combined with train(num_steps=...); "
-                                  "train by num_epochs or turn caching off.")
-            if cfg.ckpt_steps is None:
-                raise ConfigError("train(num_steps=...) needs TrainingConfig.ckpt_steps (how often to save).")
-            total = int(num_steps)
-            epochs: list[int | None] = [None]
-            steps_per_epoch = None
-        else:
-            steps_per_epoch = len(dataloader) // accumulation
-            if steps_per_epoch == 0:
-                raise ConfigError(f"train: the dataloader has {len(dataloader)} batches, fewer than "
-                                  f"gradient_accumulation_steps={accumulation}: no optimiser step would run.")
-            total = steps_per_epoch * int(num_epochs)
-            epochs = list(range(int(num_epochs)))
-        points = checkpoint_steps(steps_per_epoch, cfg.ckpt_frequency) if steps_per_epoch else set()
-        log = _open_log(cfg.log_dir)
-        print_every = max((steps_per_epoch or cfg.ckpt_steps or 1) // self.print_freq, 1)
-        scaler, autocast = _mixed_precision(cfg.fp16, device)
-        state = {"scheduler": scheduler, "optimizer": optimizer, "scheduler_class": scheduler_class,
-                 "scheduler_args": scheduler_args or {}}
-        global_step = 0
-        try:
-            cache = self._cache(dataloader, batch_postprocessor, device, optimizer, state) if caching else None
-            for epoch in epochs:
-                optimizer.zero_grad()
-                if epoch is None:
-                    batches = _cycle(dataloader)
-                elif cache is not None:
-                    random.shuffle(cache)
-                    batches = cache
-                else:
-                    batches = dataloader
-                running: dict[str, float] = {}
-                for index, batch in enumerate(batches):
-                    wrapped = self._wrap(batch, batch_postprocessor, device, cached=cache is not None)
-                    if self.engine is None:
-                        self._build(wrapped, optimizer)
-                        state["scheduler"] = _make_scheduler(state)
-                    with autocast():
-                        loss, parts = self._loss(wrapped, global_step, total)
-                    scaled = loss / accumulation
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    for name, value in {"total_loss": loss.detach(), **parts}.items():
-                        running[name] = running.get(name, 0.0) + float(value) / accumulation
-                    if (index + 1) % accumulation:
-                        continue
-                    self._optimizer_step(optimizer, scaler, max_grad_norm, state["scheduler"])
-                    global_step += 1
-                    record = {"step": global_step, "epoch": 0 if epoch is None else epoch, **running}
-                    running = {}
-                    self.history.append(record)
-                    if log is not None:
-                        log.log(global_step, {k: v for k, v in record.items() if k != "step"})
-                    if global_step % print_every == 0:
-                        logger.info("Global step: %d/%d, epoch step: %d, total_loss: %.6g", global_step, total,
-                                    index + 1, record["total_loss"])
-                    if epoch is None:
-                        due = global_step % cfg.ckpt_steps == 0 or global_step == total
-                    else:
-                        epoch_step = global_step - epoch * steps_per_epoch
-                        last_epoch = epoch + 1 == len(epochs)
-                        due = epoch_step in points and ((epoch + 1) % cfg.ckpt_epoch_frequency == 0 or last_epoch)
-                    if due:
-                        self._save_and_callback(global_step, callback)
-                    if global_step >= total:
-                        break
-                if epoch is not None:
-                    logger.info("Epoch %d finished", epoch + 1)
-        finally:
-            if log is not None:
-                log.close()
-        return self.history
+        for engine in self._engines():
+            engine.to(device)
+        self._model_args = model_args
+        return device
+
+    def _hooks(self, optimizer) -> LoopHooks:
+        return LoopHooks(model=self.model_S, prepare=lambda wrapped: self._ensure_engine(wrapped, optimizer),
+                         loss=self._loss, parameters=self._trainable_parameters, save=self._save)
+
+    def _ensure_engine(self, wrapped: dict, optimizer) -> None:
+        if self.engine is None:
+            self.engine = self._build_engine(wrapped, optimizer, self.teachers)
+
+    def _engines(self) -> list[Distiller]:
+        """Every kdistill engine built so far (one here; one per task in MultiTaskDistiller)."""
+        return [] if self.engine is None else [self.engine]
+
+    def _engine_for(self, wrapped: dict) -> Distiller:
+        return self.engine
+
+    def _trainable_parameters(self) -> list[Tensor]:
+        """The student's and the projections' parameters (what ``max_grad_norm`` clips)."""
+        projections = [p for engine in self._engines() for p in engine.projections.parameters()]
+        return [*self.model_S.parameters(), *projections]
+
+    def _projection_state(self) -> dict[str, Tensor]:
+        return dict(self.engine.projections.state_dict()) if self.engine is not None else {}
 
     def _wrap(self, batch, batch_postprocessor, device, *, cached: bool) -> dict:
         if cached:
@@ -441,21 +425,19 @@ class BasicDistiller:
             batch = batch_postprocessor(batch)
         return {_BATCH: move_to_device(batch, device), _ARGS: self._model_args}
 
-    def _cache(self, dataloader, batch_postprocessor, device, optimizer, state) -> list:
+    def _cache(self, dataloader, batch_postprocessor, device, optimizer) -> list:
         """TextBrewer's ``is_caching_logits``: run the teachers once, keep (batch, logits on CPU)."""
         logger.info("Caching batches and the teachers' logits ...")
         cache = []
         for batch in dataloader:
             wrapped = self._wrap(batch, batch_postprocessor, device, cached=False)
-            if self.engine is None:
-                self._build(wrapped, optimizer)
-                state["scheduler"] = _make_scheduler(state)
+            self._ensure_engine(wrapped, optimizer)
             features = self.engine.teacher_features(wrapped)
             cache.append((wrapped[_BATCH], {name: f.logits.detach().cpu() for name, f in features.items()}))
         return cache
 
     def _loss(self, wrapped: dict, step: int, total: int) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.engine(wrapped, step=step, total_steps=total)
+        out = self._engine_for(wrapped)(wrapped, step=step, total_steps=total)
         parts = dict(out.parts)
         loss = out.loss
         losses = out.student_features.extra.get("losses") if out.student_features is not None else None
@@ -466,73 +448,8 @@ class BasicDistiller:
             loss = loss + hard
         return loss, parts
 
-    def _optimizer_step(self, optimizer, scaler, max_grad_norm, scheduler) -> None:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if max_grad_norm is not None and max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.engine.parameters(), max_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        optimizer.zero_grad()
-
-    def _save_and_callback(self, global_step: int, callback) -> None:
-        from kdistill.train.checkpoint import save_weights
-
-        directory = Path(self.t_config.output_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        logger.info("Saving at global step %d to %s", global_step, directory / f"gs{global_step}.safetensors")
-        save_weights(self.model_S, directory / f"gs{global_step}.safetensors")
-        if len(self.engine.projections):
-            save_weights(self.engine.projections, directory / f"gs{global_step}.projections.safetensors")
-        if callback is not None:
-            logger.info("Running callback function...")
-            callback(model=self.model_S, step=global_step)
-            self.model_S.train()
-
-
-def checkpoint_steps(steps_per_epoch: int, frequency: int) -> set[int]:
-    """Optimiser steps within an epoch (1-based) after which to save: the end of each 1/frequency of it.
-
-    At most ``frequency`` of them and at most one per step, so an epoch shorter than ``frequency``
-    steps saves at every step — as TextBrewer did (``checkpoint_steps(20, 10)`` = every second step).
-    """
-    if not frequency or not steps_per_epoch:
-        return set()
-    return {math.ceil(steps_per_epoch * (i + 1) / frequency) for i in range(frequency)}
-
-
-def _cycle(dataloader):
-    """Re-iterate the dataloader forever (a fresh shuffle each pass; itertools.cycle would replay pass one)."""
-    while True:
-        yield from dataloader
-
-
-def _make_scheduler(state: dict):
-    if state["scheduler_class"] is not None:
-        return state["scheduler_class"](optimizer=state["optimizer"], **state["scheduler_args"])
-    return state["scheduler"]
-
-
-def _mixed_precision(fp16: bool, device: torch.device):
-    if not fp16:
-        return None, nullcontext
-    if device.type != "cuda":
-        warnings.warn("TrainingConfig.fp16=True needs a CUDA device; training in float32.", stacklevel=3)
-        return None, nullcontext
-    return torch.amp.GradScaler("cuda"), lambda: torch.autocast("cuda", dtype=torch.float16)
-
-
-def _open_log(log_dir: str | None):
-    if log_dir is None:
-        return None
-    from kdistill.train.logging import MetricsLog
-
-    return MetricsLog(Path(log_dir), tensorboard=True)
+    def _save(self, global_step: int) -> None:
+        save_checkpoint(self.t_config.output_dir, global_step, self.model_S, self._projection_state())
 
 
 class GeneralDistiller(BasicDistiller):
@@ -553,7 +470,7 @@ class GeneralDistiller(BasicDistiller):
         self._pair_projections: dict[str, nn.Module] = {}
 
     def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
-        teacher_features = teacher["teacher"]
+        (teacher_features,) = teacher.values()
         matches: list[Match] = []
         self.matches_by_engine_index = []
         if teacher_features.logits is not None and student.logits is not None:
@@ -612,8 +529,8 @@ class GeneralDistiller(BasicDistiller):
         for key, module in self._pair_projections.items():
             engine.projections[key] = module
 
-    def _check_projections(self) -> None:
-        for plan, entry_index in zip(self.engine.plan, self.matches_by_engine_index):
+    def _check_projections(self, engine: Distiller) -> None:
+        for plan, entry_index in zip(engine.plan, self.matches_by_engine_index):
             if entry_index is None:
                 continue
             entry = self.d_config.intermediate_matches[entry_index]
