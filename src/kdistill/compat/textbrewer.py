@@ -21,10 +21,12 @@ What happens underneath:
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -258,11 +260,12 @@ class BasicDistiller:
         self.teachers = self._teacher_dict(model_T)
         self.teacher_adaptors = self._teacher_adaptors(adaptor_T)
         self.student_adaptors = self._student_adaptors(adaptor_S)
-        for name, adaptor in [*self.teacher_adaptors.items(), *self.student_adaptors.items()]:
-            if not callable(adaptor):
-                where = "adaptor_S" if name is None else name
-                raise ConfigError(f"{where}: an adaptor is a function (batch, model_outputs) -> dict, got "
-                                  f"{type(adaptor).__name__}.")
+        for role, adaptors in (("adaptor_T", self.teacher_adaptors), ("adaptor_S", self.student_adaptors)):
+            for name, adaptor in adaptors.items():
+                if not callable(adaptor):
+                    where = role if len(adaptors) == 1 and name in (None, "teacher") else f"{role}[{name!r}]"
+                    raise ConfigError(f"{where}: an adaptor is a function (batch, model_outputs) -> dict, got "
+                                      f"{type(adaptor).__name__}.")
         self.callers = {name: LegacyCaller(model, attention=attention, where=f"model_T '{name}'")
                         for name, model in self.teachers.items()}
         self.student_caller = LegacyCaller(model_S, attention=attention, where="model_S")
@@ -277,7 +280,7 @@ class BasicDistiller:
     def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
         if isinstance(model_T, (list, tuple, Mapping)):
             raise ConfigError(f"{type(self).__name__}: model_T is one model; for several teachers use "
-                              "MultiTeacherDistiller.")
+                              "MultiTeacherDistiller (a list), for one teacher per task MultiTaskDistiller (a dict).")
         return {"teacher": model_T}
 
     def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
@@ -570,10 +573,206 @@ class MultiTeacherDistiller(BasicDistiller):
         return [kd_match(self.d_config, teacher_name=ENSEMBLE)]
 
 
+class MultiTaskDistiller(GeneralDistiller):
+    """TextBrewer's ``MultiTaskDistiller``: one teacher per task distilled into one student.
+
+    model_T, adaptor_T, adaptor_S: dicts keyed by task name (the same names). Each micro-batch comes
+    from one task, drawn by :func:`task_probabilities`; that task's teacher and adaptors alone
+    compute its loss, as :class:`GeneralDistiller` would (logits KD when both adaptors return
+    ``logits``, ``intermediate_matches``, the adaptor's ``losses`` × ``hard_label_weight``).
+    Train by ``num_steps`` only. ``distiller.engines`` holds one kdistill :class:`Distiller` per
+    task (each with its own projections; TextBrewer shared one per match across tasks);
+    ``distiller.sampled_tasks`` the task of every micro-batch, in order.
+    """
+
+    def __init__(self, train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S, *,
+                 attention: str = "auto"):
+        super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S, attention=attention)
+        self.engines: dict[str, Distiller] = {}
+        self.sampled_tasks: list[str] = []
+
+    def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
+        if not isinstance(model_T, Mapping) or not model_T:
+            raise ConfigError("MultiTaskDistiller: model_T must be a non-empty dict {task name: teacher model}, "
+                              f"got {type(model_T).__name__}.")
+        return dict(model_T)
+
+    def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
+        return self._by_task(adaptor_T, "adaptor_T")
+
+    def _student_adaptors(self, adaptor_S) -> dict[str | None, Callable]:
+        return self._by_task(adaptor_S, "adaptor_S")
+
+    def _by_task(self, value, name: str) -> dict:
+        """``value`` as a dict with exactly the tasks of model_T (an error names the missing/extra ones)."""
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"MultiTaskDistiller: {name} must be a dict {{task name: ...}} with the tasks of "
+                              f"model_T ({', '.join(map(str, self.teachers))}), got {type(value).__name__}.")
+        missing = [task for task in self.teachers if task not in value]
+        extra = [task for task in value if task not in self.teachers]
+        if missing or extra:
+            raise ConfigError(f"MultiTaskDistiller: {name} has the tasks {', '.join(map(str, value)) or 'none'}; "
+                              f"model_T has {', '.join(map(str, self.teachers))}"
+                              + (f" (missing: {', '.join(map(str, missing))})" if missing else "")
+                              + (f" (unknown: {', '.join(map(str, extra))})" if extra else "") + ".")
+        return {task: value[task] for task in self.teachers}
+
+    def _engines(self) -> list[Distiller]:
+        return list(self.engines.values())
+
+    def _engine_for(self, wrapped: dict) -> Distiller:
+        return self.engines[wrapped[_TASK]]
+
+    def _projection_state(self) -> dict[str, Tensor]:
+        return {f"{task}.{key}": value for task, engine in self.engines.items()
+                for key, value in engine.projections.state_dict().items()}
+
+    def train(self, optimizer, dataloaders, num_steps, scheduler_class=None, scheduler_args=None, scheduler=None,
+              max_grad_norm=-1.0, tau=1, callback=None, batch_postprocessors=None, **args):
+        """Train the student for ``num_steps`` optimiser steps: TextBrewer's multi-task loop.
+
+        dataloaders: ``{task: dataloader}``; every micro-batch is drawn from task *d* with probability
+        ∝ ``len(dataloaders[d]) ** tau`` (uniform when a dataloader has no length), with numpy's global
+        random state as TextBrewer did (``np.random.seed`` makes the draw repeatable).
+        batch_postprocessors: ``{task: function}`` applied to that task's batches. Saves every
+        ``TrainingConfig.ckpt_steps`` steps and at the last, then calls ``callback(model=student,
+        step=global_step)``. ``args`` go to every model's forward. Returns ``self.history``.
+        """
+        dataloaders = self._by_task(dataloaders, "dataloaders")
+        postprocessors = self._by_task(batch_postprocessors, "batch_postprocessors") if batch_postprocessors \
+            else {task: None for task in self.teachers}
+        probabilities = task_probabilities(dataloaders, tau)
+        steps = plan_steps(self.t_config, None, None, num_steps)
+        device = self._to_device(args)
+        streams = {task: cycle(loader) for task, loader in dataloaders.items()}
+
+        def draw(task: str) -> dict:
+            wrapped = self._wrap(next(streams[task]), postprocessors[task], device, cached=False)
+            return {**wrapped, _TASK: task}
+
+        # Every task's engine is built on its first batch before training, so all projections are in
+        # the optimizer (and the scheduler) from the start; that batch is then the task's first one.
+        pending = {task: draw(task) for task in dataloaders}
+        for task, wrapped in pending.items():
+            if task not in self.engines:
+                self.engines[task] = self._build_engine(wrapped, optimizer, {task: self.teachers[task]})
+        tasks = list(dataloaders)
+        weights = None if probabilities is None else [probabilities[task] for task in tasks]
+
+        def batches(_epoch):
+            while True:
+                task = str(np.random.choice(tasks, p=weights))
+                self.sampled_tasks.append(task)
+                yield pending.pop(task) if task in pending else draw(task)
+
+        hooks = LoopHooks(model=self.model_S, prepare=lambda wrapped: None, loss=self._loss,
+                          parameters=self._trainable_parameters, save=self._save)
+        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
+                          make_scheduler=scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
+                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
+                          print_freq=self.print_freq)
+
+
+def task_probabilities(dataloaders: Mapping[str, Any], tau: float) -> dict[str, float] | None:
+    """TextBrewer's task sampling: P(d) = |d|^tau / Σ_e |e|^tau, |d| = ``len(dataloaders[d])``.
+
+    The length of a dataloader is its number of batches, so with one batch size this is the data
+    sets' sizes raised to tau: tau=1 samples in proportion to size, tau=0 uniformly. ``None``
+    (uniform draws, as in TextBrewer) when some dataloader has no ``len``.
+    """
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise ConfigError(f"train: tau must be a finite number (the exponent of the data set sizes), got {tau!r}.")
+    sizes = {task: _length(loader) for task, loader in dataloaders.items()}
+    if None in sizes.values():
+        logger.info("The size of some datasets is unknown: tasks are sampled uniformly (tau ignored).")
+        return None
+    empty = [str(task) for task, size in sizes.items() if size == 0]
+    if empty:
+        raise ConfigError(f"train: dataloaders[{', '.join(empty)}] has no batches; every task needs data.")
+    scores = {task: float(size) ** tau for task, size in sizes.items()}
+    total = sum(scores.values())
+    return {task: score / total for task, score in scores.items()}
+
+
+def _length(loader) -> int | None:
+    """``len(loader)``, or None for an iterable without one (a DataLoader of an IterableDataset raises)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+class BasicTrainer:
+    """TextBrewer's ``BasicTrainer``: plain supervised training (e.g. of the teacher), no distillation.
+
+    The model is called as the distillers call it and ``adaptor(batch, model_outputs)`` must return
+    ``{'losses': tensor or list of tensors}``; the loss of a batch is the sum of their means.
+    ``with trainer: trainer.train(optimizer, dataloader, num_epochs=...)`` (or ``num_steps=...``)
+    runs the distillers' loop: accumulation, clipping, scheduler, checkpoints
+    (``output_dir/gs<step>.safetensors``), ``log_dir`` metrics and ``callback(model=model, step=...)``.
+    """
+
+    print_freq = 20
+
+    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Callable, *,
+                 attention: str = "auto"):
+        self.t_config = _as_config(train_config, TrainingConfig, "train_config")
+        if not callable(adaptor):
+            raise ConfigError(f"adaptor: an adaptor is a function (batch, model_outputs) -> dict, got "
+                              f"{type(adaptor).__name__}.")
+        self.model = model
+        self.adaptor = adaptor
+        self.caller = LegacyCaller(model, attention=attention, where="model")
+        self.history: list[dict] = []
+        self._model_args: dict = {}
+
+    def __enter__(self):
+        self._mode = self.model.training
+        self.model.train()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.model.train(self._mode)
+
+    def train(self, optimizer, dataloader, num_epochs=None, scheduler_class=None, scheduler_args=None,
+              scheduler=None, max_grad_norm=-1.0, num_steps=None, callback=None, batch_postprocessor=None,
+              **args):
+        """Train the model: the same arguments and loop as :meth:`BasicDistiller.train`. Returns ``self.history``."""
+        steps = plan_steps(self.t_config, dataloader, num_epochs, num_steps)
+        device = self.t_config.resolved_device()
+        self.model.to(device)
+        self._model_args = args
+
+        def batches(epoch):
+            source = cycle(dataloader) if epoch is None else dataloader
+            for batch in source:
+                yield move_to_device(batch if batch_postprocessor is None else batch_postprocessor(batch), device)
+
+        hooks = LoopHooks(model=self.model, prepare=lambda batch: None, loss=self._loss,
+                          parameters=self.model.parameters, save=self._save)
+        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
+                          make_scheduler=scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
+                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
+                          print_freq=self.print_freq)
+
+    def _loss(self, batch, step: int, total: int) -> tuple[Tensor, dict[str, Tensor]]:
+        results = self.adaptor(batch, self.caller(batch, **self._model_args))
+        losses = results.get("losses") if isinstance(results, Mapping) else None
+        if losses is None or (isinstance(losses, (list, tuple)) and not losses):
+            got = sorted(results) if isinstance(results, Mapping) else type(results).__name__
+            raise FeatureError(f"adaptor: BasicTrainer optimises the adaptor's 'losses', but it returned {got}; "
+                               "return e.g. {'losses': model_outputs.loss}.")
+        losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+        return sum(loss.mean() for loss in losses), {}
+
+    def _save(self, global_step: int) -> None:
+        save_checkpoint(self.t_config.output_dir, global_step, self.model)
+
+
 __all__ = [
-    "ADAPTOR_KEYS", "BasicDistiller", "DistillationConfig", "FEATURES", "GeneralDistiller", "IntermediateMatch",
-    "LOSS_MAP", "MultiTeacherDistiller", "TrainingConfig", "attention_ce", "attention_ce_mean", "attention_mse_sum",
-    "checkpoint_steps", "kd_match", "projection_factory", "relu_projection", "results_to_features",
-    "tanh_projection", "textbrewer_kd",
-    "token_gram_mse", "translate_match", "weight_schedule",
+    "ADAPTOR_KEYS", "BasicDistiller", "BasicTrainer", "DistillationConfig", "FEATURES", "GeneralDistiller",
+    "IntermediateMatch", "LOSS_MAP", "MultiTaskDistiller", "MultiTeacherDistiller", "TrainingConfig", "attention_ce",
+    "attention_ce_mean", "attention_mse_sum", "checkpoint_steps", "kd_match", "projection_factory", "relu_projection",
+    "results_to_features", "tanh_projection", "task_probabilities", "textbrewer_kd", "token_gram_mse",
+    "translate_match", "weight_schedule",
 ]
