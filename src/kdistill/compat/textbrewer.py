@@ -185,7 +185,8 @@ def _one(value: object, key: str, who: str) -> object:
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
             raise FeatureError(f"{who}: returned {len(value)} '{key}' tensors; kdistill.compat distils one "
-                               "logits tensor per model (multi-task heads: one distiller per task).")
+                               "logits tensor per model (one head per task: MultiTaskDistiller, one adaptor per "
+                               "task).")
         return value[0]
     return value
 
