@@ -15,7 +15,10 @@ What happens underneath:
   objects run by :class:`~kdistill.Distiller` (see :data:`LOSS_MAP` for the loss names);
 - ``distiller.train`` steps *your* optimizer (projections are added to it as new parameter
   groups, as TextBrewer did), saves safetensors state dicts under ``output_dir`` at most
-  ``ckpt_frequency`` times per epoch, and logs to ``log_dir`` (``metrics.jsonl`` + TensorBoard).
+  ``ckpt_frequency`` times per epoch, and logs to ``log_dir`` (``metrics.jsonl`` + TensorBoard);
+  the loop is :func:`kdistill.compat.textbrewer_loop.train_loop`, shared by every class here;
+- ``MultiTaskDistiller`` draws each batch's task with P ∝ ``len(dataloader) ** tau`` and distils it
+  from that task's teacher; ``BasicTrainer`` trains one model on its adaptor's ``losses``.
 """
 
 from __future__ import annotations
