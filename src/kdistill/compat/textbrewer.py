@@ -385,11 +385,16 @@ class BasicDistiller:
             source = cycle(dataloader) if epoch is None else dataloader
             return (self._wrap(batch, batch_postprocessor, device, cached=False) for batch in source)
 
-        return train_loop(self._hooks(optimizer), optimizer, config=self.t_config, device=device, steps=steps,
-                          batches=batches, make_scheduler=scheduler_maker(optimizer, scheduler_class,
-                                                                          scheduler_args, scheduler),
-                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
-                          print_freq=self.print_freq)
+        return self._run(optimizer, steps, device, batches, scheduler_maker(optimizer, scheduler_class,
+                                                                            scheduler_args, scheduler),
+                         max_grad_norm=max_grad_norm, callback=callback)
+
+    def _run(self, optimizer, steps, device, batches, make_scheduler, *, max_grad_norm, callback) -> list[dict]:
+        hooks = LoopHooks(model=self.model_S, prepare=lambda wrapped: self._ensure_engine(wrapped, optimizer),
+                          loss=self._loss, parameters=self._trainable_parameters, save=self._save)
+        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
+                          make_scheduler=make_scheduler, max_grad_norm=max_grad_norm, callback=callback,
+                          history=self.history, print_freq=self.print_freq)
 
     def _to_device(self, model_args: dict) -> torch.device:
         device = self.t_config.resolved_device()
@@ -400,11 +405,8 @@ class BasicDistiller:
         self._model_args = model_args
         return device
 
-    def _hooks(self, optimizer) -> LoopHooks:
-        return LoopHooks(model=self.model_S, prepare=lambda wrapped: self._ensure_engine(wrapped, optimizer),
-                         loss=self._loss, parameters=self._trainable_parameters, save=self._save)
-
     def _ensure_engine(self, wrapped: dict, optimizer) -> None:
+        """Build the engine on the first batch (then the scheduler is made: projections are scheduled too)."""
         if self.engine is None:
             self.engine = self._build_engine(wrapped, optimizer, self.teachers)
 
@@ -621,6 +623,11 @@ class MultiTaskDistiller(GeneralDistiller):
                               + (f" (unknown: {', '.join(map(str, extra))})" if extra else "") + ".")
         return {task: value[task] for task in self.teachers}
 
+    def _ensure_engine(self, wrapped: dict, optimizer) -> None:
+        task = wrapped[_TASK]
+        if task not in self.engines:
+            self.engines[task] = self._build_engine(wrapped, optimizer, {task: self.teachers[task]})
+
     def _engines(self) -> list[Distiller]:
         return list(self.engines.values())
 
@@ -657,24 +664,21 @@ class MultiTaskDistiller(GeneralDistiller):
         # Every task's engine is built on its first batch before training, so all projections are in
         # the optimizer (and the scheduler) from the start; that batch is then the task's first one.
         pending = {task: draw(task) for task in dataloaders}
-        for task, wrapped in pending.items():
-            if task not in self.engines:
-                self.engines[task] = self._build_engine(wrapped, optimizer, {task: self.teachers[task]})
+        for wrapped in pending.values():
+            self._ensure_engine(wrapped, optimizer)
         tasks = list(dataloaders)
         weights = None if probabilities is None else [probabilities[task] for task in tasks]
 
         def batches(_epoch):
             while True:
-                task = str(np.random.choice(tasks, p=weights))
+                # np.random.choice(tasks, p=weights) as TextBrewer (the same draw), keeping the keys' type
+                task = tasks[np.random.choice(len(tasks), p=weights)]
                 self.sampled_tasks.append(task)
                 yield pending.pop(task) if task in pending else draw(task)
 
-        hooks = LoopHooks(model=self.model_S, prepare=lambda wrapped: None, loss=self._loss,
-                          parameters=self._trainable_parameters, save=self._save)
-        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
-                          make_scheduler=scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
-                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
-                          print_freq=self.print_freq)
+        return self._run(optimizer, steps, device, batches,
+                         scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
+                         max_grad_norm=max_grad_norm, callback=callback)
 
 
 def task_probabilities(dataloaders: Mapping[str, Any], tau: float) -> dict[str, float] | None:
