@@ -1,7 +1,7 @@
 """Bring scripts and configs from the seed article's two earlier libraries to kdistill.
 
-- :mod:`kdistill.compat.textbrewer`: TextBrewer 0.2.1's ``GeneralDistiller``, ``TrainingConfig``,
-  ``DistillationConfig`` … — change the import line, keep the script.
+- :mod:`kdistill.compat.textbrewer`: TextBrewer 0.2.1's ``GeneralDistiller``, ``MultiTaskDistiller``,
+  ``BasicTrainer``, ``TrainingConfig``, ``DistillationConfig`` … — change the import line, keep the script.
 - :mod:`kdistill.compat.knowledge_distillation`: the KnowledgeDistillation library's
   ``KnowledgeDistiller``, ``MultiLayerBasedDistillationLoss``, ``MultiLayerBasedDistillationEvaluator``.
 - :mod:`kdistill.compat.yaml_import`: their config shapes read as native kdistill configs

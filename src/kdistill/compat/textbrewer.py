@@ -15,7 +15,10 @@ What happens underneath:
   objects run by :class:`~kdistill.Distiller` (see :data:`LOSS_MAP` for the loss names);
 - ``distiller.train`` steps *your* optimizer (projections are added to it as new parameter
   groups, as TextBrewer did), saves safetensors state dicts under ``output_dir`` at most
-  ``ckpt_frequency`` times per epoch, and logs to ``log_dir`` (``metrics.jsonl`` + TensorBoard).
+  ``ckpt_frequency`` times per epoch, and logs to ``log_dir`` (``metrics.jsonl`` + TensorBoard);
+  the loop is :func:`kdistill.compat.textbrewer_loop.train_loop`, shared by every class here;
+- ``MultiTaskDistiller`` draws each batch's task with P ∝ ``len(dataloader) ** tau`` and distils it
+  from that task's teacher; ``BasicTrainer`` trains one model on its adaptor's ``losses``.
 """
 
 from __future__ import annotations
@@ -23,12 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import random
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -49,6 +50,15 @@ from kdistill.compat.textbrewer_config import (  # noqa: F401 - re-exported
     TrainingConfig,
     _check_keys,
     _Config,
+)
+from kdistill.compat.textbrewer_loop import (  # noqa: F401 - checkpoint_steps re-exported
+    LoopHooks,
+    checkpoint_steps,
+    cycle,
+    plan_steps,
+    save_checkpoint,
+    scheduler_maker,
+    train_loop,
 )
 from kdistill.compat.textbrewer_losses import (  # noqa: F401 - re-exported: YAML names them here
     _dynamic_temperature,
@@ -72,6 +82,7 @@ from kdistill.matches import Match
 from kdistill.schedules import Linear, Scalar, value_at
 
 logger = logging.getLogger("kdistill.compat.textbrewer")
+_TASK = "textbrewer_task"  # the task a MultiTaskDistiller batch belongs to
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +188,8 @@ def _one(value: object, key: str, who: str) -> object:
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
             raise FeatureError(f"{who}: returned {len(value)} '{key}' tensors; kdistill.compat distils one "
-                               "logits tensor per model (multi-task heads: one distiller per task).")
+                               "logits tensor per model (one head per task: MultiTaskDistiller, one adaptor per "
+                               "task).")
         return value[0]
     return value
 
@@ -251,10 +263,13 @@ class BasicDistiller:
         self.adaptor_S = adaptor_S
         self.teachers = self._teacher_dict(model_T)
         self.teacher_adaptors = self._teacher_adaptors(adaptor_T)
-        for name, adaptor in [*self.teacher_adaptors.items(), ("adaptor_S", adaptor_S)]:
-            if not callable(adaptor):
-                raise ConfigError(f"{name}: an adaptor is a function (batch, model_outputs) -> dict, got "
-                                  f"{type(adaptor).__name__}.")
+        self.student_adaptors = self._student_adaptors(adaptor_S)
+        for role, adaptors in (("adaptor_T", self.teacher_adaptors), ("adaptor_S", self.student_adaptors)):
+            for name, adaptor in adaptors.items():
+                if not callable(adaptor):
+                    where = role if len(adaptors) == 1 and name in (None, "teacher") else f"{role}[{name!r}]"
+                    raise ConfigError(f"{where}: an adaptor is a function (batch, model_outputs) -> dict, got "
+                                      f"{type(adaptor).__name__}.")
         self.callers = {name: LegacyCaller(model, attention=attention, where=f"model_T '{name}'")
                         for name, model in self.teachers.items()}
         self.student_caller = LegacyCaller(model_S, attention=attention, where="model_S")
@@ -269,11 +284,15 @@ class BasicDistiller:
     def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
         if isinstance(model_T, (list, tuple, Mapping)):
             raise ConfigError(f"{type(self).__name__}: model_T is one model; for several teachers use "
-                              "MultiTeacherDistiller.")
+                              "MultiTeacherDistiller (a list), for one teacher per task MultiTaskDistiller (a dict).")
         return {"teacher": model_T}
 
     def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
         return {name: adaptor_T for name in self.teachers}
+
+    def _student_adaptors(self, adaptor_S) -> dict[str | None, Callable]:
+        """The student's adaptor by the task a wrapped batch names (``None``: no task)."""
+        return {None: adaptor_S}
 
     def __enter__(self):
         self._modes = ({name: m.training for name, m in self.teachers.items()}, self.model_S.training)
@@ -300,7 +319,9 @@ class BasicDistiller:
     def _student_features(self, model, wrapped) -> Features:
         _, student_batch = _split(wrapped[_BATCH])
         outputs = self.student_caller(student_batch, **wrapped.get(_ARGS, {}))
-        return results_to_features(self.adaptor_S(student_batch, outputs), who="adaptor_S")
+        task = wrapped.get(_TASK)
+        who = "adaptor_S" if task is None else f"adaptor_S of '{task}'"
+        return results_to_features(self.student_adaptors[task](student_batch, outputs), who=who)
 
     # ------------------------------------------------------------------ building the engine
     def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
@@ -311,30 +332,33 @@ class BasicDistiller:
                                f"(adaptor_S returned {'none' if student.logits is None else 'logits'}).")
         return [kd_match(self.d_config)]
 
-    def _build(self, wrapped: dict, optimizer) -> None:
+    def _build_engine(self, wrapped: dict, optimizer, teachers: dict[str, nn.Module]) -> Distiller:
+        """The kdistill engine for ``teachers``, its matches probed on ``wrapped``; its projections join
+        ``optimizer`` as new parameter groups (as TextBrewer's did)."""
         with torch.no_grad():
-            teacher = {name: self._teacher_features(name)(model, wrapped) for name, model in self.teachers.items()}
+            teacher = {name: self._teacher_features(name)(model, wrapped) for name, model in teachers.items()}
             student = self._student_features(self.model_S, wrapped)
         matches = self._matches(teacher, student)
         if not matches and not student.extra.get("losses"):
             raise ConfigError("nothing to distil: the adaptors return no 'logits' in common, there are no "
                               "intermediate_matches and adaptor_S returns no 'losses'.")
-        adapters = {name: self._teacher_features(name) for name in self.teachers}
-        self.engine = Distiller(self.teachers, self.model_S, matches, teacher_adapter=adapters,
-                                student_adapter=self._student_features)
-        self._extend_engine(self.engine)
-        self.engine.to(next(self.model_S.parameters()).device)
-        self.engine.prepare(wrapped)
-        self._check_projections()
-        for key, module in self.engine.projections.items():
+        adapters = {name: self._teacher_features(name) for name in teachers}
+        engine = Distiller(teachers, self.model_S, matches, teacher_adapter=adapters,
+                           student_adapter=self._student_features)
+        self._extend_engine(engine)
+        engine.to(next(self.model_S.parameters()).device)
+        engine.prepare(wrapped)
+        self._check_projections(engine)
+        for key, module in engine.projections.items():
             options = self._projection_options.get(key, {})
             optimizer.add_param_group({"params": list(module.parameters()), **options})
             logger.info("added projection %s (%s) to the optimizer", key, type(module).__name__)
+        return engine
 
     def _extend_engine(self, engine: Distiller) -> None:
         """Hook for GeneralDistiller: projections kdistill's Match cannot express."""
 
-    def _check_projections(self) -> None:
+    def _check_projections(self, engine: Distiller) -> None:
         """Hook for GeneralDistiller: declared projection widths against the real features."""
 
     # ------------------------------------------------------------------ training
@@ -346,91 +370,60 @@ class BasicDistiller:
         ``args`` are extra keyword arguments for both models' forward. ``callback(model=student,
         step=global_step)`` runs after each checkpoint. Returns ``self.history``.
         """
-        if num_epochs is None and num_steps is None:
-            raise ConfigError("train: give num_epochs or num_steps.")
-        cfg = self.t_config
-        device = cfg.resolved_device()
+        caching = bool(self.d_config.is_caching_logits) and not self.uses_intermediate_matches
+        if num_steps is not None and caching:
+            raise ConfigError("is_caching_logits=True cannot be combined with train(num_steps=...); "
+                              "train by num_epochs or turn caching off.")
+        steps = plan_steps(self.t_config, dataloader, num_epochs, num_steps)
+        device = self._to_device(args)
+        cache = self._cache(dataloader, batch_postprocessor, device, optimizer) if caching else None
+
+        def batches(epoch):
+            if cache is not None:
+                random.shuffle(cache)
+                return (self._wrap(batch, None, device, cached=True) for batch in cache)
+            source = cycle(dataloader) if epoch is None else dataloader
+            return (self._wrap(batch, batch_postprocessor, device, cached=False) for batch in source)
+
+        return self._run(optimizer, steps, device, batches, scheduler_maker(optimizer, scheduler_class,
+                                                                            scheduler_args, scheduler),
+                         max_grad_norm=max_grad_norm, callback=callback)
+
+    def _run(self, optimizer, steps, device, batches, make_scheduler, *, max_grad_norm, callback) -> list[dict]:
+        hooks = LoopHooks(model=self.model_S, prepare=lambda wrapped: self._ensure_engine(wrapped, optimizer),
+                          loss=self._loss, parameters=self._trainable_parameters, save=self._save)
+        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
+                          make_scheduler=make_scheduler, max_grad_norm=max_grad_norm, callback=callback,
+                          history=self.history, print_freq=self.print_freq)
+
+    def _to_device(self, model_args: dict) -> torch.device:
+        device = self.t_config.resolved_device()
         for model in [*self.teachers.values(), self.model_S]:
             model.to(device)
-        if self.engine is not None:
-            self.engine.to(device)
-        self._model_args = args
-        accumulation = cfg.gradient_accumulation_steps
-        caching = bool(self.d_config.is_caching_logits) and not self.uses_intermediate_matches
-        if num_steps is not None:
-            if caching:
-                raise ConfigError("is_caching_logits=True cannot be combined with train(num_steps=...); "
-                                  "train by num_epochs or turn caching off.")
-            if cfg.ckpt_steps is None:
-                raise ConfigError("train(num_steps=...) needs TrainingConfig.ckpt_steps (how often to save).")
-            total = int(num_steps)
-            epochs: list[int | None] = [None]
-            steps_per_epoch = None
-        else:
-            steps_per_epoch = len(dataloader) // accumulation
-            if steps_per_epoch == 0:
-                raise ConfigError(f"train: the dataloader has {len(dataloader)} batches, fewer than "
-                                  f"gradient_accumulation_steps={accumulation}: no optimiser step would run.")
-            total = steps_per_epoch * int(num_epochs)
-            epochs = list(range(int(num_epochs)))
-        points = checkpoint_steps(steps_per_epoch, cfg.ckpt_frequency) if steps_per_epoch else set()
-        log = _open_log(cfg.log_dir)
-        print_every = max((steps_per_epoch or cfg.ckpt_steps or 1) // self.print_freq, 1)
-        scaler, autocast = _mixed_precision(cfg.fp16, device)
-        state = {"scheduler": scheduler, "optimizer": optimizer, "scheduler_class": scheduler_class,
-                 "scheduler_args": scheduler_args or {}}
-        global_step = 0
-        try:
-            cache = self._cache(dataloader, batch_postprocessor, device, optimizer, state) if caching else None
-            for epoch in epochs:
-                optimizer.zero_grad()
-                if epoch is None:
-                    batches = _cycle(dataloader)
-                elif cache is not None:
-                    random.shuffle(cache)
-                    batches = cache
-                else:
-                    batches = dataloader
-                running: dict[str, float] = {}
-                for index, batch in enumerate(batches):
-                    wrapped = self._wrap(batch, batch_postprocessor, device, cached=cache is not None)
-                    if self.engine is None:
-                        self._build(wrapped, optimizer)
-                        state["scheduler"] = _make_scheduler(state)
-                    with autocast():
-                        loss, parts = self._loss(wrapped, global_step, total)
-                    scaled = loss / accumulation
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                    for name, value in {"total_loss": loss.detach(), **parts}.items():
-                        running[name] = running.get(name, 0.0) + float(value) / accumulation
-                    if (index + 1) % accumulation:
-                        continue
-                    self._optimizer_step(optimizer, scaler, max_grad_norm, state["scheduler"])
-                    global_step += 1
-                    record = {"step": global_step, "epoch": 0 if epoch is None else epoch, **running}
-                    running = {}
-                    self.history.append(record)
-                    if log is not None:
-                        log.log(global_step, {k: v for k, v in record.items() if k != "step"})
-                    if global_step % print_every == 0:
-                        logger.info("Global step: %d/%d, epoch step: %d, total_loss: %.6g", global_step, total,
-                                    index + 1, record["total_loss"])
-                    if epoch is None:
-                        due = global_step % cfg.ckpt_steps == 0 or global_step == total
-                    else:
-                        epoch_step = global_step - epoch * steps_per_epoch
-                        last_epoch = epoch + 1 == len(epochs)
-                        due = epoch_step in points and ((epoch + 1) % cfg.ckpt_epoch_frequency == 0 or last_epoch)
-                    if due:
-                        self._save_and_callback(global_step, callback)
-                    if global_step >= total:
-                        break
-                if epoch is not None:
-                    logger.info("Epoch %d finished", epoch + 1)
-        finally:
-            if log is not None:
-                log.close()
-        return self.history
+        for engine in self._engines():
+            engine.to(device)
+        self._model_args = model_args
+        return device
+
+    def _ensure_engine(self, wrapped: dict, optimizer) -> None:
+        """Build the engine on the first batch (then the scheduler is made: projections are scheduled too)."""
+        if self.engine is None:
+            self.engine = self._build_engine(wrapped, optimizer, self.teachers)
+
+    def _engines(self) -> list[Distiller]:
+        """Every kdistill engine built so far (one here; one per task in MultiTaskDistiller)."""
+        return [] if self.engine is None else [self.engine]
+
+    def _engine_for(self, wrapped: dict) -> Distiller:
+        return self.engine
+
+    def _trainable_parameters(self) -> list[Tensor]:
+        """The student's and the projections' parameters (what ``max_grad_norm`` clips)."""
+        projections = [p for engine in self._engines() for p in engine.projections.parameters()]
+        return [*self.model_S.parameters(), *projections]
+
+    def _projection_state(self) -> dict[str, Tensor]:
+        return dict(self.engine.projections.state_dict()) if self.engine is not None else {}
 
     def _wrap(self, batch, batch_postprocessor, device, *, cached: bool) -> dict:
         if cached:
@@ -441,21 +434,19 @@ class BasicDistiller:
             batch = batch_postprocessor(batch)
         return {_BATCH: move_to_device(batch, device), _ARGS: self._model_args}
 
-    def _cache(self, dataloader, batch_postprocessor, device, optimizer, state) -> list:
+    def _cache(self, dataloader, batch_postprocessor, device, optimizer) -> list:
         """TextBrewer's ``is_caching_logits``: run the teachers once, keep (batch, logits on CPU)."""
         logger.info("Caching batches and the teachers' logits ...")
         cache = []
         for batch in dataloader:
             wrapped = self._wrap(batch, batch_postprocessor, device, cached=False)
-            if self.engine is None:
-                self._build(wrapped, optimizer)
-                state["scheduler"] = _make_scheduler(state)
+            self._ensure_engine(wrapped, optimizer)
             features = self.engine.teacher_features(wrapped)
             cache.append((wrapped[_BATCH], {name: f.logits.detach().cpu() for name, f in features.items()}))
         return cache
 
     def _loss(self, wrapped: dict, step: int, total: int) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.engine(wrapped, step=step, total_steps=total)
+        out = self._engine_for(wrapped)(wrapped, step=step, total_steps=total)
         parts = dict(out.parts)
         loss = out.loss
         losses = out.student_features.extra.get("losses") if out.student_features is not None else None
@@ -466,73 +457,8 @@ class BasicDistiller:
             loss = loss + hard
         return loss, parts
 
-    def _optimizer_step(self, optimizer, scaler, max_grad_norm, scheduler) -> None:
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if max_grad_norm is not None and max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.engine.parameters(), max_grad_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        optimizer.zero_grad()
-
-    def _save_and_callback(self, global_step: int, callback) -> None:
-        from kdistill.train.checkpoint import save_weights
-
-        directory = Path(self.t_config.output_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        logger.info("Saving at global step %d to %s", global_step, directory / f"gs{global_step}.safetensors")
-        save_weights(self.model_S, directory / f"gs{global_step}.safetensors")
-        if len(self.engine.projections):
-            save_weights(self.engine.projections, directory / f"gs{global_step}.projections.safetensors")
-        if callback is not None:
-            logger.info("Running callback function...")
-            callback(model=self.model_S, step=global_step)
-            self.model_S.train()
-
-
-def checkpoint_steps(steps_per_epoch: int, frequency: int) -> set[int]:
-    """Optimiser steps within an epoch (1-based) after which to save: the end of each 1/frequency of it.
-
-    At most ``frequency`` of them and at most one per step, so an epoch shorter than ``frequency``
-    steps saves at every step — as TextBrewer did (``checkpoint_steps(20, 10)`` = every second step).
-    """
-    if not frequency or not steps_per_epoch:
-        return set()
-    return {math.ceil(steps_per_epoch * (i + 1) / frequency) for i in range(frequency)}
-
-
-def _cycle(dataloader):
-    """Re-iterate the dataloader forever (a fresh shuffle each pass; itertools.cycle would replay pass one)."""
-    while True:
-        yield from dataloader
-
-
-def _make_scheduler(state: dict):
-    if state["scheduler_class"] is not None:
-        return state["scheduler_class"](optimizer=state["optimizer"], **state["scheduler_args"])
-    return state["scheduler"]
-
-
-def _mixed_precision(fp16: bool, device: torch.device):
-    if not fp16:
-        return None, nullcontext
-    if device.type != "cuda":
-        warnings.warn("TrainingConfig.fp16=True needs a CUDA device; training in float32.", stacklevel=3)
-        return None, nullcontext
-    return torch.amp.GradScaler("cuda"), lambda: torch.autocast("cuda", dtype=torch.float16)
-
-
-def _open_log(log_dir: str | None):
-    if log_dir is None:
-        return None
-    from kdistill.train.logging import MetricsLog
-
-    return MetricsLog(Path(log_dir), tensorboard=True)
+    def _save(self, global_step: int) -> None:
+        save_checkpoint(self.t_config.output_dir, global_step, self.model_S, self._projection_state())
 
 
 class GeneralDistiller(BasicDistiller):
@@ -553,7 +479,7 @@ class GeneralDistiller(BasicDistiller):
         self._pair_projections: dict[str, nn.Module] = {}
 
     def _matches(self, teacher: dict[str, Features], student: Features) -> list[Match]:
-        teacher_features = teacher["teacher"]
+        (teacher_features,) = teacher.values()
         matches: list[Match] = []
         self.matches_by_engine_index = []
         if teacher_features.logits is not None and student.logits is not None:
@@ -612,8 +538,8 @@ class GeneralDistiller(BasicDistiller):
         for key, module in self._pair_projections.items():
             engine.projections[key] = module
 
-    def _check_projections(self) -> None:
-        for plan, entry_index in zip(self.engine.plan, self.matches_by_engine_index):
+    def _check_projections(self, engine: Distiller) -> None:
+        for plan, entry_index in zip(engine.plan, self.matches_by_engine_index):
             if entry_index is None:
                 continue
             entry = self.d_config.intermediate_matches[entry_index]
@@ -653,10 +579,208 @@ class MultiTeacherDistiller(BasicDistiller):
         return [kd_match(self.d_config, teacher_name=ENSEMBLE)]
 
 
+class MultiTaskDistiller(GeneralDistiller):
+    """TextBrewer's ``MultiTaskDistiller``: one teacher per task distilled into one student.
+
+    model_T, adaptor_T, adaptor_S: dicts keyed by task name (the same names). Each micro-batch comes
+    from one task, drawn by :func:`task_probabilities`; that task's teacher and adaptors alone
+    compute its loss, as :class:`GeneralDistiller` would (logits KD when both adaptors return
+    ``logits``, ``intermediate_matches``, the adaptor's ``losses`` × ``hard_label_weight``).
+    Train by ``num_steps`` only. ``distiller.engines`` holds one kdistill :class:`Distiller` per
+    task (each with its own projections; TextBrewer shared one per match across tasks);
+    ``distiller.sampled_tasks`` the task of every micro-batch, in order.
+    """
+
+    def __init__(self, train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S, *,
+                 attention: str = "auto"):
+        super().__init__(train_config, distill_config, model_T, model_S, adaptor_T, adaptor_S, attention=attention)
+        self.engines: dict[str, Distiller] = {}
+        self.sampled_tasks: list[str] = []
+
+    def _teacher_dict(self, model_T) -> dict[str, nn.Module]:
+        if not isinstance(model_T, Mapping) or not model_T:
+            raise ConfigError("MultiTaskDistiller: model_T must be a non-empty dict {task name: teacher model}, "
+                              f"got {type(model_T).__name__}.")
+        return dict(model_T)
+
+    def _teacher_adaptors(self, adaptor_T) -> dict[str, Callable]:
+        return self._by_task(adaptor_T, "adaptor_T")
+
+    def _student_adaptors(self, adaptor_S) -> dict[str | None, Callable]:
+        return self._by_task(adaptor_S, "adaptor_S")
+
+    def _by_task(self, value, name: str) -> dict:
+        """``value`` as a dict with exactly the tasks of model_T (an error names the missing/extra ones)."""
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"MultiTaskDistiller: {name} must be a dict {{task name: ...}} with the tasks of "
+                              f"model_T ({', '.join(map(str, self.teachers))}), got {type(value).__name__}.")
+        missing = [task for task in self.teachers if task not in value]
+        extra = [task for task in value if task not in self.teachers]
+        if missing or extra:
+            raise ConfigError(f"MultiTaskDistiller: {name} has the tasks {', '.join(map(str, value)) or 'none'}; "
+                              f"model_T has {', '.join(map(str, self.teachers))}"
+                              + (f" (missing: {', '.join(map(str, missing))})" if missing else "")
+                              + (f" (unknown: {', '.join(map(str, extra))})" if extra else "") + ".")
+        return {task: value[task] for task in self.teachers}
+
+    def _ensure_engine(self, wrapped: dict, optimizer) -> None:
+        task = wrapped[_TASK]
+        if task not in self.engines:
+            self.engines[task] = self._build_engine(wrapped, optimizer, {task: self.teachers[task]})
+
+    def _engines(self) -> list[Distiller]:
+        return list(self.engines.values())
+
+    def _engine_for(self, wrapped: dict) -> Distiller:
+        return self.engines[wrapped[_TASK]]
+
+    def _projection_state(self) -> dict[str, Tensor]:
+        return {f"{task}.{key}": value for task, engine in self.engines.items()
+                for key, value in engine.projections.state_dict().items()}
+
+    def train(self, optimizer, dataloaders, num_steps, scheduler_class=None, scheduler_args=None, scheduler=None,
+              max_grad_norm=-1.0, tau=1, callback=None, batch_postprocessors=None, **args):
+        """Train the student for ``num_steps`` optimiser steps: TextBrewer's multi-task loop.
+
+        dataloaders: ``{task: dataloader}``; every micro-batch is drawn from task *d* with probability
+        ∝ ``len(dataloaders[d]) ** tau`` (uniform when a dataloader has no length), with numpy's global
+        random state as TextBrewer did (``np.random.seed`` makes the draw repeatable).
+        batch_postprocessors: ``{task: function}`` applied to that task's batches. Saves every
+        ``TrainingConfig.ckpt_steps`` steps and at the last, then calls ``callback(model=student,
+        step=global_step)``. ``args`` go to every model's forward. Returns ``self.history``.
+        """
+        dataloaders = self._by_task(dataloaders, "dataloaders")
+        postprocessors = self._by_task(batch_postprocessors, "batch_postprocessors") if batch_postprocessors \
+            else {task: None for task in self.teachers}
+        probabilities = task_probabilities(dataloaders, tau)
+        steps = plan_steps(self.t_config, None, None, num_steps)
+        device = self._to_device(args)
+        streams = {task: cycle(loader) for task, loader in dataloaders.items()}
+
+        def draw(task: str) -> dict:
+            wrapped = self._wrap(next(streams[task]), postprocessors[task], device, cached=False)
+            return {**wrapped, _TASK: task}
+
+        # Every task's engine is built on its first batch before training, so all projections are in
+        # the optimizer (and the scheduler) from the start; that batch is then the task's first one.
+        pending = {task: draw(task) for task in dataloaders}
+        for wrapped in pending.values():
+            self._ensure_engine(wrapped, optimizer)
+        tasks = list(dataloaders)
+        weights = None if probabilities is None else [probabilities[task] for task in tasks]
+
+        def batches(_epoch):
+            while True:
+                # np.random.choice(tasks, p=weights) as TextBrewer (the same draw), keeping the keys' type
+                task = tasks[np.random.choice(len(tasks), p=weights)]
+                self.sampled_tasks.append(task)
+                yield pending.pop(task) if task in pending else draw(task)
+
+        return self._run(optimizer, steps, device, batches,
+                         scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
+                         max_grad_norm=max_grad_norm, callback=callback)
+
+
+def task_probabilities(dataloaders: Mapping[str, Any], tau: float) -> dict[str, float] | None:
+    """TextBrewer's task sampling: P(d) = |d|^tau / Σ_e |e|^tau, |d| = ``len(dataloaders[d])``.
+
+    The length of a dataloader is its number of batches, so with one batch size this is the data
+    sets' sizes raised to tau: tau=1 samples in proportion to size, tau=0 uniformly. ``None``
+    (uniform draws, as in TextBrewer) when some dataloader has no ``len``.
+    """
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+        raise ConfigError(f"train: tau must be a finite number (the exponent of the data set sizes), got {tau!r}.")
+    sizes = {task: _length(loader) for task, loader in dataloaders.items()}
+    if None in sizes.values():
+        logger.info("The size of some datasets is unknown: tasks are sampled uniformly (tau ignored).")
+        return None
+    empty = [str(task) for task, size in sizes.items() if size == 0]
+    if empty:
+        raise ConfigError(f"train: dataloaders[{', '.join(empty)}] has no batches; every task needs data.")
+    scores = {task: float(size) ** tau for task, size in sizes.items()}
+    total = sum(scores.values())
+    return {task: score / total for task, score in scores.items()}
+
+
+def _length(loader) -> int | None:
+    """``len(loader)``, or None for an iterable without one (a DataLoader of an IterableDataset raises)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+class BasicTrainer:
+    """TextBrewer's ``BasicTrainer``: plain supervised training (e.g. of the teacher), no distillation.
+
+    The model is called as the distillers call it and ``adaptor(batch, model_outputs)`` must return
+    ``{'losses': tensor or list of tensors}``; the loss of a batch is the sum of their means.
+    ``with trainer: trainer.train(optimizer, dataloader, num_epochs=...)`` (or ``num_steps=...``)
+    runs the distillers' loop: accumulation, clipping, scheduler, checkpoints
+    (``output_dir/gs<step>.safetensors``), ``log_dir`` metrics and ``callback(model=model, step=...)``.
+    """
+
+    print_freq = 20
+
+    def __init__(self, train_config: TrainingConfig, model: nn.Module, adaptor: Callable, *,
+                 attention: str = "auto"):
+        self.t_config = _as_config(train_config, TrainingConfig, "train_config")
+        if not callable(adaptor):
+            raise ConfigError(f"adaptor: an adaptor is a function (batch, model_outputs) -> dict, got "
+                              f"{type(adaptor).__name__}.")
+        self.model = model
+        self.adaptor = adaptor
+        self.caller = LegacyCaller(model, attention=attention, where="model")
+        self.history: list[dict] = []
+        self._model_args: dict = {}
+
+    def __enter__(self):
+        self._mode = self.model.training
+        self.model.train()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.model.train(self._mode)
+
+    def train(self, optimizer, dataloader, num_epochs=None, scheduler_class=None, scheduler_args=None,
+              scheduler=None, max_grad_norm=-1.0, num_steps=None, callback=None, batch_postprocessor=None,
+              **args):
+        """Train the model: the same arguments and loop as :meth:`BasicDistiller.train`. Returns ``self.history``."""
+        steps = plan_steps(self.t_config, dataloader, num_epochs, num_steps)
+        device = self.t_config.resolved_device()
+        self.model.to(device)
+        self._model_args = args
+
+        def batches(epoch):
+            source = cycle(dataloader) if epoch is None else dataloader
+            for batch in source:
+                yield move_to_device(batch if batch_postprocessor is None else batch_postprocessor(batch), device)
+
+        hooks = LoopHooks(model=self.model, prepare=lambda batch: None, loss=self._loss,
+                          parameters=self.model.parameters, save=self._save)
+        return train_loop(hooks, optimizer, config=self.t_config, device=device, steps=steps, batches=batches,
+                          make_scheduler=scheduler_maker(optimizer, scheduler_class, scheduler_args, scheduler),
+                          max_grad_norm=max_grad_norm, callback=callback, history=self.history,
+                          print_freq=self.print_freq)
+
+    def _loss(self, batch, step: int, total: int) -> tuple[Tensor, dict[str, Tensor]]:
+        results = self.adaptor(batch, self.caller(batch, **self._model_args))
+        losses = results.get("losses") if isinstance(results, Mapping) else None
+        if losses is None or (isinstance(losses, (list, tuple)) and not losses):
+            got = sorted(results) if isinstance(results, Mapping) else type(results).__name__
+            raise FeatureError(f"adaptor: BasicTrainer optimises the adaptor's 'losses', but it returned {got}; "
+                               "return e.g. {'losses': model_outputs.loss}.")
+        losses = list(losses) if isinstance(losses, (list, tuple)) else [losses]
+        return sum(loss.mean() for loss in losses), {}
+
+    def _save(self, global_step: int) -> None:
+        save_checkpoint(self.t_config.output_dir, global_step, self.model)
+
+
 __all__ = [
-    "ADAPTOR_KEYS", "BasicDistiller", "DistillationConfig", "FEATURES", "GeneralDistiller", "IntermediateMatch",
-    "LOSS_MAP", "MultiTeacherDistiller", "TrainingConfig", "attention_ce", "attention_ce_mean", "attention_mse_sum",
-    "checkpoint_steps", "kd_match", "projection_factory", "relu_projection", "results_to_features",
-    "tanh_projection", "textbrewer_kd",
-    "token_gram_mse", "translate_match", "weight_schedule",
+    "ADAPTOR_KEYS", "BasicDistiller", "BasicTrainer", "DistillationConfig", "FEATURES", "GeneralDistiller",
+    "IntermediateMatch", "LOSS_MAP", "MultiTaskDistiller", "MultiTeacherDistiller", "TrainingConfig", "attention_ce",
+    "attention_ce_mean", "attention_mse_sum", "checkpoint_steps", "kd_match", "projection_factory", "relu_projection",
+    "results_to_features", "tanh_projection", "task_probabilities", "textbrewer_kd", "token_gram_mse",
+    "translate_match", "weight_schedule",
 ]
