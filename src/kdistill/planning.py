@@ -251,7 +251,8 @@ def _qa_lines(config: RunConfig, parts: Any) -> list[str]:
         "the softmax",
         f"  scores: best span per question over its windows (start <= end, at most {spec.max_answer_length} tokens, "
         "data.max_answer_length), SQuAD exact match and F1 (lower case, no punctuation or articles)",
-        f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, vocabulary {len(parts.tokenizer):,})"]
+        f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, "
+        f"vocabulary {len(parts.tokenizer):,})"]
 
 
 def _data_lines(config: RunConfig, parts: Any) -> list[str]:

@@ -159,7 +159,7 @@ def _answer_section(metrics: Mapping, baseline: Mapping) -> str:
         for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
                              ("baseline", baseline.get(split))):
             if values:
-                share = values.get("agreement") if role == "baseline" else result["agreement"] if role == "student" else None
+                share = {"baseline": values.get("agreement"), "student": result["agreement"]}.get(role)
                 rows.append([split, role, f"{100 * values['exact_match']:.2f}", f"{100 * values['f1']:.2f}",
                              "" if share is None else f"{share:.2%}", f"{result['examples']:,}",
                              f"{result['windows']:,}"])
