@@ -95,7 +95,7 @@ def test_squads_own_nesting_and_a_json_list_read_as_the_same_records(tmp_path):
     broken = {"data": [{"paragraphs": [{"context": "Ada was born in Leeds.", "qas": [
         {"id": "q1", "question": "Where?", "answers": [{"text": "Leeds", "answer_start": 3}]}]}]}]}
     (tmp_path / "broken.json").write_text(json.dumps(broken))
-    with pytest.raises(DataError, match=r"broken\.json data\[1\]\.paragraphs\[1\]\.qas\[1\] \(id 'q1'\): answer "
+    with pytest.raises(DataError, match=r"broken\.json article 1, paragraph 1, question 1 \(id 'q1'\): answer "
                                         "'Leeds' is not in its context at 3"):
         read_squad(tmp_path / "broken.json")
 

@@ -440,8 +440,8 @@ class Checker:
                 continue
             try:
                 lm_records(resolved, kind, spec)
-            except (ConfigError, DataError) as exc:
-                self.add(str(exc))
+            except (ConfigError, DataError) as exc:  # a record's problem, placed at the key that reads the file
+                self.add(str(exc) if str(exc).startswith(f"{where}.") else f"{where}.{key}: {exc}")
 
     def chat_template(self, folder: str | None) -> None:
         """Chat data needs a tokenizer with a chat template: its folder says so (no weights, no tokenizer load)."""

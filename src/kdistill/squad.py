@@ -87,7 +87,7 @@ def _flatten_squad(articles: list, source: str) -> list[tuple[str, Any]]:
                 if isinstance(answers, list):
                     flat["answers"] = {"text": [x.get("text") for x in answers if isinstance(x, dict)],
                                        "answer_start": [x.get("answer_start") for x in answers if isinstance(x, dict)]}
-                rows.append((f"{source} data[{a}].paragraphs[{p}].qas[{q}]", flat))
+                rows.append((f"{source} article {a}, paragraph {p}, question {q}", flat))
     return rows
 
 
