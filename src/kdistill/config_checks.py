@@ -152,6 +152,10 @@ class Checker:
             self.add(f"method: '{top.method}' is not available for question answering yet (its prediction and layer "
                      "losses are not checked against span logits); use method: hinton (span_kl on the start and end "
                      "distributions plus the labels' cross-entropy) or your own matches.")
+        metric = (raw.get("training") or {}).get("metric") if isinstance(raw.get("training"), dict) else None
+        if metric is not None and metric not in ("exact_match", "f1"):
+            self.add(f"training.metric: a question-answering run is evaluated by SQuAD exact match and F1; "
+                     f"'{metric}' is not one of them: choose exact_match or f1.")
         if raw.get("teachers"):
             self.add("teachers: several teachers are not supported for question answering (their span "
                      "distributions would be averaged over every token, question and padding included); give one "

@@ -144,12 +144,13 @@ class QADataset(Dataset):
 
 def _check_question_room(records: Sequence[QARecord], questions: Sequence[str], tokenizer: Any, max_length: int,
                          stride: int) -> None:
-    """Every window must hold its question, three special tokens and more context than the stride."""
+    """Every window must hold its question, the pair's special tokens and more context than the stride."""
     lengths = tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+    special = tokenizer.num_special_tokens_to_add(pair=True)
     for record, ids in zip(records, lengths):
-        if len(ids) + 3 + stride >= max_length:
+        if len(ids) + special + stride >= max_length:
             raise DataError(f"{record.where} (id {record.id!r}): the question is {len(ids)} tokens; with data.stride "
-                            f"{stride} and three special tokens it leaves no room for new context in a window of "
+                            f"{stride} and {special} special tokens it leaves no room for new context in a window of "
                             f"data.max_length {max_length}. Raise data.max_length or lower data.stride.")
 
 
