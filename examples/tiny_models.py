@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 TOKENIZER = Path(__file__).resolve().parent / "data" / "tiny_tokenizer"
+QA_TOKENIZER = Path(__file__).resolve().parent / "data" / "qa_tokenizer"  # the words of examples/data/qa_*.jsonl
 
 
 def vocab_size() -> int:
@@ -72,3 +73,18 @@ def tiny_bert_tagger(num_layers: int = 2, hidden_size: int = 32, num_heads: int 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return BertForTokenClassification(config)
+
+
+def tiny_bert_qa(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, seed: int = 0):
+    """A randomly initialised ``BertForQuestionAnswering`` (start and end logits; seeded) over the
+    vocabulary of examples/data/qa_tokenizer."""
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    config = BertConfig(
+        vocab_size=len((QA_TOKENIZER / "vocab.txt").read_text(encoding="utf-8").split()), hidden_size=hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+        max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertForQuestionAnswering(config)

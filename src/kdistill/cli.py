@@ -214,7 +214,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
-    if "f1" in result["student"]:  # a token classifier: entity scores
+    if "exact_match" in result["student"]:  # extractive question answering (kdistill.qa_spans)
+        _print_answer_scores(result)
+    elif "f1" in result["student"]:  # a token classifier: entity scores
         _print_entity_scores(result)
     elif "knn_accuracy" in result["student"]:  # sentence embeddings (kdistill.embedding)
         _print_embedding_scores(result)
@@ -249,6 +251,15 @@ def _print_embedding_scores(result: dict) -> None:
     baseline = {split: result["baseline"]} if "baseline" in result else {}
     print(f"  nearest neighbours (k={result['k']}, cosine) among the {result['index_examples']:,} train texts")
     print("\n".join("  " + line for line in markdown_table(*embedding_table({split: result}, baseline)).splitlines()))
+
+
+def _print_answer_scores(result: dict) -> None:
+    """``kdistill eval`` of a question answerer: SQuAD exact match and F1 of the best span per question."""
+    print(f"  {'':<8} {'exact_match':>11} {'f1':>9}  (SQuAD, fractions; best span over each question's windows)")
+    for role in ("teacher", "student", "baseline"):
+        if role in result:
+            print(f"  {role:<8} {result[role]['exact_match']:>11.4f} {result[role]['f1']:>9.4f}")
+    print(f"  {result['examples']:,} questions in {result['windows']:,} windows")
 
 
 def _print_entity_scores(result: dict) -> None:

@@ -36,7 +36,8 @@ from kdistill.errors import ConfigError, suggest
 from kdistill.factories import Imported, resolve
 from kdistill.model_files import model_problems
 
-TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm", "token-classification", "embedding")
+TASKS = ("sequence-classification", "base", "masked-lm", "causal-lm", "token-classification", "embedding",
+         "question-answering")
 LM_KINDS = ("text", "prompt_completion", "chat")  # data.kind of a causal-LM run (kdistill.lm_data)
 BUILTIN_DATA = ("movie_reviews", "sms_spam", "digits", "fashion_mnist", "wnut16")
 TAGGED_DATA = ("wnut16",)  # builtin sets of word-level BIO tags (kdistill.conll)
@@ -97,7 +98,7 @@ class ModelSpec(_Strict):
 
     path: str | None = None
     task: Literal["sequence-classification", "base", "masked-lm", "causal-lm",
-                  "token-classification", "embedding"] = "sequence-classification"
+                  "token-classification", "embedding", "question-answering"] = "sequence-classification"
     # task: embedding — the sentence embedding's pooling (kdistill.embedding); unset: the folder's
     # sentence-transformers Pooling config, else (student) the teacher's, else mean. Filled by validation.
     pooling: Literal["mean", "cls"] | None = None
@@ -162,9 +163,14 @@ class DataSpec(_Strict):
     missing_text: Literal["error", "skip"] = "error"
     # Language-model data (teacher.task: causal-lm; kdistill.lm_data): plain text, prompt/completion
     # columns or chat messages; the loss covers the completion (assistant) tokens only.
-    kind: Literal["classification", "text", "prompt_completion", "chat", "conll"] | None = None
+    kind: Literal["classification", "text", "prompt_completion", "chat", "conll", "squad"] | None = None
     # conll: word<TAB>tag lines, BIO tags, a blank line between sentences (kdistill.conll); the
     # default data of teacher.task: token-classification.
+    # squad: {id, question, context, answers: {text, answer_start}} records (kdistill.squad); the
+    # default data of teacher.task: question-answering, cut into windows of max_length tokens that
+    # share 'stride' context tokens; answers are at most max_answer_length tokens (kdistill.qa_spans).
+    stride: int = Field(default=32, ge=0)
+    max_answer_length: int = Field(default=30, ge=1)
     prompt: str = "prompt"
     completion: str = "completion"
     messages: str = "messages"
@@ -324,6 +330,10 @@ class RunConfig(_TopLevel):
         """Whether the run tags words (``teacher.task: token-classification``, data read as CoNLL)."""
         return self.teacher.task == "token-classification"
 
+    def answers_questions(self) -> bool:
+        """Whether the run answers questions (``teacher.task: question-answering``, data read as SQuAD records)."""
+        return self.teacher.task == "question-answering"
+
     def limit_of(self, split: str) -> int | None:
         """``data.limit`` for ``split``: one number for every split, or a number per split."""
         limit = self.data.limit
@@ -456,6 +466,10 @@ def check_data(config: RunConfig) -> None:
         from kdistill.conll import read_tag_tables
 
         read_tag_tables(config)
+    elif config.answers_questions():  # every record's answer checked against its context now
+        from kdistill.squad import read_qa_tables
+
+        read_qa_tables(config)
     elif config.data.builtin is None and config.lm_kind() is None:  # LM files: read by the checker
         from kdistill.run_data import read_tables
 
@@ -639,7 +653,7 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
         kind = parsed["data"].kind
         causal = teacher_task == "causal-lm"
         check.data(parsed["data"], lm_kind=kind if kind in LM_KINDS else "text" if causal else None,
-                   tagged=teacher_task == "token-classification")
+                   tagged=teacher_task == "token-classification", squad=teacher_task == "question-answering")
         if kind == "chat" and "teacher" in parsed:
             check.chat_template(parsed["data"].tokenizer or parsed["teacher"].path)
     layer_map_used: list[bool] = []

@@ -40,6 +40,10 @@ from kdistill.refs import LAYER_KINDS, parse_ref
 
 
 LIMIT_SPLITS = ("train", "validation", "test", "unlabelled")
+FINETUNE_TASKS = ("sequence-classification", "token-classification", "question-answering")  # teacher.finetune
+# Losses that read one distribution per example or per token: wrong on a QA model's (B, 2, T) span logits.
+SPAN_REFUSED_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd", "token_kl", "token_reverse_kl", "token_jsd",
+                       "token_skew_kl", "token_tv", "token_topk_kl")
 
 
 class Checker:
@@ -116,6 +120,8 @@ class Checker:
                     and top.cache == "logits":
                 self.add("cache: 'logits' stores one row of class scores per example; a token-classification run "
                          "has one per token: use cache: teacher or no cache.")
+            if teacher is not None and teacher.task == "question-answering":
+                self._question_answering(raw, top)
             causal = teacher is not None and teacher.task == "causal-lm"
             if causal and top is not None and top.cache == "logits":
                 self.add("cache: 'logits' stores each example's logits whole (classes, or tokens x vocabulary in "
@@ -136,6 +142,34 @@ class Checker:
                 self.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
                          "the text (data.tokenizer: path/to/folder).")
 
+    def _question_answering(self, raw: dict, top: Any) -> None:
+        """What a question-answering run (kdistill.qa_spans) does not do, refused before any weight loads."""
+        if top is not None and top.cache is not None:
+            self.add(f"cache: '{top.cache}' stores per-example class scores or per-token features; a "
+                     "question-answering run's span logits (start and end over each window) are not cached: "
+                     "remove 'cache'.")
+        if top is not None and top.method not in (None, "hinton"):
+            self.add(f"method: '{top.method}' is not available for question answering yet (its prediction and layer "
+                     "losses are not checked against span logits); use method: hinton (span_kl on the start and end "
+                     "distributions plus the labels' cross-entropy) or your own matches.")
+        metric = (raw.get("training") or {}).get("metric") if isinstance(raw.get("training"), dict) else None
+        if metric is not None and metric not in ("exact_match", "f1"):
+            self.add(f"training.metric: a question-answering run is evaluated by SQuAD exact match and F1; "
+                     f"'{metric}' is not one of them: choose exact_match or f1.")
+        if raw.get("teachers"):
+            self.add("teachers: several teachers are not supported for question answering (their span "
+                     "distributions would be averaged over every token, question and padding included); give one "
+                     "'teacher'.")
+        for i, match in enumerate(raw.get("matches") or []):
+            if not isinstance(match, dict):
+                continue
+            reads_logits = match.get("teacher", "logits") == "logits" or match.get("student", "logits") == "logits"
+            loss = match.get("loss")
+            if reads_logits and isinstance(loss, str) and loss in SPAN_REFUSED_LOSSES:
+                self.add(f"matches[{i}].loss: '{loss}' compares one distribution per example or per token; a "
+                         "question-answering model's logits are start and end distributions over the context: "
+                         "use loss: span_kl (or hard_ce for the labels).")
+
     # ------------------------------------------------------------------ models
     def model(self, spec: ModelSpec, where: str, *, role: str) -> None:
         sources = [key for key in ("path", "factory", "from_teacher") if getattr(spec, key) is not None]
@@ -151,9 +185,9 @@ class Checker:
         if spec.args and spec.factory is None:
             self.add(f"{where}.args: arguments are passed to a 'factory' only; this model has none.")
         if spec.finetune is not None and (role != "teacher" or spec.path is None
-                                          or spec.task not in ("sequence-classification", "token-classification")):
+                                          or spec.task not in FINETUNE_TASKS):
             self.add(f"{where}.finetune: fine-tunes a teacher given by 'path' (a pretrained Hugging Face folder) as a "
-                     "sequence or token classifier; "
+                     "sequence or token classifier or a question answerer; "
                      + ("a student is trained by the run itself." if role != "teacher" else
                         f"this teacher has {'a factory' if spec.path is None else f'task {spec.task!r}'}."))
         if spec.lora is not None:
@@ -233,7 +267,8 @@ class Checker:
                 self.add(f"{where}: {', '.join(sizes)} apply with 'num_layers' only; copied layers keep the teacher's sizes.")
 
     # ------------------------------------------------------------------ data
-    def data(self, spec: DataSpec, where: str = "data", *, lm_kind: str | None = None, tagged: bool = False) -> None:
+    def data(self, spec: DataSpec, where: str = "data", *, lm_kind: str | None = None, tagged: bool = False,
+             squad: bool = False) -> None:
         files = [key for key in ("train", "validation", "test") if getattr(spec, key) is not None]
         sources = (["builtin"] if spec.builtin else []) + (["path"] if spec.path else []) + (["train"] if spec.train else [])
         if not sources:
@@ -262,7 +297,8 @@ class Checker:
         if lm_kind is not None:
             self.lm_data(spec, where, lm_kind)
         self.tagged_data(spec, where, tagged)
-        for key in ("train", "validation", "test", "path") if lm_kind is None and not tagged else ():
+        self.squad_data(spec, where, squad)
+        for key in ("train", "validation", "test", "path") if lm_kind is None and not tagged and not squad else ():
             value = getattr(spec, key)
             if value is None:
                 continue
@@ -344,6 +380,45 @@ class Checker:
                     self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
                              f"{where}.{key}: '{resolved}' is a folder; give a two-column (CoNLL) file.")
 
+    def squad_data(self, spec: DataSpec, where: str, squad: bool) -> None:
+        """SQuAD-shaped records (``teacher.task: question-answering``): JSONL or JSON files, nothing that applies
+        to sentence data. The records themselves are read by :func:`kdistill.squad.read_qa_tables` once the
+        config is whole (each bad record named by file and line)."""
+        defaults = DataSpec.model_fields
+        if not squad:
+            if spec.kind == "squad":
+                self.add(f"{where}.kind: 'squad' data holds questions on contexts; it needs teacher.task: "
+                         "question-answering.")
+            for key in ("stride", "max_answer_length"):
+                if getattr(spec, key) != defaults[key].default:
+                    self.add(f"{where}.{key}: applies to question answering (teacher.task: question-answering) only; "
+                             "remove it.")
+            return
+        if spec.kind not in (None, "squad"):
+            self.add(f"{where}.kind: a question-answering teacher reads SQuAD-shaped records: kind 'squad' (the "
+                     f"default), not '{spec.kind}'.")
+        if spec.builtin is not None:
+            self.add(f"{where}.builtin: no extractive question-answering set ships in a package; give SQuAD-shaped "
+                     "JSONL or JSON files (train/validation/test or path).")
+        for key in ("text", "label", "format", "student_tokenizer", "unlabelled"):
+            if getattr(spec, key) != defaults[key].default:
+                self.add(f"{where}.{key}: does not apply to question-answering data (records with id, question, "
+                         "context and answers; one tokenizer, answered questions only); remove it.")
+        if spec.stride >= spec.max_length:
+            self.add(f"{where}.stride: {spec.stride} context tokens shared by consecutive windows must be fewer than "
+                     f"data.max_length ({spec.max_length}); e.g. stride: {spec.max_length // 4}.")
+        for key in ("train", "validation", "test", "path"):
+            value = getattr(spec, key)
+            if value is not None:
+                resolved = self.resolve(value)
+                setattr(spec, key, str(resolved))
+                if not resolved.is_file():
+                    self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
+                             f"{where}.{key}: '{resolved}' is a folder; give a JSONL or JSON file of QA records.")
+                elif resolved.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+                    self.add(f"{where}.{key}: '{resolved}' is not a .jsonl or .json file; question-answering data "
+                             "is SQuAD-shaped JSON records.")
+
     def lm_data(self, spec: DataSpec, where: str, kind: str) -> None:
         """A causal-LM run's files: read whole and checked without a tokenizer (:func:`kdistill.lm_data.read_lm_records`)."""
         from kdistill.hf_datasets import is_dataset_dict_folder
@@ -369,8 +444,8 @@ class Checker:
                 continue
             try:
                 lm_records(resolved, kind, spec)
-            except (ConfigError, DataError) as exc:
-                self.add(str(exc))
+            except (ConfigError, DataError) as exc:  # a record's problem, placed at the key that reads the file
+                self.add(str(exc) if str(exc).startswith(f"{where}.") else f"{where}.{key}: {exc}")
 
     def chat_template(self, folder: str | None) -> None:
         """Chat data needs a tokenizer with a chat template: its folder says so (no weights, no tokenizer load)."""

@@ -16,6 +16,7 @@ from kdistill.config import IMAGE_DATA, RunConfig
 from kdistill.embedding import compare_embeddings, evaluate_embedding_splits, is_embedding_model
 from kdistill.errors import ConfigError, DataError
 from kdistill.outputs import RESOLVED_NAME
+from kdistill.qa_spans import compare_qa, is_qa_model
 from kdistill.run_build import load_model, make_recipe, student_from_init
 from kdistill.run_data import DataParts, build_data, make_loaders
 from kdistill.token_tags import compare_tags, is_token_classifier
@@ -54,6 +55,10 @@ def evaluation_during_training(model: nn.Module, validation: DataLoader | None, 
         from kdistill.token_tags import tag_metrics
 
         return validation, tag_metrics
+    if validation is not None and is_qa_model(model):
+        from kdistill.qa_spans import qa_metrics
+
+        return validation, qa_metrics
     return (validation, None) if classes and _logits_are_classes(model) else (None, None)
 
 
@@ -123,12 +128,15 @@ def evaluate_splits(teacher: nn.Module, student: nn.Module, loaders: Mapping[str
                     splits=("validation", "test")) -> dict[str, Any]:
     """Teacher against student on each of ``splits`` the run has: accuracy and macro-F1 for classifiers,
     next-token loss, perplexity and top-1 agreement for causal language models, entity precision/recall/F1
-    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`), nearest-neighbour accuracy
+    and word accuracy for token classifiers (:func:`kdistill.token_tags.compare_tags`), SQuAD exact match and F1 of
+    question answerers (:func:`kdistill.qa_spans.compare_qa`), nearest-neighbour accuracy
     and agreement of embedding models against the train split (:mod:`kdistill.embedding`); {} for other models."""
     if is_causal_lm(teacher) and is_causal_lm(student):
         return {split: compare_lm(teacher, student, loaders[split]) for split in splits if split in loaders}
     if is_token_classifier(teacher) and is_token_classifier(student):
         return {split: compare_tags(teacher, student, loaders[split]) for split in splits if split in loaders}
+    if is_qa_model(teacher) and is_qa_model(student):
+        return {split: compare_qa(teacher, student, loaders[split]) for split in splits if split in loaders}
     if is_embedding_model(teacher) and is_embedding_model(student):
         return evaluate_embedding_splits(teacher, student, loaders, splits)
     if not (_logits_are_classes(teacher) and _logits_are_classes(student)):
@@ -188,14 +196,16 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
 def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, Any]:
     """Teacher vs student (and the baseline) on one split of a finished run: accuracy, macro-F1 and
     agreement of classifiers; next-token loss, perplexity and top-1 agreement of causal LMs; entity
-    precision/recall/F1, word accuracy and agreement of token classifiers."""
+    precision/recall/F1, word accuracy and agreement of token classifiers; SQuAD exact match and F1 of
+    question answerers."""
     _config, teacher, student, _data, loaders = load_run(run_dir)
     if split not in loaders or split == "unlabelled":
         available = ", ".join(s for s in loaders if s != "unlabelled")
         raise ConfigError(f"--split: the run's data has no '{split}' split; it has: {available}.")
     teacher.eval()
     compare_fn = (compare_lm if is_causal_lm(teacher) and is_causal_lm(student) else
-                  compare_tags if is_token_classifier(teacher) and is_token_classifier(student) else compare)
+                  compare_tags if is_token_classifier(teacher) and is_token_classifier(student) else
+                  compare_qa if is_qa_model(teacher) and is_qa_model(student) else compare)
     if is_embedding_model(teacher) and is_embedding_model(student):  # the train split is the neighbours' index
         if split == "train":
             raise ConfigError("--split: an embedding run classifies each text by its nearest train text, so the "

@@ -15,7 +15,8 @@ from kdistill.refs import Ref
 class Features:
     """The canonical record every adapter returns and every match reads.
 
-    logits: (B, C) or (B, T, V). hidden: tuple of (B, T, D), index 0 = embeddings.
+    logits: (B, C) or (B, T, V); a question-answering model's start and end logits as (B, 2, T)
+    (:func:`kdistill.qa_spans.span_logits`). hidden: tuple of (B, T, D), index 0 = embeddings.
     attentions / attention_scores / queries / keys / values: dicts block index -> tensor
     (only the blocks a match reads are kept). modules: module path -> hooked output.
     attention_mask: (B, T) of 0/1 where the model has one. causal: the model is decoder-only (a

@@ -71,7 +71,9 @@ def finetune_settings(config: Any) -> dict:
 
 
 def _data_key(dataset: Any) -> str:
-    """The tokenised texts and labels of a TokenizedDataset, as a digest."""
+    """The tokenised texts and labels of a TokenizedDataset (or a QA dataset's windows), as a digest."""
+    if hasattr(dataset, "data_key"):
+        return dataset.data_key()
     labels = dataset.labels.tobytes() if dataset.labels is not None else b""
     return hashlib.sha256(dataset.teacher.input_ids.tobytes() + dataset.teacher.offsets.tobytes() + labels).hexdigest()
 

@@ -38,14 +38,15 @@ from kdistill.files import atomic_write_text
 CARD_NAME = "README.md"
 TAGS = ["kdistill", "knowledge-distillation"]
 PIPELINE_TAGS = {"sequence-classification": "text-classification", "causal-lm": "text-generation",
-                 "token-classification": "token-classification",
+                 "token-classification": "token-classification", "question-answering": "question-answering",
                  "masked-lm": "fill-mask", "base": "feature-extraction", "embedding": "sentence-similarity"}
 AUTO_CLASSES = {"text-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification",
+                "question-answering": "AutoModelForQuestionAnswering",
                 "text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
                 "feature-extraction": "AutoModel", "sentence-similarity": "AutoModel"}
 TASK_NAMES = {"text-classification": "Text Classification", "text-generation": "Text Generation",
-              "token-classification": "Token Classification",
+              "token-classification": "Token Classification", "question-answering": "Question Answering",
               "image-classification": "Image Classification", "fill-mask": "Fill-Mask",
               "feature-extraction": "Feature Extraction", "sentence-similarity": "Sentence Similarity"}
 BENCH_FILE = "bench.json"
@@ -138,6 +139,9 @@ def student_metrics(figures: Mapping) -> list[dict[str, Any]]:
                 {"type": "recall", "value": figures["recall"], "name": "Entity recall"},
                 {"type": "f1", "value": figures["f1"], "name": "Entity F1"},
                 {"type": "accuracy", "value": figures["accuracy"], "name": "Word accuracy"}]
+    if "exact_match" in figures:  # extractive question answering: SQuAD's scores (kdistill.qa_spans)
+        return [{"type": "exact_match", "value": figures["exact_match"], "name": "Exact match"},
+                {"type": "f1", "value": figures["f1"], "name": "F1"}]
     if "knn_accuracy" in figures:  # an embedding: its nearest-neighbour label accuracy (kdistill.embedding)
         return [{"type": "accuracy", "value": figures["knn_accuracy"], "name": "1-NN accuracy"}]
     metrics = []
@@ -243,6 +247,7 @@ def _results_section(summary: Mapping) -> str | None:
         return "## Results\n\n" + _table(header, rows) if rows else None
     language = any("perplexity" in (r.get("student") or {}) for r in metrics.values())
     tags = any("precision" in (r.get("student") or {}) for r in metrics.values())
+    answers = any("exact_match" in (r.get("student") or {}) for r in metrics.values())
     rows = []
     for split, result in metrics.items():
         for role in ("teacher", "student", "baseline"):
@@ -253,6 +258,8 @@ def _results_section(summary: Mapping) -> str | None:
             agrees = "" if role == "teacher" or agreement is None else f"{100 * agreement:.2f}%"
             if language:
                 rows.append([split, role, f"{figures['perplexity']:.4f}", f"{figures['loss']:.4f}", agrees])
+            elif answers:
+                rows.append([split, role, f"{100 * figures['exact_match']:.2f}", f"{100 * figures['f1']:.2f}", agrees])
             elif tags:
                 rows.append([split, role, f"{figures['precision']:.4f}", f"{figures['recall']:.4f}",
                              f"{figures['f1']:.4f}", f"{100 * figures['accuracy']:.2f}%", agrees])
@@ -263,6 +270,7 @@ def _results_section(summary: Mapping) -> str | None:
     header = (["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher"] if language
               else ["split", "model", "entity precision", "entity recall", "entity F1", "word accuracy",
                     "words tagged as the teacher does"] if tags
+              else ["split", "model", "exact match (%)", "F1 (%)", "answers as the teacher does"] if answers
               else ["split", "model", "accuracy", "macro-F1", "agrees with the teacher"])
     return "## Results\n\n" + _table(header, rows)
 

@@ -24,7 +24,8 @@ from kdistill.registry import import_object
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("base", "causal-lm", "embedding", "masked-lm", "sequence-classification", "token-classification")
+TASKS = ("base", "causal-lm", "embedding", "masked-lm", "question-answering", "sequence-classification",
+         "token-classification")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "n_layers")
 INTERMEDIATE_KEYS = ("intermediate_size", "hidden_dim", "n_inner", "ffn_dim")
 
@@ -85,7 +86,8 @@ def load_hf_model(
     ``task``: ``sequence-classification`` (a checkpoint without a head, such as the
     sentence-transformers MiniLM, gets a new classifier), ``base``, ``masked-lm``, ``causal-lm``
     (a decoder-only language model: Llama, Qwen2, Mistral, Gemma, GPT-2) or ``token-classification``
-    (one tag per token: a new head on a checkpoint without one, as for sequence classification) or
+    (one tag per token: a new head on a checkpoint without one, as for sequence classification),
+    ``question-answering`` (start and end logits of an answer span; a new head likewise) or
     ``embedding`` (the encoder alone, as ``base``: a sentence-transformers folder loads as its transformer).
     ``num_labels`` sets the classifier size; a head of another size in the checkpoint is
     re-initialised (logged as a warning). Newly initialised weights are summarised in one
@@ -102,6 +104,7 @@ def load_hf_model(
         "sequence-classification": transformers.AutoModelForSequenceClassification,
         "causal-lm": transformers.AutoModelForCausalLM,
         "token-classification": transformers.AutoModelForTokenClassification,
+        "question-answering": transformers.AutoModelForQuestionAnswering,  # start/end logits (kdistill.qa_spans)
     }[task]
     name = _check_folder(path, "model.path", "config.json")
     kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}

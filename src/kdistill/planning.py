@@ -238,11 +238,29 @@ def _tag_lines(config: RunConfig, parts: Any) -> list[str]:
             f"vocabulary {len(parts.tokenizer):,})"]
 
 
+def _qa_lines(config: RunConfig, parts: Any) -> list[str]:
+    """What a question-answering run's data is: the windows, the labels, the KD mask, the scores."""
+    data, spec = parts.data, config.data
+    lines = [f"  {split}: {dataset.describe()}" for split, dataset in data.datasets.items()]
+    return lines + [
+        f"  windows: question + context pairs of at most {spec.max_length} tokens (truncation only_second), "
+        f"consecutive windows of a long context share {spec.stride} tokens (data.stride)",
+        f"  labels: {data.labels_how}; hard-label loss: mean of the start and end cross-entropies",
+        "  logits: start and end over each window, (batch, 2, tokens); KD (span_kl) over the window's context "
+        "tokens and CLS ('not in this window') only: question, special and padding tokens are masked out before "
+        "the softmax",
+        f"  scores: best span per question over its windows (start <= end, at most {spec.max_answer_length} tokens, "
+        "data.max_answer_length), SQuAD exact match and F1 (lower case, no punctuation or articles)",
+        f"  tokenizer: {parts.tokenizer_source} ({type(parts.tokenizer).__name__}, "
+        f"vocabulary {len(parts.tokenizer):,})"]
+
+
 def _data_lines(config: RunConfig, parts: Any) -> list[str]:
     from kdistill.model_files import teacher_tokenizer_reason
 
     data, spec = parts.data, config.data
-    lines = [f"  {split:<11} {len(dataset):>7,} examples  from {data.sources.get(split, '?')}"
+    unit = "windows" if data.kind == "qa" else "examples"
+    lines = [f"  {split:<11} {len(dataset):>7,} {unit}  from {data.sources.get(split, '?')}"
              for split, dataset in data.datasets.items()]
     if data.kind == "text":
         classes = ""
@@ -269,6 +287,8 @@ def _data_lines(config: RunConfig, parts: Any) -> list[str]:
             lines.append(f"  student tokenizer: the teacher's ({teacher_tokenizer_reason(config.student, config.method)})")
     elif data.kind == "tags":
         lines += _tag_lines(config, parts)
+    elif data.kind == "qa":
+        lines += _qa_lines(config, parts)
     elif data.kind == "lm":
         lines.append(f"  language-model data, {data.labels_how}")
         lines += [f"  {split}: {dataset.describe()}" for split, dataset in data.datasets.items()]

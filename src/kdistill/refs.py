@@ -5,7 +5,8 @@ Grammar (layer indices are 0-based, negative counts from the end, checked agains
 =================  ===========================================================  ================
 ref                meaning                                                      shape
 =================  ===========================================================  ================
-``logits``         the model's logits (classifier, MLM or LM head)              (B, C) / (B,T,V)
+``logits``         the model's logits (classifier, MLM or LM head); of a QA     (B, C) / (B,T,V)
+                   model, its start and end logits stacked (kdistill.qa_spans)  (B, 2, T)
 ``pooled``         pooled output (BERT pooler)                                  (B, D)
 ``embedding``      the sentence embedding: the last hidden state pooled over     (B, D)
                    the real tokens (``task: embedding``; kdistill.embedding)

@@ -152,6 +152,23 @@ def _entity_section(metrics: Mapping, baseline: Mapping) -> str:
                  "entities", "words"], rows))
 
 
+def _answer_section(metrics: Mapping, baseline: Mapping) -> str:
+    """A question answerer's SQuAD exact match and F1 per split (kdistill.qa_spans)."""
+    rows = []
+    for split, result in metrics.items():
+        for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
+                             ("baseline", baseline.get(split))):
+            if values:
+                share = {"baseline": values.get("agreement"), "student": result["agreement"]}.get(role)
+                rows.append([split, role, f"{100 * values['exact_match']:.2f}", f"{100 * values['f1']:.2f}",
+                             "" if share is None else f"{share:.2%}", f"{result['examples']:,}",
+                             f"{result['windows']:,}"])
+    return ("## Answers\n\nSQuAD exact match and F1 (×100; answers lower-cased, punctuation and the articles a/an/the "
+            "removed; F1 over words; the best over the gold answers), of the best span of each question over its "
+            "windows.\n\n" + markdown_table(
+                ["split", "model", "exact match", "F1", "answers as the teacher does", "questions", "windows"], rows))
+
+
 def _throughput(summary: Mapping) -> str:
     """A sentence on training speed: real tokens per second of each stage and of the baseline."""
     speeds = [(f"'{s['stage']}'", s["tokens_per_second"]) for s in summary.get("stages", [])
@@ -200,6 +217,9 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
         sections.append("## Embeddings (the train split is the nearest-neighbour index)\n\n"
                         + markdown_table(*embedding_table(metrics, baseline)))
         metrics = {}
+    if any("exact_match" in result.get("student", {}) for result in metrics.values()):
+        sections.append(_answer_section(metrics, baseline))
+        metrics = {}  # SQuAD scores per question instead of one label per example
     if any("f1" in result.get("student", {}) for result in metrics.values()):
         sections.append(_entity_section(metrics, baseline))
         metrics = {}  # entity scores instead of one label per example

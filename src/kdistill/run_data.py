@@ -32,7 +32,7 @@ from kdistill.errors import DataError
 from kdistill.hf_datasets import dataset_dict_splits, is_dataset_dict_folder
 
 SPLITS = ("train", "validation", "test")
-TOKEN_KINDS = ("text", "lm", "tags")  # DataParts.kind of tokenised data (batched by length)
+TOKEN_KINDS = ("text", "lm", "tags", "qa")  # DataParts.kind of tokenised data (batched by length)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DataParts:
     label_names: list[str] | None
     num_classes: int | None
     sources: dict[str, str]
-    kind: str  # "text", "lm", "tags" (token classification) or "image"
+    kind: str  # "text", "lm", "tags" (token classification), "qa" (question answering) or "image"
     labels_how: str = ""
     skipped: dict[str, int] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)  # split -> TextTable (text data)
@@ -229,6 +229,8 @@ def build_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any) -> Dat
         return _lm_data(config, tokenizer, student_tokenizer)
     if config.tagged():
         return _tagged_data(config, tokenizer)
+    if config.answers_questions():
+        return _qa_data(config, tokenizer)
     read = read_tables(config)
     datasets: dict[str, Dataset] = {
         split: kdata.TokenizedDataset(table.texts, table.labels, tokenizer, max_length=spec.max_length,
@@ -257,6 +259,23 @@ def _tagged_data(config: RunConfig, tokenizer: Any) -> DataParts:
                              tag_names=read.tag_names, max_length=config.data.max_length)
         for split, sentences in read.sentences.items()}
     return DataParts(datasets, read.tag_names, len(read.tag_names), dict(read.sources), "tags", read.how)
+
+
+def _qa_data(config: RunConfig, tokenizer: Any) -> DataParts:
+    """A question-answering run's splits (:mod:`kdistill.squad`), cut into windows with the answer's token
+    positions (:class:`kdistill.qa_spans.QADataset`)."""
+    from kdistill.qa_spans import QADataset
+    from kdistill.squad import read_qa_tables
+
+    read = read_qa_tables(config)
+    spec = config.data
+    datasets: dict[str, Dataset] = {
+        split: QADataset(records, tokenizer, max_length=spec.max_length, stride=spec.stride,
+                         max_answer_length=spec.max_answer_length)
+        for split, records in read.records.items()}
+    how = (f"answer spans: start and end token of the first gold answer in each window of {spec.max_length} tokens "
+           f"(stride {spec.stride}), CLS where the window does not hold it")
+    return DataParts(datasets, None, None, dict(read.sources), "qa", how)
 
 
 def _lm_data(config: RunConfig, tokenizer: Any, student_tokenizer: Any = None) -> DataParts:

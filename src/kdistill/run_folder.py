@@ -79,7 +79,8 @@ class RunFolder:
         return Path(path) if path and (Path(path) / "config.json").is_file() else None
 
     def split(self, name: str):
-        """The run's ``name`` split (a :class:`kdistill.data.TextTable`), or None when it has none."""
+        """The run's ``name`` split (a :class:`kdistill.data.TextTable`), or None when it has none, or its
+        examples are no sentences with one label (tagged words, questions on contexts)."""
         from kdistill.run_data import read_tables
 
         from kdistill.config import IMAGE_DATA
@@ -87,6 +88,8 @@ class RunFolder:
         config = self.config()
         if config.data.builtin in IMAGE_DATA:
             return None  # packaged images are no texts to tokenise
+        if config.tagged() or config.answers_questions():
+            return None  # word tags (kdistill.conll) or QA records (kdistill.squad): not one text and label each
         return read_tables(config).tables.get(name)
 
 

@@ -14,7 +14,7 @@ from kdistill.losses import LOSSES, get_loss, register_loss
 BUILT_IN = {
     "soft_ce", "kl", "reverse_kl", "jsd", "logits_mse", "hard_ce", "hidden_mse", "cosine", "pkd", "mmd", "nst",
     "fsp", "rkd", "rkd_distance", "rkd_angle", "attention_mse", "attention_kl", "relation_kl", "value_relation_kl",
-    "token_kl", "token_reverse_kl", "token_jsd", "token_skew_kl", "token_tv", "uld",
+    "token_kl", "token_reverse_kl", "token_jsd", "token_skew_kl", "token_tv", "uld", "span_kl",
 }
 
 
@@ -108,7 +108,8 @@ def test_loss_properties_are_declared_where_each_loss_is_registered():
     width_free = {name for name in LOSSES.names() if loss_properties(name).width_free}
     assert width_free == {"soft_ce", "kl", "reverse_kl", "jsd", "hard_ce", "mmd", "nst", "rkd", "rkd_distance",
                           "rkd_angle", "relation_kl", "value_relation_kl", "attention_mse", "attention_kl", "fsp",
-                          "token_kl", "token_reverse_kl", "token_jsd", "token_skew_kl", "token_tv", "token_topk_kl", "uld"}
+                          "token_kl", "token_reverse_kl", "token_jsd", "token_skew_kl", "token_tv", "token_topk_kl",
+                          "uld", "span_kl"}
     assert topk_losses() == ["jsd", "kl", "reverse_kl", "soft_ce", "token_jsd", "token_kl", "token_reverse_kl",
                              "token_skew_kl", "token_tv", "uld"]
     assert not loss_properties("hidden_mse").width_free and not loss_properties(lambda s, t: s).width_free

@@ -303,8 +303,13 @@ class HFAdapter:
         hooked_pooled = hooked.pop("pooled", None)
         mask = batch_mask(batch)
         pooled = output.get("pooler_output")
+        logits = output.get("logits")
+        if logits is None:  # a question-answering model: start and end logits as one (B, 2, T) pair
+            from kdistill.qa_spans import span_logits
+
+            logits = span_logits(output, mask)
         features = Features(
-            logits=output.get("logits"),
+            logits=logits,
             pooled=pooled if pooled is not None else hooked_pooled,
             attention_mask=mask,
             causal=self.causal,

@@ -102,6 +102,7 @@ from kdistill.losses.attention import attention_kl, attention_mse  # noqa: E402
 from kdistill.losses.hidden import cosine, fsp, hidden_mse, mmd, pkd, rkd, rkd_angle, rkd_distance  # noqa: E402
 from kdistill.losses.logits import hard_ce, jsd, kl, logits_mse, reverse_kl, soft_ce  # noqa: E402
 from kdistill.losses.relations import relation_kl, value_relation_kl  # noqa: E402
+from kdistill.losses.spans import span_kl  # noqa: E402
 from kdistill.losses.topk import token_topk_kl  # noqa: E402
 from kdistill.losses.vocab import (  # noqa: E402
     token_jsd,
@@ -140,6 +141,7 @@ __all__ = [
     "rkd_angle",
     "rkd_distance",
     "soft_ce",
+    "span_kl",
     "token_jsd",
     "token_kl",
     "token_reverse_kl",

@@ -5,12 +5,18 @@ applied once, inside the ``kl`` loss (``t2_scale=True``), so soft and hard gradi
 scale as T changes. KL and soft cross-entropy differ by the teacher's entropy, a constant in the
 student's parameters: their gradients are identical; KL is reported because it is 0 at a perfect
 student.
+
+On a question-answering teacher (start and end logits, :mod:`kdistill.qa_spans`) the soft term is
+``span_kl``: the KL of the start and of the end distributions over the window's context tokens and
+CLS; ``loss: kl`` (the default) means it there, and the hard term is the mean of the start and end
+cross-entropies.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from kdistill.errors import ConfigError
 from kdistill.matches import Match
 from kdistill.methods import Recipe, Stage, register_method
 from kdistill.methods._common import one_minus
@@ -27,6 +33,14 @@ def hinton(*, teacher: nn.Module | None = None, student: nn.Module | None = None
 
     Layer counts are accepted for a uniform method signature; Hinton KD reads only the logits.
     """
+    from kdistill.qa_spans import is_qa_model
+
+    if teacher is not None and is_qa_model(teacher):
+        if loss not in ("kl", "span_kl"):
+            raise ConfigError(f"method_args.loss: '{loss}' compares one distribution per example or token; a "
+                              "question-answering teacher gives start and end distributions over the context: use "
+                              "'span_kl' (what the default 'kl' means for it).")
+        loss = "span_kl"
     soft_weight = alpha
     hard_weight = one_minus(alpha)
     match = Match("logits", "logits", loss, soft_weight, args={"temperature": temperature, "t2_scale": True},
