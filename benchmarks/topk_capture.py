@@ -104,7 +104,7 @@ def make_capture(raw: dict, build_dir: Path, *, progress: bool = True) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="alternated rounds (each runs both ways)")
-    parser.add_argument("--k", type=int, default=64, help="teacher tokens kept per position")
+    parser.add_argument("--k", type=int, default=128, help="teacher tokens kept per position (kdistill's default)")
     parser.add_argument("--loss", choices=("tail", "renormalised"), default="tail")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--output", default="runs/topk-capture", help="folder of the runs and the capture")

@@ -1,6 +1,6 @@
 """``kdistill capture CONFIG``: the teacher's top-k next-token log-probabilities, stored once, read by many runs.
 
-    capture: {path: captures/smollm2-k64, k: 64}      # in a causal-LM run config
+    capture: {path: captures/smollm2-k128, k: 128}    # in a causal-LM run config (k: 128 is the default)
     kdistill capture lm.yaml                           # the teacher runs once over the training data
     kdistill run lm.yaml                               # trains from the capture: the teacher never runs
 
@@ -10,7 +10,7 @@ positions whose next token carries loss) one row: ``example`` (int32, the item's
 when the vocabulary has at most 65,536 entries, else int32), ``logprobs`` (their log-probabilities
 at T = 1, float16) and ``tail`` (1 − the sum of their probabilities, float32: a tail of 1e-9 is
 below float16's smallest number). Rows are ordered by example, then position. Bytes per token:
-12 + k·(2 + 2) = 268 at k = 64 with uint16 ids (12 + 6k with int32 ids); a float32 logits row of
+12 + k·(2 + 2) = 524 at k = 128 (268 at k = 64) with uint16 ids (12 + 6k with int32 ids); a float32 logits row of
 SmolLM2's 49,152-word vocabulary is 196,608. :func:`bytes_per_token` computes it; ``kdistill capture``
 and ``kdistill plan`` print it. Arrow adds a few hundred bytes per record batch of 1,000 rows plus
 the schema and two JSON files (under 1% beyond a few thousand tokens; the test allows 1% + 16 KiB).
@@ -383,7 +383,7 @@ def _checked_vocabulary(parts: Any) -> int:
     vocabulary = _vocabulary(parts.teacher, parts.tokenizer)
     if parts.config.capture.k > vocabulary:
         raise ConfigError(f"capture.k: {parts.config.capture.k} is more tokens than the teacher's vocabulary of "
-                          f"{vocabulary}; give a k from 1 to {vocabulary} (64 is the default for large vocabularies).")
+                          f"{vocabulary}; give a k from 1 to {vocabulary} (128 is the default for large vocabularies).")
     return vocabulary
 
 
@@ -473,7 +473,7 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if config.capture is None:
         raise ConfigError(f"capture: '{args.config}' has no 'capture' section; add one, e.g. "
-                          "capture: {path: captures/teacher-k64, k: 64}.")
+                          "capture: {path: captures/teacher-k128, k: 128}.")
     parts = build(config)
     part = capture_stage(parts)
     vocabulary = _vocabulary(parts.teacher, parts.tokenizer)
