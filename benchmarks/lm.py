@@ -479,7 +479,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lmbda", type=float, default=0.0, help="GKD's λ: share of on-policy (student-sampled) batches")
     parser.add_argument("--temperature", type=float, default=0.9, help="sampling temperature of on-policy batches")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="sampled tokens per on-policy completion")
-    parser.add_argument("--k", type=int, default=128, help="capture: teacher tokens kept per position (kdistill's default)")
+    parser.add_argument("--k", type=int, default=128,
+                        help="capture: teacher tokens kept per position (kdistill's default)")
     parser.add_argument("--no-bucket", dest="bucket", action="store_false",
                         help="kdistill trains on random batches (default: its length-bucketed batches)")
     parser.add_argument("--seed", type=int, default=0)
