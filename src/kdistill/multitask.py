@@ -99,12 +99,12 @@ def validate_tasks(raw: Mapping, base: Path, source: str | None, import_from_bas
     shared = {key: value for key, value in raw.items() if key not in ("tasks", "task_sampling", *TASK_KEYS)}
     configs = {}
     for name, spec in usable.items():
+        problems += _task_scope_problems(name, spec)
         config, found = _validate({**shared, "teacher": spec["teacher"], "data": spec["data"]}, base, source,
                                   import_from_base)
         problems += [_task_path(problem, name) for problem in found]
         if config is not None:
             configs[name] = config
-            problems += _task_scope_problems(name, config)
     if len(configs) == len(tasks):
         problems += _tokenizer_problems(configs)
     problems = list(dict.fromkeys(problems))  # a shared key's problem is found once per task
@@ -157,27 +157,32 @@ def _scope_problems(raw: Mapping) -> list[str]:
     student = raw.get("student")
     layers = student.get("from_teacher", {}).get("layers") if isinstance(student, Mapping) and isinstance(
         student.get("from_teacher"), Mapping) else None
-    if not isinstance(student, Mapping) or set(student) - {"from_teacher"} or layers is None:
+    other = [key for key in ("path", "factory", "lora") if isinstance(student, Mapping) and student.get(key)]
+    if not isinstance(student, Mapping) or other or layers is None:
         problems.append(f"student: with 'tasks' the student is the first task's teacher's blocks, {{from_teacher: "
                         f"{{layers: [0, 2, 4]}}}} (an encoder shared by the tasks, a head per task); got {student!r}.")
     return problems
 
 
-def _task_scope_problems(name: str, config: Any) -> list[str]:
-    """What a task of a multi-task run may be: sentence classification from a packaged set or files."""
+def _task_scope_problems(name: str, spec: Mapping) -> list[str]:
+    """What a task of a multi-task run may be (read from the task's raw ``teacher`` and ``data``, so it is said
+    even when the task has other problems): sentence classification from a packaged set or files."""
+    teacher = spec["teacher"] if isinstance(spec["teacher"], Mapping) else {}
+    data = spec["data"] if isinstance(spec["data"], Mapping) else {}
     problems = []
-    if config.teacher.task != "sequence-classification":
-        problems.append(f"tasks.{name}.teacher.task: '{config.teacher.task}' is not a task of a multi-task run; "
-                        "the tasks are sentence classifications (task: sequence-classification).")
-    data = config.data
-    if data.builtin is not None and data.builtin not in SENTENCE_DATA:
-        problems.append(f"tasks.{name}.data.builtin: '{data.builtin}' is not sentence classification; choose one "
-                        f"of: {', '.join(SENTENCE_DATA)}, or give files.")
-    if data.kind not in (None, "classification"):
-        problems.append(f"tasks.{name}.data.kind: '{data.kind}' is not sentence classification; remove it.")
-    if data.unlabelled is not None:
+    task = teacher.get("task") or "sequence-classification"
+    if task != "sequence-classification":
+        problems.append(f"tasks.{name}.teacher.task: '{task}' is not a task of a multi-task run; the tasks are "
+                        "sentence classifications (task: sequence-classification).")
+    builtin = data.get("builtin")
+    if builtin is not None and builtin not in SENTENCE_DATA:
+        problems.append(f"tasks.{name}.data.builtin: '{builtin}' is not sentence classification; choose one of: "
+                        f"{', '.join(SENTENCE_DATA)}, or give files.")
+    if data.get("kind") not in (None, "classification"):
+        problems.append(f"tasks.{name}.data.kind: '{data['kind']}' is not sentence classification; remove it.")
+    if data.get("unlabelled") is not None:
         problems.append(f"tasks.{name}.data.unlabelled: not with 'tasks' for now; remove it.")
-    if data.student_tokenizer is not None:
+    if data.get("student_tokenizer") is not None:
         problems.append(f"tasks.{name}.data.student_tokenizer: the shared student reads the teachers' tokens; "
                         "remove it.")
     return problems
@@ -669,7 +674,8 @@ def make_tasks_plan(config: Any) -> MultiTaskPlan:
     first = next(iter(mt.tasks.values()))
     encoder = getattr(first.student, first.student.base_model_prefix)
     sampling = (f"proportional to the tasks' training examples" if config.task_sampling == PROPORTIONAL
-                else f"given weights {config.task_sampling}, normalised")
+                else "given weights " + ", ".join(f"{name} {weight:g}" for name, weight in config.task_sampling.items())
+                + ", normalised")
     return MultiTaskPlan(
         source=config.source or "config", sampling=sampling, tasks=tuple(tasks),
         student=f"{_model_line(first.student)}; source: {first.model_sources.get('student', '?')}",
