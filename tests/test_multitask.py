@@ -322,3 +322,20 @@ def test_the_plan_shows_each_task_its_share_and_head(tmp_path):
     assert "train            48 examples" in text
     assert "saved as student/<task>/ per task: each a Hugging Face folder (AutoModelForSequenceClassification)" in text
     assert text.count("soft        logits") == 2  # the method's matches, per task
+
+
+def test_training_freeze_takes_single_task_names_for_every_tasks_model(tmp_path):
+    from kdistill.planning import make_plan
+
+    raw = example_raw(tmp_path / "run")
+    raw["training"]["freeze"] = ["bert.embeddings.*"]  # as in a single-task run: not 'heads.<task>.bert…'
+    made = make_plan(config_from_dict(raw, base_dir=EXAMPLES))
+    embeddings = made.parameters["student"] - made.parameters["trainable"]
+    assert embeddings > 0
+    mt = build_tasks(config_from_dict(raw, base_dir=EXAMPLES))
+    from kdistill.multitask import train_config
+
+    assert train_config(mt).freeze == []  # applied to the models, not left to the Trainer's names
+    frozen = [name for name, p in mt.student.named_parameters() if not p.requires_grad]
+    assert frozen and all(".bert.embeddings." in name for name in frozen)
+    assert embeddings == sum(p.numel() for p in mt.student.parameters() if not p.requires_grad)

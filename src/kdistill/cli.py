@@ -182,6 +182,10 @@ def _run(args: argparse.Namespace) -> int:
             also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
             print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
                   f"{result['student'][key]:.4f}{also}{_agreement(result['agreement'])}")
+    for task, entry in (summary.get("tasks") or {}).items():  # several tasks (kdistill.multitask): a line each
+        for split, result in entry["metrics"].items():
+            print(f"  {task} {split}: teacher accuracy {result['teacher']['accuracy']:.4f}, student accuracy "
+                  f"{result['student']['accuracy']:.4f}{_agreement(result['agreement'])}")
     print(f"  summary: {config.output_dir}/summary.json; report: {config.output_dir}/report.md")
     return 0
 

@@ -153,6 +153,11 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
         raise ConfigError(f"'{folder.path}' holds no trained student (no student/ folder): the run has not finished. "
                           "Continue it with `kdistill run CONFIG --resume`.")
     config = folder.config()
+    if config.tasks is not None:
+        raise ConfigError(f"'{folder.path}' is a multi-task run (tasks: {', '.join(config.tasks)}): its summary.json "
+                          "holds each task's figures, measured on the saved student/<task>/ folders; `kdistill eval` "
+                          "reads single-task runs for now. Load a task's student with "
+                          "AutoModelForSequenceClassification.from_pretrained('student/<task>').")
     if config.teacher.finetune is not None:  # the fine-tuned teacher the run saved, not the base
         if folder.teacher_path() is None:
             raise ConfigError(f"'{folder.path}' holds no fine-tuned teacher (no teacher/ folder) although its "

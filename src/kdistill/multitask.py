@@ -38,14 +38,14 @@ import copy
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from kdistill.errors import ConfigError, suggest
 
@@ -322,7 +322,8 @@ def task_loader(loaders: Mapping[str, DataLoader], probabilities: Mapping[str, f
     offsets = [0, *joined.cumulative_sizes[:-1]]
     sampler = TaskBatchSampler([loaders[name].batch_sampler for name in names], offsets,
                                [probabilities[name] for name in names], seed=seed)
-    return DataLoader(joined, batch_sampler=sampler, collate_fn=TaskCollate(names, [loaders[n].collate_fn for n in names]))
+    collate = TaskCollate(names, [loaders[name].collate_fn for name in names])
+    return DataLoader(joined, batch_sampler=sampler, collate_fn=collate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +424,6 @@ class MultiTaskParts:
     loader: DataLoader
     probabilities: dict[str, float]
     heads: dict[str, str]  # name -> how its head began
-    sources: dict[str, str] = field(default_factory=dict)
 
 
 def build_tasks(config: Any, *, finetune: bool = False) -> MultiTaskParts:
@@ -466,11 +466,17 @@ def _use_student(parts: Any, model: nn.Module) -> None:
 
 
 def train_config(mt: MultiTaskParts):
-    """The run's training settings over the multi-task loader (an epoch: every task's batches)."""
+    """The run's training settings over the multi-task loader (an epoch: every task's batches), with
+    ``training.freeze`` applied here to each task's model (its parameters are named as in a single-task run,
+    ``bert.embeddings…``; the Trainer would see them under ``heads.<task>.``) and so left out of them."""
     from kdistill.run_build import stage_train_config
+    from kdistill.train.optim import freeze_parameters
 
     first = next(iter(mt.tasks.values()))
-    return stage_train_config(mt.config, replace(first.stages[0], loader=mt.loader))
+    settings = stage_train_config(mt.config, replace(first.stages[0], loader=mt.loader))
+    for name, parts in mt.tasks.items():
+        freeze_parameters(parts.student, settings.freeze, path="training.freeze")
+    return replace(settings, freeze=[])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +501,8 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
     start_run_folder(config, overwrite=overwrite)
     if progress is not None:
         progress.open_log()
-    validation = {name: parts.loaders["validation"] for name, parts in mt.tasks.items() if "validation" in parts.loaders}
+    validation = {name: parts.loaders["validation"] for name, parts in mt.tasks.items()
+                  if "validation" in parts.loaders}
     trainer = Trainer(mt.distiller, mt.loader, config=settings, eval_data=validation or None,
                       metric_fn=task_metrics if validation else None, output_dir=out, name="distil")
     begun = time.perf_counter()
@@ -645,7 +652,8 @@ class MultiTaskPlan:
                       f"{task.stage.hard_label_weight}", *_render_stage(task.stage, 1)[1:-1]]
         params = self.parameters
         lines += ["", "student", f"  {self.student}",
-                  "  saved as student/<task>/ per task: each a Hugging Face folder (AutoModelForSequenceClassification) "
+                  "  saved as student/<task>/ per task: each a Hugging Face folder "
+                  "(AutoModelForSequenceClassification) "
                   "holding the shared encoder's weights and its task's head, so each works alone",
                   "", "parameters",
                   f"  teachers     {params['teachers']:>12,}  (every task's)",
@@ -687,7 +695,7 @@ def make_tasks_plan(config: Any) -> MultiTaskPlan:
 
 
 def _head_size(parts: Any) -> str:
-    names = parts.data.label_names or list((getattr(parts.student.config, "id2label", None) or {}).values())
+    names = parts.data.label_names  # None: integer labels are the class ids
     return f"{parts.student.config.num_labels} classes" + (f" ({', '.join(map(str, names))})" if names else "")
 
 
