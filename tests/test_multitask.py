@@ -339,3 +339,18 @@ def test_training_freeze_takes_single_task_names_for_every_tasks_model(tmp_path)
     frozen = [name for name, p in mt.student.named_parameters() if not p.requires_grad]
     assert frozen and all(".bert.embeddings." in name for name in frozen)
     assert embeddings == sum(p.numel() for p in mt.student.parameters() if not p.requires_grad)
+
+
+def test_each_tasks_projections_train_with_projection_lr(tmp_path):
+    from kdistill.train.optim import parameter_groups
+
+    raw = example_raw(tmp_path / "run", matches=[{"teacher": "hidden.2", "student": "hidden.1", "loss": "hidden_mse",
+                                                   "projection": "linear", "name": "mid"}])
+    mt = build_tasks(config_from_dict(raw, base_dir=EXAMPLES))
+    for parts in mt.tasks.values():
+        parts.distiller.prepare(next(iter(parts.stages[0].loader)))
+    projections = {id(p) for parts in mt.tasks.values() for p in parts.distiller.projections.parameters()}
+    assert len(projections) == 4  # a weight and a bias per task
+    groups = parameter_groups(mt.distiller, lr=1e-3, weight_decay=0.01, projection_lr=0.5)
+    fast = {id(p) for group in groups if group["lr"] == 0.5 for p in group["params"]}
+    assert fast == projections

@@ -369,8 +369,9 @@ class Checker:
                 continue
             try:
                 lm_records(resolved, kind, spec)
-            except (ConfigError, DataError) as exc:
-                self.add(str(exc))
+            except (ConfigError, DataError) as exc:  # named by the key that reads the file, as every problem is
+                text = str(exc)
+                self.add(text if text.startswith(f"{where}.") else f"{where}.{key}: {text}")
 
     def chat_template(self, folder: str | None) -> None:
         """Chat data needs a tokenizer with a chat template: its folder says so (no weights, no tokenizer load)."""
