@@ -109,12 +109,11 @@ def test_tasks_whose_tokenizers_differ_are_refused_before_weights_load(tmp_path,
 
 
 def test_what_a_multi_task_run_does_not_do_is_refused(tmp_path):
-    raw = example_raw(tmp_path, cache="teacher", baseline=True, student={"path": "somewhere"})
+    raw = example_raw(tmp_path, cache="teacher", student={"path": "somewhere"})
     raw["tasks"]["messages"]["data"]["unlabelled"] = "data/reviews_unlabelled.txt"
     raw["tasks"]["reviews"]["data"] = {"builtin": "wnut16"}
     text = problems_of(raw)
     assert "cache: not with 'tasks' (several tasks into one student) for now; remove 'cache'." in text
-    assert "baseline: not with 'tasks' for now" in text
     assert "student: with 'tasks' the student is the first task's teacher's blocks, {from_teacher:" in text
     assert "tasks.messages.data.unlabelled: not with 'tasks' for now; remove it." in text
     assert "tasks.reviews.data.builtin: 'wnut16' is not sentence classification" in text
@@ -354,3 +353,27 @@ def test_each_tasks_projections_train_with_projection_lr(tmp_path):
     groups = parameter_groups(mt.distiller, lr=1e-3, weight_decay=0.01, projection_lr=0.5)
     fast = {id(p) for group in groups if group["lr"] == 0.5 for p in group["params"]}
     assert fast == projections
+
+
+def test_baseline_is_the_same_multi_task_student_on_labels_alone(tmp_path):
+    from kdistill.run import run
+
+    out = tmp_path / "run"
+    raw = example_raw(out, baseline=True)
+    raw["training"]["max_steps"] = 4
+    config = config_from_dict(raw, base_dir=EXAMPLES)
+    built = build_tasks(config)
+    copy = built.baseline
+    assert copy.heads["reviews"].bert is copy.heads["messages"].bert  # shared in the copy too
+    assert copy.heads["reviews"].bert is not built.student.heads["reviews"].bert
+    summary = run(config)
+    assert summary["baseline"]["steps"] == 4
+    for name, entry in summary["tasks"].items():
+        figures = entry["baseline"]["metrics"]["test"]
+        assert set(figures) == {"accuracy", "macro_f1", "agreement"}
+        again = _evaluate_folder(out / "baseline" / "student" / name, built.tasks[name].loaders["test"])
+        assert again == pytest.approx({k: figures[k] for k in ("accuracy", "macro_f1")})
+    logged = [json.loads(line) for line in (out / "baseline" / "metrics.jsonl").read_text().splitlines()]
+    parts = {key for r in logged if r["kind"] == "train" for key in r if "/" in key}
+    assert parts and all(key.endswith(("/loss", "/hard_label")) for key in parts)  # labels only, no teacher
+    assert "baseline accuracy" in (out / "report.md").read_text()

@@ -12,7 +12,7 @@ The rules (checked at ``validate``, before any weight loads, unless said otherwi
 - Each task is a sentence-classification run of its own (``teacher`` and ``data`` as a single-task config
   takes them; every other key is shared) and is validated as one; its problems are named
   ``tasks.<name>.teacher…`` / ``tasks.<name>.data…``. ``tasks`` replaces ``teacher``, ``teachers`` and
-  ``data``. Not with ``cache``, ``capture``, ``on_policy`` or ``baseline`` (for now); a task's teacher has
+  ``data``. Not with ``cache``, ``capture`` or ``on_policy`` (for now); a task's teacher has
   ``task: sequence-classification``, its data is ``movie_reviews``, ``sms_spam`` or CSV/JSONL files.
 - The student is one encoder shared by every task and one classification head per task:
   ``student: {from_teacher: {layers: […]}}`` copies the *first* task's teacher's embeddings and blocks;
@@ -25,7 +25,9 @@ The rules (checked at ``validate``, before any weight loads, unless said otherwi
   teacher and its head only; the loss is the method's, per task. An epoch is the sum of the tasks'
   training batches.
 - The method (and ``matches``) is applied to each task with that task's teacher; one stage only.
-- Evaluated per task (teacher and student: accuracy, macro-F1, agreement); ``summary.json`` has one
+- ``baseline: true``: the same multi-task student as built (a copy) trained on the labels alone, with the
+  same batches, settings and seed (``baseline/``, its folders ``baseline/student/<task>/``).
+- Evaluated per task (teacher, student and baseline: accuracy, macro-F1, agreement); ``summary.json`` has one
   entry per task under ``tasks`` and ``report.md`` one row per task. The student is saved as one
   Hugging Face folder per task, ``student/<task>/`` (AutoModelForSequenceClassification), each a whole
   model carrying the shared encoder's weights, so each works alone.
@@ -151,9 +153,6 @@ def sampling_problems(sampling: Any, names: Sequence[str]) -> list[str]:
 def _scope_problems(raw: Mapping) -> list[str]:
     problems = [f"{key}: not with 'tasks' (several tasks into one student) for now; remove '{key}'."
                 for key in UNSUPPORTED if raw.get(key) is not None and key != "teachers"]
-    if raw.get("baseline"):
-        problems.append("baseline: not with 'tasks' for now (the labels-only multi-task student is not built yet); "
-                        "set baseline: false.")
     student = raw.get("student")
     layers = student.get("from_teacher", {}).get("layers") if isinstance(student, Mapping) and isinstance(
         student.get("from_teacher"), Mapping) else None
@@ -424,6 +423,7 @@ class MultiTaskParts:
     loader: DataLoader
     probabilities: dict[str, float]
     heads: dict[str, str]  # name -> how its head began
+    baseline: MultiTaskStudent | None = None  # baseline: true — a copy of the student as built
 
 
 def build_tasks(config: Any, *, finetune: bool = False) -> MultiTaskParts:
@@ -452,7 +452,8 @@ def build_tasks(config: Any, *, finetune: bool = False) -> MultiTaskParts:
     probabilities = task_probabilities(config.task_sampling, sizes)
     loader = task_loader({name: parts.stages[0].loader for name, parts in tasks.items()}, probabilities,
                          seed=config.data_seed())
-    return MultiTaskParts(config, tasks, student, distiller, loader, probabilities, heads)
+    baseline = copy.deepcopy(student) if config.baseline else None  # the encoder stays shared in the copy
+    return MultiTaskParts(config, tasks, student, distiller, loader, probabilities, heads, baseline)
 
 
 def _use_student(parts: Any, model: nn.Module) -> None:
@@ -474,8 +475,9 @@ def train_config(mt: MultiTaskParts):
 
     first = next(iter(mt.tasks.values()))
     settings = stage_train_config(mt.config, replace(first.stages[0], loader=mt.loader))
-    for name, parts in mt.tasks.items():
-        freeze_parameters(parts.student, settings.freeze, path="training.freeze")
+    for student in (mt.student, mt.baseline):
+        for model in (student.heads.values() if student is not None else ()):
+            freeze_parameters(model, settings.freeze, path="training.freeze")
     return replace(settings, freeze=[])
 
 
@@ -487,6 +489,7 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
     """``kdistill.run.run`` of a config with ``tasks`` once the output folder is checked: build, prepare
     every task's Distiller, train, save ``student/<task>/``, evaluate each task, write the results."""
     from kdistill.config import dump_yaml
+    from kdistill.finetune import BASELINE_DIR
     from kdistill.outputs import RESOLVED_NAME, save_students, start_run_folder
     from kdistill.run import _prepare_stage, count_parameters, estimated_steps
     from kdistill.train import Trainer
@@ -497,7 +500,9 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
         _prepare_stage(parts, parts.stages[0])  # each on its own first batch: shapes, projections
     settings = train_config(mt)
     if progress is not None:
-        progress.plan({"distil": estimated_steps(settings, mt.loader)}, evaluation_batches=0)
+        steps = estimated_steps(settings, mt.loader)
+        progress.plan({"distil": steps, **({"baseline": steps} if mt.baseline is not None else {})},
+                      evaluation_batches=0)
     start_run_folder(config, overwrite=overwrite)
     if progress is not None:
         progress.open_log()
@@ -512,6 +517,7 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
               "best_metric": result.best_metric, "best_step": result.best_step, "final_metrics": result.final_metrics,
               "skipped_steps": result.skipped_steps, "seconds": round(time.perf_counter() - begun, 2)}
     student_dir = save_students({name: (parts, parts.student) for name, parts in mt.tasks.items()}, out)
+    baseline = _train_baseline(mt, settings, validation, out) if mt.baseline is not None else None
     tasks = {}
     for name, parts in mt.tasks.items():
         from kdistill.evaluation import evaluate_splits
@@ -523,6 +529,10 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
                      for split, dataset in parts.data.datasets.items()},
             "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(parts.student)},
             "metrics": evaluate_splits(parts.teacher, parts.student, parts.loaders)}
+        if mt.baseline is not None:
+            evaluated = evaluate_splits(parts.teacher, mt.baseline.heads[name], parts.loaders)
+            entry["baseline"] = {"student": str(out / BASELINE_DIR / "student" / name), "metrics": {
+                split: {**result["student"], "agreement": result["agreement"]} for split, result in evaluated.items()}}
         if parts.finetuned is not None:
             from kdistill.finetune import copy_into_run
 
@@ -536,11 +546,35 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
         "parameters": {"teacher": count_parameters(first.teacher), "student": count_parameters(mt.student),
                        "teachers": sum(count_parameters(p.teacher) for p in mt.tasks.values())},
         "metrics": {}, "processes": 1, "seconds": round(time.time() - started, 2)}
+    if baseline is not None:
+        summary["baseline"] = {"student": str(out / BASELINE_DIR / "student"), **baseline}
     from kdistill.files import atomic_write_text
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     tasks_report(out, summary, dump_yaml(config.resolved()))
     return summary
+
+
+def _train_baseline(mt: MultiTaskParts, settings: Any, validation: Mapping[str, DataLoader], out: Path) -> dict:
+    """``baseline: true``: the copy of the student as built trained on the labels alone (cross-entropy, no
+    teacher) through the same loop, batches, settings and seed, in ``baseline/`` (continued from its last
+    checkpoint when one is there); its ``student/<task>/`` folders saved; its record."""
+    from kdistill.distiller import Distiller
+    from kdistill.finetune import BASELINE_DIR
+    from kdistill.outputs import save_students
+    from kdistill.train import Trainer
+
+    folder = out / BASELINE_DIR
+    distillers = {name: Distiller(None, mt.baseline.heads[name], hard_label_weight=1.0) for name in mt.tasks}
+    resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    trainer = Trainer(MultiTaskDistiller(distillers, mt.baseline), mt.loader, config=settings,
+                      eval_data=validation or None, metric_fn=task_metrics if validation else None,
+                      output_dir=folder, name="baseline")
+    begun = time.perf_counter()
+    result = trainer.train(resume=resume)
+    save_students({name: (parts, mt.baseline.heads[name]) for name, parts in mt.tasks.items()}, folder)
+    return {"steps": result.steps, "final_metrics": result.final_metrics,
+            "seconds": round(time.perf_counter() - begun, 2)}
 
 
 def task_metrics(student: MultiTaskStudent, loaders: Mapping[str, DataLoader], device: Any) -> dict[str, float]:
@@ -566,10 +600,12 @@ def result_rows(summary: Mapping) -> list[list[Any]]:
         metrics = entry.get("metrics") or {}
         split = "test" if "test" in metrics else "validation" if "validation" in metrics else None
         if split is None:
-            rows.append([name, "-", "", "", "", "", "", 0])
+            rows.append([name, "-", "", "", "", "", "", "", 0])
             continue
         result = metrics[split]
+        baseline = ((entry.get("baseline") or {}).get("metrics") or {}).get(split)
         rows.append([name, split, f"{result['teacher']['accuracy']:.2%}", f"{result['student']['accuracy']:.2%}",
+                     f"{baseline['accuracy']:.2%}" if baseline else "-",
                      f"{result['teacher']['macro_f1']:.4f}", f"{result['student']['macro_f1']:.4f}",
                      f"{result['agreement']:.2%}", result["examples"]])
     return rows
@@ -589,13 +625,16 @@ def tasks_report(out: Path, summary: Mapping, resolved_yaml: str) -> Path:
                     [name, entry["teacher"], f"{entry['data'].get('train', {}).get('examples', 0):,}",
                      f"{entry['share']:.1%}", entry["head"]] for name, entry in tasks.items()]),
                 "## Accuracy (one row per task)\n\n" + markdown_table(
-                    ["task", "split", "teacher accuracy", "student accuracy", "teacher macro-F1", "student macro-F1",
-                     "agrees with the teacher", "examples"], result_rows(summary))]
+                    ["task", "split", "teacher accuracy", "student accuracy", "baseline accuracy", "teacher macro-F1",
+                     "student macro-F1", "agrees with the teacher", "examples"], result_rows(summary))]
     params = summary["parameters"]
     sections.append("## Size\n\n" + markdown_table(["model", "parameters"], [
         ["the tasks' teachers", f"{params['teachers']:,}"],
         ["student (shared encoder + every head)", f"{params['student']:,}"]]))
-    if plot_loss_parts({"student": out / "metrics.jsonl"}, out / "loss.png"):
+    curves = {"student": out / "metrics.jsonl"}
+    if (out / "baseline" / "metrics.jsonl").is_file():
+        curves["baseline"] = out / "baseline" / "metrics.jsonl"
+    if plot_loss_parts(curves, out / "loss.png"):
         sections.append("## Loss over steps\n\n![loss parts over optimiser steps](loss.png)")
     sections.append(f"{CONFIG_HEADING}\n\n```yaml\n{resolved_yaml.rstrip()}\n```")
     return write_report(out / "report.md", sections)
@@ -627,6 +666,7 @@ class MultiTaskPlan:
     batches_per_epoch: int
     total_steps: int
     length: str
+    baseline: bool = False
 
     def to_dict(self) -> dict:
         import dataclasses
@@ -655,6 +695,9 @@ class MultiTaskPlan:
                   "  saved as student/<task>/ per task: each a Hugging Face folder "
                   "(AutoModelForSequenceClassification) "
                   "holding the shared encoder's weights and its task's head, so each works alone",
+                  *(["  baseline: a copy of the student as built, trained on the labels alone with the same batches, "
+                     "settings and seed (baseline/student/<task>/); summary and report show it per task"]
+                    if self.baseline else []),
                   "", "parameters",
                   f"  teachers     {params['teachers']:>12,}  (every task's)",
                   f"  student      {params['student']:>12,}  (the shared encoder and every head)",
@@ -691,7 +734,8 @@ def make_tasks_plan(config: Any) -> MultiTaskPlan:
                     "student": count_parameters(mt.student), "encoder": count_parameters(encoder),
                     "trainable": sum(p.numel() for p in mt.distiller.parameters() if p.requires_grad)},
         batches_per_epoch=len(mt.loader), total_steps=steps,
-        length=f"{settings.max_steps} steps" if config.training.max_steps else f"{settings.epochs} epoch(s)")
+        length=f"{settings.max_steps} steps" if config.training.max_steps else f"{settings.epochs} epoch(s)",
+        baseline=mt.baseline is not None)
 
 
 def _head_size(parts: Any) -> str:
