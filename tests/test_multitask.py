@@ -252,8 +252,10 @@ def test_a_two_task_run_from_yaml_saves_a_folder_per_task_that_reproduces_the_su
     mt = build_tasks(config)  # the data as the run read it
     for name, entry in summary["tasks"].items():
         folder = out / "student" / name
-        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
-                                                            "tokenizer_config.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                            "tokenizer.json", "tokenizer_config.json"]
+        card = (folder / "README.md").read_text()
+        assert f"This is task `{name}` of a multi-task run (reviews, messages)" in card
         again = _evaluate_folder(folder, mt.tasks[name].loaders["test"])
         assert again == pytest.approx(entry["metrics"]["test"]["student"])
         assert set(entry["metrics"]) == {"validation", "test"}
@@ -267,7 +269,7 @@ def test_a_two_task_run_from_yaml_saves_a_folder_per_task_that_reproduces_the_su
     report = (out / "report.md").read_text()
     assert "| reviews | test |" in report and "| messages | test |" in report
     listed = json.loads((out / "student" / ".kdistill-files.json").read_text())
-    assert "reviews/model.safetensors" in listed and "messages/config.json" in listed
+    assert {"reviews/model.safetensors", "messages/config.json", "messages/README.md"} <= set(listed)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("messages/accuracy" in r and "reviews/accuracy" in r for r in logged if r["kind"] == "eval")
 

@@ -552,7 +552,38 @@ def run_tasks(config: Any, out: Path, progress: Any, *, continuing: bool, overwr
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     tasks_report(out, summary, dump_yaml(config.resolved()))
+    for name in tasks:
+        write_task_card(out, config, summary, name)
     return summary
+
+
+def task_summary(summary: Mapping, name: str) -> dict[str, Any]:
+    """Task ``name``'s part of a multi-task summary in a single-task summary's shape (what a model card reads)."""
+    entry = summary["tasks"][name]
+    single = {key: summary[key] for key in ("method", "stages", "processes", "seconds") if key in summary}
+    single.update({"student": entry["student"], "data": entry["data"], "parameters": entry["parameters"],
+                   "metrics": entry["metrics"]})
+    if "baseline" in entry:
+        single["baseline"] = entry["baseline"]
+    if "teacher_finetune" in entry:
+        single["teacher_finetune"] = entry["teacher_finetune"]
+    return single
+
+
+def write_task_card(out: Path, config: Any, summary: Mapping, name: str) -> Path:
+    """``student/<task>/README.md``: the model card of one task's folder (kdistill.model_card), from the task's
+    figures and the task as a single-task config; listed as kdistill's file."""
+    from kdistill.files import atomic_write_text
+    from kdistill.model_card import CARD_NAME, model_card
+    from kdistill.outputs import claim_student_file
+
+    text = model_card(task_summary(summary, name), config.task_config(name).resolved())
+    note = (f"\n\nThis is task `{name}` of a multi-task run ({', '.join(summary['tasks'])}): its encoder is shared "
+            "with the other tasks' folders, its head is its own.\n")
+    path = out / "student" / name / CARD_NAME
+    atomic_write_text(path, text.rstrip("\n") + note)
+    claim_student_file(out / "student", f"{name}/{CARD_NAME}")
+    return path
 
 
 def _train_baseline(mt: MultiTaskParts, settings: Any, validation: Mapping[str, DataLoader], out: Path) -> dict:

@@ -30,11 +30,11 @@ def test_example_runs_three_steps(path, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
     assert (out / "config.resolved.yaml").is_file() and (out / "summary.json").is_file()
-    if path.stem == "multitask":  # several tasks: a folder per task, each a whole HF classifier (no card yet)
+    if path.stem == "multitask":  # several tasks: a folder per task, each a whole HF classifier with its card
         assert sorted(p.name for p in (out / "student").iterdir()) == [".kdistill-files.json", "messages", "reviews"]
         for task in ("messages", "reviews"):
             assert sorted(p.name for p in (out / "student" / task).iterdir()) == [
-                "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+                "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
             assert "validation" in summary["tasks"][task]["metrics"]
         assert summary["stages"][0]["steps"] == 3
         assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
