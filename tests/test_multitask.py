@@ -379,3 +379,12 @@ def test_baseline_is_the_same_multi_task_student_on_labels_alone(tmp_path):
     parts = {key for r in logged if r["kind"] == "train" for key in r if "/" in key}
     assert parts and all(key.endswith(("/loss", "/hard_label")) for key in parts)  # labels only, no teacher
     assert "baseline accuracy" in (out / "report.md").read_text()
+
+    from kdistill.run import evaluate_run
+
+    again = evaluate_run(out, split="test")  # kdistill eval: each task measured again from the folders
+    assert list(again["tasks"]) == ["reviews", "messages"]
+    for name, entry in summary["tasks"].items():
+        assert again["tasks"][name]["student"] == pytest.approx(entry["metrics"]["test"]["student"])
+        assert again["tasks"][name]["teacher"] == pytest.approx(entry["metrics"]["test"]["teacher"])
+        assert again["tasks"][name]["baseline"] == pytest.approx(entry["baseline"]["metrics"]["test"])

@@ -217,6 +217,14 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    if "tasks" in result:  # a multi-task run (kdistill.multitask): a line per task and model
+        print(f"{args.run_dir}: split '{result['split']}', {len(result['tasks'])} tasks")
+        for task, figures in result["tasks"].items():
+            for role in ("teacher", "student", "baseline"):
+                if role in figures:
+                    print(f"  {task} {role}: accuracy {figures[role]['accuracy']:.4f}, macro-F1 "
+                          f"{figures[role]['macro_f1']:.4f} ({figures['examples']} examples)")
+        return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
     if "f1" in result["student"]:  # a token classifier: entity scores
         _print_entity_scores(result)

@@ -671,6 +671,42 @@ def tasks_report(out: Path, summary: Mapping, resolved_yaml: str) -> Path:
     return write_report(out / "report.md", sections)
 
 
+def evaluate_tasks(folder: Any, split: str = "test") -> dict[str, Any]:
+    """``kdistill eval`` of a finished multi-task run (a :class:`kdistill.run_folder.RunFolder`): per task, its
+    teacher (the run's fine-tuned copy in ``teachers/<task>/`` when fine-tuned) against its saved
+    ``student/<task>/`` (and ``baseline/student/<task>/``) on ``split``, as the run's summary measured them."""
+    from kdistill import models
+    from kdistill.evaluation import compare
+    from kdistill.finetune import BASELINE_DIR, TEACHERS_DIR
+    from kdistill.run_build import load_model
+    from kdistill.run_data import build_data, make_loaders
+
+    config = folder.config()
+    results = {}
+    for name in config.tasks:
+        task = config.task_config(name)
+        student_dir = folder.student_dir / name
+        if not (student_dir / "config.json").is_file():
+            raise ConfigError(f"'{folder.path}' holds no student of task '{name}' (no student/{name}/ folder): the "
+                              "run has not finished. Continue it with `kdistill run CONFIG --resume`.")
+        if task.teacher.finetune is not None:
+            teacher = models.load_hf_model(folder.path / TEACHERS_DIR / name, task=task.teacher.task)
+        else:
+            teacher = load_model(task.teacher, f"tasks.{name}.teacher", task)
+        tokenizer = models.load_tokenizer(task.data.tokenizer or task.teacher.path)
+        loaders = make_loaders(task, build_data(task, tokenizer, None))
+        if split not in loaders or split == "unlabelled":
+            available = ", ".join(s for s in loaders if s != "unlabelled")
+            raise ConfigError(f"--split: task '{name}' has no '{split}' split; it has: {available}.")
+        result = compare(teacher.eval(), models.load_hf_model(student_dir, task=task.teacher.task), loaders[split])
+        baseline_dir = folder.path / BASELINE_DIR / "student" / name
+        if baseline_dir.is_dir():
+            again = compare(teacher, models.load_hf_model(baseline_dir, task=task.teacher.task), loaders[split])
+            result["baseline"] = {**again["student"], "agreement": again["agreement"]}
+        results[name] = result
+    return {"split": split, "tasks": results}
+
+
 # ---------------------------------------------------------------------------------------------
 # The plan
 
