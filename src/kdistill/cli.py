@@ -182,6 +182,10 @@ def _run(args: argparse.Namespace) -> int:
             also = f", baseline {key} {baseline[split][key]:.4f}" if split in baseline else ""
             print(f"  {split}: teacher {key} {result['teacher'][key]:.4f}, student {key} "
                   f"{result['student'][key]:.4f}{also}{_agreement(result['agreement'])}")
+    for task, entry in (summary.get("tasks") or {}).items():  # several tasks (kdistill.multitask): a line each
+        for split, result in entry["metrics"].items():
+            print(f"  {task} {split}: teacher accuracy {result['teacher']['accuracy']:.4f}, student accuracy "
+                  f"{result['student']['accuracy']:.4f}{_agreement(result['agreement'])}")
     print(f"  summary: {config.output_dir}/summary.json; report: {config.output_dir}/report.md")
     return 0
 
@@ -212,6 +216,14 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, split=args.split)
     if args.json:
         print(json.dumps(result, indent=2))
+        return 0
+    if "tasks" in result:  # a multi-task run (kdistill.multitask): a line per task and model
+        print(f"{args.run_dir}: split '{result['split']}', {len(result['tasks'])} tasks")
+        for task, figures in result["tasks"].items():
+            for role in ("teacher", "student", "baseline"):
+                if role in figures:
+                    print(f"  {task} {role}: accuracy {figures[role]['accuracy']:.4f}, macro-F1 "
+                          f"{figures[role]['macro_f1']:.4f} ({figures['examples']} examples)")
         return 0
     print(f"{args.run_dir}: split '{result['split']}', {result['examples']} examples")
     if "exact_match" in result["student"]:  # extractive question answering (kdistill.qa_spans)

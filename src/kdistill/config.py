@@ -236,6 +236,14 @@ class OnPolicySpec(_Strict):
     seed: int | None = None
 
 
+class TaskSpec(_Strict):
+    """One task of ``tasks:`` (:mod:`kdistill.multitask`): its teacher and its labelled data, each as the
+    single-task ``teacher:`` and ``data:`` take them."""
+
+    teacher: ModelSpec
+    data: DataSpec
+
+
 class _TopLevel(_Strict):
     """The scalar keys of a run (validated together; the sections are validated one by one)."""
 
@@ -269,6 +277,9 @@ class RunConfig(_TopLevel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     capture: CaptureSpec | None = None
     on_policy: OnPolicySpec | None = None
+    # Several tasks into one student (kdistill.multitask): ``teacher`` and ``data`` are then the first task's.
+    tasks: dict[str, TaskSpec] | None = None
+    task_sampling: Literal["proportional"] | dict[str, float] = "proportional"
 
     # Where the config came from (not part of the config itself).
     _source: str | None = None
@@ -299,6 +310,10 @@ class RunConfig(_TopLevel):
         for key in ("teachers", "teacher_weights"):
             if resolved.get(key) is None:
                 resolved.pop(key, None)
+        if self.tasks is not None:  # each task says its teacher and data
+            resolved.pop("teacher"), resolved.pop("data")
+            return {"tasks": resolved.pop("tasks"), "task_sampling": resolved.pop("task_sampling"), **resolved}
+        resolved.pop("tasks"), resolved.pop("task_sampling")
         if self.teachers is not None:
             resolved.pop("teacher")
         return {"teachers": resolved.pop("teachers"), **resolved} if self.teachers is not None else resolved
@@ -306,6 +321,15 @@ class RunConfig(_TopLevel):
     def teacher_specs(self) -> dict[str, ModelSpec]:
         """The run's teachers by name, the primary first: ``teachers``, or ``{"teacher": teacher}``."""
         return dict(self.teachers) if self.teachers is not None else {"teacher": self.teacher}
+
+    def task_config(self, name: str) -> RunConfig:
+        """Task ``name`` of ``tasks:`` as a single-task run (its teacher and data; the rest shared)."""
+        assert self.tasks is not None
+        spec = self.tasks[name]
+        config = self.model_copy(update={"teacher": spec.teacher, "data": spec.data, "tasks": None,
+                                         "task_sampling": "proportional", "baseline": False})
+        config._tables = None  # read from this task's files
+        return config
 
     def to_yaml(self) -> str:
         return dump_yaml(self.resolved())
@@ -447,7 +471,12 @@ def config_from_dict(raw: Mapping, overrides: Sequence[str] = (), *, base_dir: s
         raw, note = converted
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     errors = apply_overrides(raw, overrides)
-    config, more = _validate(raw, base, source, import_from_base)
+    if "tasks" in raw:  # several tasks into one student: each validated as a single-task run
+        from kdistill.multitask import validate_tasks
+
+        config, more = validate_tasks(raw, base, source, import_from_base)
+    else:
+        config, more = _validate(raw, base, source, import_from_base)
     errors += more
     if errors:
         raise ConfigError(format_problems(errors, source))
@@ -462,6 +491,10 @@ def check_data(config: RunConfig) -> None:
     """Read the data files whole (no tokenizer, no weights): a missing text, a label the teacher
     does not know or a label outside the models' classes is a DataError naming the record now,
     not after the models load. Packaged (builtin) sets are checked when the run builds its data."""
+    if config.tasks is not None:
+        for name in config.tasks:
+            check_data(config.task_config(name))
+        return
     if config.tagged():  # word-level tags, a packaged set too (small): every line checked now
         from kdistill.conll import read_tag_tables
 
@@ -594,6 +627,9 @@ def _validate(raw: dict, base: Path, source: str | None, import_from_base: bool 
     for key in raw:
         if key not in TOP_KEYS:
             errors.append(f"{key}: unknown key '{key}'{_hint(key, TOP_KEYS)} Valid keys: {', '.join(TOP_KEYS)}.")
+    if "task_sampling" in raw:
+        errors.append("task_sampling: weighs the tasks of 'tasks: {name: {teacher, data}, …}'; this config has no "
+                      "tasks. Remove it.")
     from kdistill.teachers import parse_teachers, reads_primary, teachers_problems
 
     raw_teachers, more = parse_teachers(raw)  # teachers: {name: spec}: the first one is read as `teacher`
@@ -714,7 +750,7 @@ def train_config_fields() -> list[str]:
 
 __all__ = [
     "CaptureSpec", "DataSpec", "FromTeacherSpec", "LoraSpec", "MatchSpec", "ModelSpec", "OnPolicySpec", "RunConfig",
-    "TrainingSpec",
+    "TaskSpec", "TrainingSpec",
     "apply_overrides", "config_from_dict", "dump_yaml", "format_problems", "load_config", "parse_yaml",
     "pydantic_problems",
 ]

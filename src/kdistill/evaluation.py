@@ -161,6 +161,11 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, nn.Module, nn.Modul
         raise ConfigError(f"'{folder.path}' holds no trained student (no student/ folder): the run has not finished. "
                           "Continue it with `kdistill run CONFIG --resume`.")
     config = folder.config()
+    if config.tasks is not None:
+        raise ConfigError(f"'{folder.path}' is a multi-task run (tasks: {', '.join(config.tasks)}): its summary.json "
+                          "holds each task's figures, measured on the saved student/<task>/ folders, and `kdistill eval` "
+                          "measures each task again; a task's student loads alone with "
+                          "AutoModelForSequenceClassification.from_pretrained('student/<task>').")
     if config.teacher.finetune is not None:  # the fine-tuned teacher the run saved, not the base
         if folder.teacher_path() is None:
             raise ConfigError(f"'{folder.path}' holds no fine-tuned teacher (no teacher/ folder) although its "
@@ -197,7 +202,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "test") -> dict[str, A
     """Teacher vs student (and the baseline) on one split of a finished run: accuracy, macro-F1 and
     agreement of classifiers; next-token loss, perplexity and top-1 agreement of causal LMs; entity
     precision/recall/F1, word accuracy and agreement of token classifiers; SQuAD exact match and F1 of
-    question answerers."""
+    question answerers. A multi-task run: each task's (``{"split", "tasks": {name: figures}}``,
+    :func:`kdistill.multitask.evaluate_tasks`)."""
+    from kdistill.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if folder.is_run and folder.raw_config().get("tasks") is not None:
+        from kdistill.multitask import evaluate_tasks
+
+        return evaluate_tasks(folder, split)
     _config, teacher, student, _data, loaders = load_run(run_dir)
     if split not in loaders or split == "unlabelled":
         available = ", ".join(s for s in loaders if s != "unlabelled")

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -264,29 +265,43 @@ def save_student(parts: Any, model: nn.Module, out: Path) -> Path:
     ``student/.kdistill-files.json``; files of the old ``student/`` that kdistill did not write
     (a README, notes) are carried over into the new one.
     """
-    from kdistill.adapters.hf import is_hf_model
-    from kdistill.train import save_weights
+    return save_students({"": (parts, model)}, out)
 
+
+def save_students(students: Mapping[str, tuple[Any, nn.Module]], out: Path) -> Path:
+    """Write ``out/student`` atomically with one model per entry of ``students`` (folder name ->
+    (RunParts, model)) in ``student/<name>/`` (``""``: ``student/`` itself, :func:`save_student`); one
+    ``student/.kdistill-files.json`` lists every file written (several tasks: :mod:`kdistill.multitask`)."""
     final = out / "student"
     with atomic_folder(final) as tmp:
-        if is_hf_model(model):
-            names = parts.data.label_names
-            if names and getattr(model.config, "num_labels", None) == len(names):
-                model.config.id2label = dict(enumerate(names))
-                model.config.label2id = {name: i for i, name in enumerate(names)}
-            from kdistill.models import save_pretrained
-
-            save_pretrained(model, tmp)
-            tokenizer = parts.student_tokenizer or parts.tokenizer
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            _sentence_transformers_files(parts, model, tmp)
-        else:
-            save_weights(model, tmp / "student.safetensors")
+        for name, (parts, model) in students.items():
+            _write_student(parts, model, tmp / name if name else tmp)
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         atomic_write_text(tmp / STUDENT_FILES, json.dumps(written, indent=1))
         _carry_over_user_files(final, tmp, skip=set(written))
     return final
+
+
+def _write_student(parts: Any, model: nn.Module, folder: Path) -> None:
+    """One student into ``folder``: HF save_pretrained + tokenizer, else student.safetensors."""
+    from kdistill.adapters.hf import is_hf_model
+    from kdistill.train import save_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if is_hf_model(model):
+        names = parts.data.label_names
+        if names and getattr(model.config, "num_labels", None) == len(names):
+            model.config.id2label = dict(enumerate(names))
+            model.config.label2id = {name: i for i, name in enumerate(names)}
+        from kdistill.models import save_pretrained
+
+        save_pretrained(model, folder)
+        tokenizer = parts.student_tokenizer or parts.tokenizer
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        _sentence_transformers_files(parts, model, folder)
+    else:
+        save_weights(model, folder / "student.safetensors")
 
 
 def _sentence_transformers_files(parts: Any, model: nn.Module, folder: Path) -> None:

@@ -154,6 +154,10 @@ def make_plan(config: RunConfig) -> Plan:
     from kdistill.factories import describe as describe_imports
     from kdistill.run import build, count_parameters
 
+    if config.tasks is not None:  # several tasks into one student
+        from kdistill.multitask import make_tasks_plan
+
+        return make_tasks_plan(config)  # type: ignore[return-value]  # the same render() and to_dict()
     parts = build(config)
     stages = tuple(_stage_plan(config, parts, part) for part in parts.stages)
     student = count_parameters(parts.trained)

@@ -99,6 +99,12 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
     """``run`` once the output folder is checked: build, train every stage, write the results."""
     from safetensors.torch import load_model as load_weights_into
 
+    if config.tasks is not None:  # several tasks into one student (kdistill.multitask)
+        from kdistill.multitask import run_tasks
+
+        if distributed_world_size() > 1:
+            raise ConfigError("tasks: a multi-task run trains in one process for now; run without --processes.")
+        return on_main_process(run_tasks, config, out, progress, continuing=continuing, overwrite=overwrite)
     started = time.time()
     parts = build(config, finetune=True)
     kept, reopened = _finished_stages(parts, continuing=continuing, resume=resume)
@@ -528,7 +534,7 @@ def plan(config: RunConfig) -> str:
     batch, trains nothing."""
     from kdistill.planning import make_plan
 
-    return make_plan(config).render()
+    return make_plan(config).render()  # a config with tasks: kdistill.multitask.MultiTaskPlan
 
 
 def _name_match(exc: ShapeError, distiller: Distiller, part: StageParts) -> ShapeError:

@@ -30,6 +30,15 @@ def test_example_runs_three_steps(path, tmp_path):
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
     assert (out / "config.resolved.yaml").is_file() and (out / "summary.json").is_file()
+    if path.stem == "multitask":  # several tasks: a folder per task, each a whole HF classifier with its card
+        assert sorted(p.name for p in (out / "student").iterdir()) == [".kdistill-files.json", "messages", "reviews"]
+        for task in ("messages", "reviews"):
+            assert sorted(p.name for p in (out / "student" / task).iterdir()) == [
+                "README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+            assert "validation" in summary["tasks"][task]["metrics"]
+        assert summary["stages"][0]["steps"] == 3
+        assert summary["parameters"]["student"] < summary["parameters"]["teacher"]
+        return
     saved = sorted(p.name for p in (out / "student").iterdir())
     generation = ["generation_config.json"] if path.stem.startswith("causal_lm") else []  # a causal LM's own file
     pooling = ["1_Pooling"] if path.stem.startswith("embedding") else []  # sentence-transformers' Pooling module

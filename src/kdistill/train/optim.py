@@ -43,7 +43,10 @@ def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float,
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or any(marker in name for marker in NO_DECAY_MARKERS)
-        is_projection = name.startswith("projections.")
+        # A multi-task Distiller (kdistill.multitask) holds each task's Distiller as tasks.<task>.
+        within = name.split(".", 2)
+        is_projection = name.startswith("projections.") or (
+            len(within) == 3 and within[0] == "tasks" and within[2].startswith("projections."))
         groups.setdefault((no_decay, is_projection), []).append(param)
     result = []
     for (no_decay, is_projection), params in sorted(groups.items()):
