@@ -150,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
     summary = run(config, resume=args.resume, overwrite=args.overwrite)
     out = Path(config.output_dir)
     if args.task == "causal-lm":
-        lines = [_perplexity_line(summary)] + ([] if args.no_latency else _generation_lines(out))
+        lines = [_perplexity_line(summary)] + ([] if args.no_latency else _generation_lines(out, quick=args.quick))
     else:
         lines = [_accuracy_line(summary)] + ([] if args.no_latency else _latency_lines(out))
     print("\n" + "\n".join(line for line in lines if line))
@@ -182,11 +182,12 @@ def _perplexity_line(summary: dict) -> str:
     return line + (f"\ntraining throughput: {', '.join(speeds)} tokens/s" if speeds else "")
 
 
-def _generation_lines(out: Path) -> list[str]:
-    """Greedy generations and tokens/s of teacher, student and baseline (a section of report.md)."""
+def _generation_lines(out: Path, *, quick: bool = False) -> list[str]:
+    """Greedy generations and tokens/s of teacher, student and baseline (a section of report.md);
+    ``--quick`` times one repeat instead of three (its speeds are a smoke figure)."""
     from kdistill.lm_bench import bench_lm
 
-    result = bench_lm(out)
+    result = bench_lm(out, repeats=1 if quick else 3)
     return [f"generation at batch 1 (one thread): {name} {speed:.1f} tokens/s"
             + (f", {result['speedup'][name]:.2f}x the teacher" if name in result["speedup"] else "")
             for name, speed in result["tokens_per_second"].items()]
