@@ -371,14 +371,7 @@ class Checker:
             if spec.builtin is None and getattr(spec, key) != defaults[key].default:
                 self.add(f"{where}.{key}: does not apply to CoNLL data (a word and its tag a line, read by position; "
                          "one tokenizer, labelled sentences only); remove it.")
-        for key in ("train", "validation", "test", "path"):
-            value = getattr(spec, key)
-            if value is not None:
-                resolved = self.resolve(value)
-                setattr(spec, key, str(resolved))
-                if not resolved.is_file():
-                    self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
-                             f"{where}.{key}: '{resolved}' is a folder; give a two-column (CoNLL) file.")
+        self.data_files(spec, where, "a two-column (CoNLL) file")
 
     def squad_data(self, spec: DataSpec, where: str, squad: bool) -> None:
         """SQuAD-shaped records (``teacher.task: question-answering``): JSONL or JSON files, nothing that applies
@@ -407,17 +400,27 @@ class Checker:
         if spec.stride >= spec.max_length:
             self.add(f"{where}.stride: {spec.stride} context tokens shared by consecutive windows must be fewer than "
                      f"data.max_length ({spec.max_length}); e.g. stride: {spec.max_length // 4}.")
+        for key, resolved in self.data_files(spec, where, "a JSONL or JSON file of QA records"):
+            if resolved.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+                self.add(f"{where}.{key}: '{resolved}' is not a .jsonl or .json file; question-answering data "
+                         "is SQuAD-shaped JSON records.")
+
+    def data_files(self, spec: DataSpec, where: str, wanted: str) -> list[tuple[str, Path]]:
+        """Resolve ``spec``'s file keys (train/validation/test/path) in place; a missing file or a folder is a
+        problem naming the key. Returns the keys whose file exists, with their paths."""
+        files = []
         for key in ("train", "validation", "test", "path"):
             value = getattr(spec, key)
-            if value is not None:
-                resolved = self.resolve(value)
-                setattr(spec, key, str(resolved))
-                if not resolved.is_file():
-                    self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
-                             f"{where}.{key}: '{resolved}' is a folder; give a JSONL or JSON file of QA records.")
-                elif resolved.suffix.lower() not in (".jsonl", ".ndjson", ".json"):
-                    self.add(f"{where}.{key}: '{resolved}' is not a .jsonl or .json file; question-answering data "
-                             "is SQuAD-shaped JSON records.")
+            if value is None:
+                continue
+            resolved = self.resolve(value)
+            setattr(spec, key, str(resolved))
+            if resolved.is_file():
+                files.append((key, resolved))
+            else:
+                self.add(f"{where}.{key}: the data file '{resolved}' does not exist." if not resolved.exists() else
+                         f"{where}.{key}: '{resolved}' is a folder; give {wanted}.")
+        return files
 
     def lm_data(self, spec: DataSpec, where: str, kind: str) -> None:
         """A causal-LM run's files: read whole and checked without a tokenizer (:func:`kdistill.lm_data.read_lm_records`)."""
