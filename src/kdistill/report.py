@@ -119,17 +119,24 @@ def put_section(path: Path, section: str) -> None:
     atomic_write_text(path, text)
 
 
-def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
-    """A causal LM's held-out next-token loss and perplexity per split, and top-1 agreement with the teacher."""
-    rows = []
+def _role_rows(metrics: Mapping, baseline: Mapping):
+    """``(split, role, figures, agreement with the teacher or None, the split's result)`` for the teacher,
+    student and baseline of every split that has figures (the teacher agrees with nobody)."""
     for split, result in metrics.items():
         for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
                              ("baseline", baseline.get(split))):
             if values:
-                share = values.get("agreement") if role == "baseline" else result["agreement"] if role == "student" else None
-                tokens = result.get("teacher_tokens", result["tokens"]) if role == "teacher" else result["tokens"]
-                rows.append([split, role, f"{values['perplexity']:.3f}", f"{values['loss']:.4f}",
-                             "" if share is None else f"{share:.2%}", f"{tokens:,}"])
+                share = {"baseline": values.get("agreement"), "student": result.get("agreement")}.get(role)
+                yield split, role, values, share, result
+
+
+def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
+    """A causal LM's held-out next-token loss and perplexity per split, and top-1 agreement with the teacher."""
+    rows = []
+    for split, role, values, share, result in _role_rows(metrics, baseline):
+        tokens = result.get("teacher_tokens", result["tokens"]) if role == "teacher" else result["tokens"]
+        rows.append([split, role, f"{values['perplexity']:.3f}", f"{values['loss']:.4f}",
+                     "" if share is None else f"{share:.2%}", f"{tokens:,}"])
     return "## Perplexity\n\n" + markdown_table(
         ["split", "model", "perplexity", "next-token loss", "top-1 agrees with the teacher", "tokens"], rows)
 
@@ -137,14 +144,10 @@ def _perplexity_section(metrics: Mapping, baseline: Mapping) -> str:
 def _entity_section(metrics: Mapping, baseline: Mapping) -> str:
     """A token classifier's entity precision, recall and F1 (seqeval's default spans) and word accuracy per split."""
     rows = []
-    for split, result in metrics.items():
-        for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
-                             ("baseline", baseline.get(split))):
-            if values:
-                share = values.get("agreement") if role == "baseline" else result["agreement"] if role == "student" else None
-                rows.append([split, role, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}",
-                             f"{values['accuracy']:.2%}", "" if share is None else f"{share:.2%}",
-                             f"{values['entities']:,}", f"{result['words']:,}"])
+    for split, role, values, share, result in _role_rows(metrics, baseline):
+        rows.append([split, role, f"{values['precision']:.4f}", f"{values['recall']:.4f}", f"{values['f1']:.4f}",
+                     f"{values['accuracy']:.2%}", "" if share is None else f"{share:.2%}",
+                     f"{values['entities']:,}", f"{result['words']:,}"])
     return ("## Entities\n\nEntity-level scores (an entity is a maximal B-X I-X… span, an I-X after O or another "
             "type starting a new one, as seqeval's default mode; right only when type, start and end match), "
             "over words scored at their first sub-token.\n\n" + markdown_table(
@@ -155,14 +158,9 @@ def _entity_section(metrics: Mapping, baseline: Mapping) -> str:
 def _answer_section(metrics: Mapping, baseline: Mapping) -> str:
     """A question answerer's SQuAD exact match and F1 per split (kdistill.qa_spans)."""
     rows = []
-    for split, result in metrics.items():
-        for role, values in (("teacher", result.get("teacher")), ("student", result.get("student")),
-                             ("baseline", baseline.get(split))):
-            if values:
-                share = {"baseline": values.get("agreement"), "student": result["agreement"]}.get(role)
-                rows.append([split, role, f"{100 * values['exact_match']:.2f}", f"{100 * values['f1']:.2f}",
-                             "" if share is None else f"{share:.2%}", f"{result['examples']:,}",
-                             f"{result['windows']:,}"])
+    for split, role, values, share, result in _role_rows(metrics, baseline):
+        rows.append([split, role, f"{100 * values['exact_match']:.2f}", f"{100 * values['f1']:.2f}",
+                     "" if share is None else f"{share:.2%}", f"{result['examples']:,}", f"{result['windows']:,}"])
     return ("## Answers\n\nSQuAD exact match and F1 (×100; answers lower-cased, punctuation and the articles a/an/the "
             "removed; F1 over words; the best over the gold answers), of the best span of each question over its "
             "windows.\n\n" + markdown_table(
