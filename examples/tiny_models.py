@@ -22,30 +22,33 @@ def vocab_size() -> int:
 def tiny_bert(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, num_labels: int = 2,
               seed: int = 0):
     """A randomly initialised ``BertForSequenceClassification`` (seeded, so reruns agree)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
+
+    return _seeded_bert(BertForSequenceClassification, seed, vocab_size(), num_layers, hidden_size, num_heads,
+                        num_labels=num_labels)
+
+
+def _seeded_bert(model_class, seed: int, vocab: int, num_layers: int, hidden_size: int, num_heads: int, *,
+                 model_kwargs: dict | None = None, **config_extra):
+    """``model_class`` over a tiny BERT config (no dropout, FFN twice the width), initialised under ``seed``."""
+    from transformers import BertConfig
 
     config = BertConfig(
-        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
-        num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=vocab, hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        intermediate_size=2 * hidden_size, max_position_embeddings=128, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, **config_extra,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return BertForSequenceClassification(config)
+        return model_class(config, **(model_kwargs or {}))
 
 
 def tiny_bert_encoder(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, seed: int = 0):
     """A randomly initialised ``BertModel`` (an encoder without a head: an embedding model; seeded)."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    config = BertConfig(
-        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return BertModel(config, add_pooling_layer=False)
+    return _seeded_bert(BertModel, seed, vocab_size(), num_layers, hidden_size, num_heads,
+                        model_kwargs={"add_pooling_layer": False})
 
 
 def tiny_llama(num_layers: int = 4, hidden_size: int = 32, num_heads: int = 4, seed: int = 0):
@@ -63,28 +66,16 @@ def tiny_llama(num_layers: int = 4, hidden_size: int = 32, num_heads: int = 4, s
 def tiny_bert_tagger(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, num_labels: int = 5,
                      seed: int = 0):
     """A randomly initialised ``BertForTokenClassification`` (one tag per token; seeded)."""
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
-    config = BertConfig(
-        vocab_size=vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=2 * hidden_size, max_position_embeddings=128,
-        num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return BertForTokenClassification(config)
+    return _seeded_bert(BertForTokenClassification, seed, vocab_size(), num_layers, hidden_size, num_heads,
+                        num_labels=num_labels)
 
 
 def tiny_bert_qa(num_layers: int = 2, hidden_size: int = 32, num_heads: int = 2, seed: int = 0):
     """A randomly initialised ``BertForQuestionAnswering`` (start and end logits; seeded) over the
     vocabulary of examples/data/qa_tokenizer."""
-    from transformers import BertConfig, BertForQuestionAnswering
+    from transformers import BertForQuestionAnswering
 
-    config = BertConfig(
-        vocab_size=len((QA_TOKENIZER / "vocab.txt").read_text(encoding="utf-8").split()), hidden_size=hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
-        max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return BertForQuestionAnswering(config)
+    vocab = len((QA_TOKENIZER / "vocab.txt").read_text(encoding="utf-8").split())
+    return _seeded_bert(BertForQuestionAnswering, seed, vocab, num_layers, hidden_size, num_heads)
