@@ -350,6 +350,9 @@ def test_a_tiny_qa_run_from_yaml_scores_equal_a_re_evaluation_of_the_saved_stude
     summary = run(config)
     test = summary["metrics"]["test"]
     assert set(test["student"]) == {"exact_match", "f1"} and test["examples"] == 12 and test["windows"] > 12
+    # the data section counts questions (as the scores do), the windows apart
+    assert summary["data"]["test"]["examples"] == 12 and summary["data"]["test"]["windows"] == test["windows"]
+    assert f"| test | 12 ({test['windows']:,} windows) |" in (out / "report.md").read_text()
     assert set(summary["baseline"]["metrics"]["test"]) == {"exact_match", "f1", "agreement"}
     again = evaluate_run(out, split="test")
     for role in ("teacher", "student"):

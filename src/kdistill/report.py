@@ -203,7 +203,8 @@ def run_report(out: Path, summary: Mapping, resolved_yaml: str, *, keep: Sequenc
     if data:
         stages = ", ".join(f"'{s['stage']}' on {s['data']}" for s in summary.get("stages", []) if s.get("data"))
         sections.append("## Data\n\n" + markdown_table(["split", "examples", "from"], [
-            [split, f"{part['examples']:,}", part["source"]] for split, part in data.items()])
+            [split, f"{part['examples']:,}" + (f" ({part['windows']:,} windows)" if "windows" in part else ""),
+             part["source"]] for split, part in data.items()])
             + (f"\n\nStages train on: {stages}." if stages else ""))
     baseline = (summary.get("baseline") or {}).get("metrics") or {}
     if any("perplexity" in result.get("student", {}) for result in metrics.values()):

@@ -74,6 +74,15 @@ from kdistill.run_data import DataParts, ImageDataset, build_data, make_loaders,
 # run
 
 
+def split_entry(dataset: Any, source: str) -> dict:
+    """A split in ``summary.json``: its examples (questions of a QA set, whose long contexts are cut into
+    several windows: those are counted apart) and where they came from."""
+    records = getattr(dataset, "records", None)
+    if records is not None and len(records) != len(dataset):
+        return {"examples": len(records), "windows": len(dataset), "source": source}
+    return {"examples": len(dataset), "source": source}
+
+
 def run(config: RunConfig, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train every stage and write the output folder; returns the summary (also in summary.json).
 
@@ -151,7 +160,7 @@ def _run(config: RunConfig, out: Path, progress: Any, *, continuing: bool, resum
             "method": parts.recipe.method,
             "stages": stage_summaries,
             "parameters": {"teacher": count_parameters(parts.teacher), "student": count_parameters(final_model)},
-            "data": {split: {"examples": len(dataset), "source": parts.data.sources.get(split, split)}
+            "data": {split: split_entry(dataset, parts.data.sources.get(split, split))
                      for split, dataset in parts.data.datasets.items()},
             "metrics": metrics,
             "processes": distributed_world_size(),
