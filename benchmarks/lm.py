@@ -29,6 +29,12 @@ the same token ids.
   before the rounds (``benchmarks/topk_capture.py``'s ``make_capture``; its seconds printed apart), read as
   ``token_topk_kl``; only for β = 0 and λ = 0 (a capture holds forward-KL targets of the data's tokens).
 
+Batch order: each library draws its own (TRL: a seeded random sampler; kdistill: its seeded, by default
+length-bucketed batches), from ``--data-seed`` (default ``--seed``; other values: other orders of the
+same pairs). ``--same-order`` hands TRL kdistill's batches in kdistill's order (a sequential sampler over
+the pairs reordered by :func:`kdistill_order`): the same job to the last batch, so any difference left in
+the held-out loss is the libraries'.
+
 Before the rounds, a check: the loss of both libraries' own code on the same first pairs (kdistill's
 Distiller on its batch, TRL's ``compute_loss`` on its collator's batch) with the same models; they agree
 to float rounding (TRL pads on the left, kdistill on the right: with rotary positions that changes
@@ -93,6 +99,11 @@ class Job:
     k: int  # top-k of the capture
     capture: str  # the capture's folder
     bucket: bool  # kdistill's length-bucketed batches
+    data_seed: int | None = None  # the seed both libraries draw their batches with (None: ``seed``)
+    same_order: bool = False  # TRL trains on kdistill's batches, in kdistill's order
+
+    def order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
     def has_capture(self) -> bool:
         return self.beta == 0 and self.lmbda == 0
@@ -142,7 +153,8 @@ def prepare_job(args: argparse.Namespace, work: Path) -> Job:
                heldout=_write_jsonl(work / "heldout.jsonl", pairs[train_count:train_count + args.heldout]),
                max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, steps=args.steps, beta=args.beta,
                lmbda=args.lmbda, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-               threads=args.threads, k=args.k, capture=str(work / f"capture-k{args.k}"), bucket=args.bucket)
+               threads=args.threads, k=args.k, capture=str(work / f"capture-k{args.k}"), bucket=args.bucket,
+               data_seed=args.data_seed, same_order=args.same_order)
 
 
 def kdistill_raw(job: Job, output_dir: Path, *, capture: bool = False) -> dict:
@@ -156,7 +168,7 @@ def kdistill_raw(job: Job, output_dir: Path, *, capture: bool = False) -> dict:
            "matches": [{"teacher": "logits", "student": "logits", "name": "kd", **match}],
            "hard_label_weight": 0.0,
            "data": {"train": job.train, "kind": "prompt_completion", "max_length": job.max_length,
-                    "batch_size": job.batch_size, "bucket": job.bucket},
+                    "batch_size": job.batch_size, "bucket": job.bucket, "seed": job.order_seed()},
            "training": {"lr": job.lr, "max_steps": job.steps, "warmup": 0, "weight_decay": 0.0,
                         "lr_schedule": "linear", "max_grad_norm": 1.0, "log_every": 10, "progress": False,
                         "tensorboard": False},
@@ -176,7 +188,7 @@ def gkd_config(job: Job, output_dir: Path):
     return GKDConfig(
         output_dir=str(output_dir), per_device_train_batch_size=job.batch_size, gradient_accumulation_steps=1,
         learning_rate=job.lr, max_steps=job.steps, lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch_fused", max_grad_norm=1.0, seed=job.seed, data_seed=job.seed,
+        optim="adamw_torch_fused", max_grad_norm=1.0, seed=job.seed, data_seed=job.order_seed(),
         lmbda=job.lmbda, beta=job.beta, temperature=job.temperature, max_new_tokens=job.max_new_tokens,
         max_length=job.max_length, bf16=False, fp16=False, activation_checkpointing=False,
         eval_strategy="no", save_strategy="steps", save_steps=job.steps, report_to="none", use_cpu=True, logging_steps=10,
@@ -217,12 +229,38 @@ def trl_records(job: Job, tokenizer) -> list[dict]:
     return records
 
 
+def kdistill_order(job: Job, tokenizer) -> list[int]:
+    """The training pairs in the order a kdistill run of ``job`` draws them (its first epoch's batches, one
+    after another), from kdistill's own loader over the same tokenised pairs."""
+    from kdistill.config import config_from_dict
+    from kdistill.data import make_loader
+    from kdistill.run_data import bucket_chunks
+
+    config = config_from_dict(kdistill_raw(job, Path(job.train).parent / "order-probe"), import_from_base=False)
+    loader = make_loader(tokenized(job, job.train, tokenizer), job.batch_size, shuffle=True, seed=config.data_seed(),
+                         bucket=job.bucket, bucket_size_multiplier=bucket_chunks(config))
+    loader.batch_sampler.set_epoch(0)
+    return [index for batch in loader.batch_sampler.batches() for index in batch]
+
+
 def gkd_trainer(job: Job, student, teacher, tokenizer, output_dir: Path):
+    """TRL's trainer of ``job``: its own random sampler, or with ``job.same_order`` kdistill's batches in
+    kdistill's order (the records reordered, read in sequence)."""
     import datasets
     from trl.experimental.gkd import GKDTrainer
 
-    return GKDTrainer(model=student, teacher_model=teacher, args=gkd_config(job, output_dir),
-                      train_dataset=datasets.Dataset.from_list(trl_records(job, tokenizer)), processing_class=tokenizer)
+    records = trl_records(job, tokenizer)
+    trainer_class = GKDTrainer
+    if job.same_order:
+        from torch.utils.data import SequentialSampler
+
+        class InKdistillOrder(GKDTrainer):
+            def _get_train_sampler(self, *args, **kwargs):
+                return SequentialSampler(self.train_dataset)
+
+        records, trainer_class = [records[i] for i in kdistill_order(job, tokenizer)], InKdistillOrder
+    return trainer_class(model=student, teacher_model=teacher, args=gkd_config(job, output_dir),
+                         train_dataset=datasets.Dataset.from_list(records), processing_class=tokenizer)
 
 
 def job_tokens(job: Job, tokenizer) -> float:
@@ -311,7 +349,8 @@ def same_loss_check(job: Job, work: Path):
     with torch.no_grad():
         kdistill_loss = float(parts.distiller(parts.loaders["train"].collate_fn(examples)).loss)
     tokenizer = tokenizer_of(job)
-    trainer = gkd_trainer(job, parts.student, parts.teacher, tokenizer, work / "check-trl")
+    trainer = gkd_trainer(dataclasses.replace(job, same_order=False), parts.student, parts.teacher, tokenizer,
+                          work / "check-trl")  # both read the pairs in file order here
     inputs = trainer.data_collator(trainer.train_dataset.select(range(len(examples))).to_list())
     with torch.no_grad():
         trl_loss = float(trainer.compute_loss(trainer.model, inputs))
@@ -483,7 +522,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="capture: teacher tokens kept per position (kdistill's default)")
     parser.add_argument("--no-bucket", dest="bucket", action="store_false",
                         help="kdistill trains on random batches (default: its length-bucketed batches)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="draws the training and held-out pairs (and, by default, "
+                        "the batch order)")
+    parser.add_argument("--data-seed", type=int, default=None,
+                        help="the seed both libraries draw their batch order with (default: --seed): other orders of "
+                             "the same pairs")
+    parser.add_argument("--same-order", action="store_true",
+                        help="TRL trains on kdistill's batches in kdistill's order (its sampler replaced by a "
+                             "sequential one over the reordered pairs): the same job to the last batch")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of every run (default: torch's)")
     parser.add_argument("--output", default="runs/lm-bench", help="folder of the runs and lm.json")
     parser.add_argument("--keep", action="store_true", help="keep every run's folder (default: removed once evaluated)")
@@ -512,7 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
     job_file = work / "job.json"
     job_file.write_text(json.dumps(dataclasses.asdict(job), indent=2))
     log(f"job: teacher {job.teacher}, student blocks {job.layers}, {job.steps} steps × {job.batch_size} pairs, "
-        f"lr {job.lr}, β {job.beta}, λ {job.lmbda}, seed {job.seed}")
+        f"lr {job.lr}, β {job.beta}, λ {job.lmbda}, seed {job.seed}, batch order seed {job.order_seed()}"
+        + (", TRL in kdistill's batch order" if job.same_order else ""))
 
     check, teacher = same_loss_check(job, work)
     log(f"same loss on the first {check['pairs']} pairs, same models: kdistill {check['kdistill']:.6f}, "

@@ -86,6 +86,36 @@ def test_quick_run_reports_every_library_and_the_ratios(lm_bench, tmp_path):
     assert written["job"]["steps"] == 3 and set(written["median"]) == set(summary["runs"])
 
 
+def test_in_kdistills_batch_order_trl_trains_the_same_student(lm_bench, tmp_path):
+    """--same-order: TRL reads kdistill's batches in kdistill's order; then the two libraries' students
+    are the same to float rounding (TRL pads on the left, kdistill on the right), so a held-out gap
+    between them with their own samplers is the batch order's, not the training's."""
+    summary = lm_bench.main(["--quick", "--threads", "1", "--same-order", "--data-seed", "3",
+                             "--libraries", "trl", "kdistill", "--output", str(tmp_path / "out")])
+    assert summary["job"]["same_order"] and summary["job"]["data_seed"] == 3
+    trl, kdistill = summary["runs"]["trl"][0], summary["runs"]["kdistill"][0]
+    assert math.isclose(trl["heldout_loss"], kdistill["heldout_loss"], rel_tol=1e-4), (trl, kdistill)
+    assert math.isclose(trl["heldout_ce"], kdistill["heldout_ce"], rel_tol=1e-4)
+
+
+def test_kdistill_order_is_the_order_a_kdistill_run_trains_in(lm_bench, tmp_path):
+    from kdistill.config import config_from_dict
+    from kdistill.run_build import build
+    from topk_capture import tiny_llama_teacher, tiny_review_texts
+
+    teacher = str(tiny_llama_teacher(tmp_path / "teacher"))
+    pairs = lm_bench.review_pairs(tiny_review_texts(40), 3)[:24]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    for bucket in (True, False):
+        job = _job(lm_bench, tmp_path, teacher=teacher, train=str(train), heldout=str(train), steps=6, data_seed=5,
+                   bucket=bucket)
+        parts = build(config_from_dict(lm_bench.kdistill_raw(job, tmp_path / "run"), import_from_base=False))
+        sampler = parts.loaders["train"].batch_sampler
+        sampler.set_epoch(0)
+        assert lm_bench.kdistill_order(job, lm_bench.tokenizer_of(job)) == [i for b in sampler.batches() for i in b]
+
+
 def test_targets_read_the_within_round_ratios(lm_bench):
     ratios = {"kdistill/trl": {"tokens_per_second": 1.2, "peak_rss_mb": 0.9, "heldout_loss": 1.01},
               "kdistill-capture/kdistill": {"tokens_per_second": 1.6, "peak_rss_mb": 0.8, "heldout_loss": None}}
