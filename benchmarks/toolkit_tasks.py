@@ -24,7 +24,8 @@ Rows (``--rows``):
 - ``multitask``: movie-review sentiment and SMS spam into one 3-block student with one head per task
   (``tasks:``, batches drawn in proportion to the tasks' sizes), Hinton KD from each task's teacher (the
   teachers of ``benchmarks/quality.py``, so the single-task students of its ``hinton`` rows learn from
-  the same teachers), and ``baseline: true``: the same multi-task student on the labels alone.
+  the same teachers). Its no-KD baselines are the single-task students on the labels alone (``quality.py``'s
+  ``baseline`` rows), found in ``--results`` and shown beside it with its ``hinton`` rows.
 
 Resumable like ``quality.py``: finished cells are appended to ``--results`` (JSON lines keyed by the
 config) and skipped on a rerun; ``--table-only`` tabulates what is there. ``--out`` writes the tables
@@ -123,7 +124,7 @@ def multitask_config(seed: int, options: Options) -> dict:
     tasks = {task: {"teacher": quality.teacher_spec(task, q), "data": quality.text_data(task, q, False)}
              for task in ("movie", "sms")}
     return {"tasks": tasks, "task_sampling": "proportional", "student": {"from_teacher": {"layers": STUDENT_LAYERS}},
-            "method": "hinton", "method_args": dict(quality.METHOD_ARGS["hinton"]), "baseline": True,
+            "method": "hinton", "method_args": dict(quality.METHOD_ARGS["hinton"]),
             "training": quality.training(q, q.lr), "seed": seed}
 
 
@@ -273,7 +274,7 @@ def multitask_table(records: Sequence[dict], single: dict[str, dict[str, list[di
         rows.append([task, "multi-task student, Hinton KD", _stat([e["student"]["accuracy"] for e in entries]),
                      f"{statistics.fmean(e['student']['macro_f1'] for e in entries):.3f}", str(len(entries))])
     lines += [quality.markdown_table(header, rows), "",
-              f"Wall time of the median run (both tasks, the KD student and the labels-only one): {_minutes(records)}.", ""]
+              f"Wall time of the median multi-task run (both tasks): {_minutes(records)}.", ""]
     return lines
 
 

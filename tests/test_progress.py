@@ -66,3 +66,22 @@ def test_the_estimate_counts_the_stages_to_come_and_the_evaluation():
     progress.end("distil", 10)
     progress.start("baseline", 20)
     assert "distil" not in progress.to_come and progress.remaining(now[0]) is None  # not timed yet
+
+
+def test_an_evaluation_not_counted_ahead_never_reports_negative_batches_left():
+    """An embedding run's evaluation (the nearest-neighbour index and the splits, per model) is not
+    counted when the run is planned: its estimate says what was read, never 'N batches left' below 0."""
+    now = [0.0]
+    lines = []
+    progress = RunProgress(None, show=False, clock=lambda: now[0])
+    progress.say = lines.append
+    progress.plan({"distil": 3}, evaluation_batches=0)
+    assert lines[-1] == "plan: distil 3 steps, evaluation (its batches not counted ahead)"
+    with progress.evaluation(0) as counted:
+        assert lines[-1] == "evaluation: start"
+        for batch in counted({"test": list(range(12))})["test"]:
+            now[0] += 1.0
+        assert progress.remaining(now[0]) is None
+        line = progress.estimate_line(now[0])
+    assert line.startswith("estimate: evaluation at 1 s/batch, 12 batches read") and "-" not in line
+    assert lines[-1] == "evaluation: end (12 batches)"

@@ -99,7 +99,8 @@ class RunProgress:
         self.evaluation_batches = evaluation_batches
         self.planned = True
         parts = [f"{name} {steps} steps" for name, steps in self.to_come.items()]
-        parts.append(f"{EVALUATION} {evaluation_batches} batches")
+        parts.append(f"{EVALUATION} {evaluation_batches} batches" if evaluation_batches
+                     else f"{EVALUATION} (its batches not counted ahead)")
         self.say(f"plan: {', '.join(parts)}")
 
     # ------------------------------------------------------------------ a stage
@@ -109,7 +110,8 @@ class RunProgress:
             self.evaluation_batches = 0
         self.stage, self._total, self._first_step, self._step = name, total, step, step
         self._first_time = self._last_estimate = 0.0
-        self.say(f"{name}: start ({total} {unit}" + (f", from step {step})" if step else ")"))
+        counted = f" ({total} {unit}" + (f", from step {step})" if step else ")") if total > 0 or name != EVALUATION else ""
+        self.say(f"{name}: start{counted}")
 
     def step(self, step: int) -> None:
         """The stage reached ``step``; an estimate line at its ``FIRST_ESTIMATE``-th step and every so often."""
@@ -137,8 +139,8 @@ class RunProgress:
         pace = self.seconds_per_step(now)
         if pace is None:
             return None
-        if self.stage == EVALUATION:
-            return (self._total - self._step) * pace
+        if self.stage == EVALUATION:  # (an evaluation whose batches are not counted ahead has no estimate)
+            return (self._total - self._step) * pace if self._total > 0 else None
         steps = (self._total - self._step) + sum(self.to_come.values())
         return steps * pace + self.evaluation_batches * pace * FORWARD_SHARE
 
@@ -149,6 +151,8 @@ class RunProgress:
         then = [f"{name} {steps} steps" for name, steps in self.to_come.items()]
         if self.stage != EVALUATION and self.evaluation_batches:
             then.append(f"{EVALUATION} {self.evaluation_batches} batches at a third of a step each")
+        if self.stage == EVALUATION and self._total <= 0:
+            return f"estimate: {self.stage} at {pace:.3g} s/{unit}, {self._step} {units} read (how many to come is not counted)"
         line = (f"estimate: about {duration(left or 0)} left of the run ({self.stage} at {pace:.3g} s/{unit}, "
                 f"{self._total - self._step} {units} left")
         line += f"; then {', '.join(then)})" if then else ")"
@@ -162,7 +166,7 @@ class RunProgress:
         """Evaluation as a stage with its own bar; yields ``counted(loaders)``: the loaders, each batch
         read ticking the bar (and the estimate)."""
         self.start(EVALUATION, batches, unit="batches")
-        bar = tqdm(total=batches, desc=EVALUATION, disable=not self.show, dynamic_ncols=True)
+        bar = tqdm(total=batches or None, desc=EVALUATION, disable=not self.show, dynamic_ncols=True)
         read = [0]
 
         def tick() -> None:

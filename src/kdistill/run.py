@@ -204,7 +204,7 @@ def _plan_progress(progress: Any, parts: RunParts, kept: dict[int, dict], out: P
 def _evaluation_batches(parts: RunParts) -> int:
     """Batches the run's final evaluation reads: each split's batches once per model it runs over
     them (teacher and student for classifiers; once for causal LMs), again for the baseline."""
-    from kdistill.evaluation import is_causal_lm
+    from kdistill.evaluation import is_causal_lm, is_token_classifier
     from kdistill.qa_spans import is_qa_model
 
     if is_causal_lm(parts.teacher):
@@ -212,6 +212,8 @@ def _evaluation_batches(parts: RunParts) -> int:
     elif _logits_are_classes(parts.teacher) and _logits_are_classes(parts.student):
         passes = 2
     elif is_qa_model(parts.teacher) and is_qa_model(parts.student):  # teacher and student answer each window
+        passes = 2
+    elif is_token_classifier(parts.teacher) and is_token_classifier(parts.student):  # each tags every sentence
         passes = 2
     else:
         return 0
