@@ -4,15 +4,13 @@ library's row and the ratios. Structure only: nothing here reads a timing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e import benchmark_module
+
 
 pytest.importorskip("trl")
 pytest.importorskip("datasets")
@@ -20,16 +18,8 @@ pytest.importorskip("datasets")
 
 @pytest.fixture(scope="module")
 def lm_bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("lm_benchmark", ROOT / "benchmarks" / "lm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("lm.py", "lm_benchmark") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def _job(lm_bench, tmp_path, **changes):

@@ -4,28 +4,18 @@ and a rerun skips what is there. Structure only: nothing here reads a timing or 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e import benchmark_module
+
 
 
 @pytest.fixture(scope="module")
 def toolkit():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("toolkit_benchmark", ROOT / "benchmarks" / "toolkit_tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("toolkit_tasks.py", "toolkit_benchmark") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_every_cell_is_a_config_that_validates(toolkit, tmp_path, monkeypatch):
