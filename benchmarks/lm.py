@@ -98,7 +98,7 @@ class Job:
     threads: int | None
     k: int  # top-k of the capture
     capture: str  # the capture's folder
-    bucket: bool  # kdistill's length-bucketed batches
+    bucket: bool | int  # kdistill's length-bucketed batches (an int: batches per length-sorted chunk)
     data_seed: int | None = None  # the seed both libraries draw their batches with (None: ``seed``)
     same_order: bool = False  # TRL trains on kdistill's batches, in kdistill's order
 
@@ -153,7 +153,8 @@ def prepare_job(args: argparse.Namespace, work: Path) -> Job:
                heldout=_write_jsonl(work / "heldout.jsonl", pairs[train_count:train_count + args.heldout]),
                max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, steps=args.steps, beta=args.beta,
                lmbda=args.lmbda, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-               threads=args.threads, k=args.k, capture=str(work / f"capture-k{args.k}"), bucket=args.bucket,
+               threads=args.threads, k=args.k, capture=str(work / f"capture-k{args.k}"),
+               bucket=args.bucket_chunk if args.bucket and args.bucket_chunk else args.bucket,
                data_seed=args.data_seed, same_order=args.same_order)
 
 
@@ -238,7 +239,7 @@ def kdistill_order(job: Job, tokenizer) -> list[int]:
 
     config = config_from_dict(kdistill_raw(job, Path(job.train).parent / "order-probe"), import_from_base=False)
     loader = make_loader(tokenized(job, job.train, tokenizer), job.batch_size, shuffle=True, seed=config.data_seed(),
-                         bucket=job.bucket, bucket_size_multiplier=bucket_chunks(config))
+                         bucket=bool(job.bucket), bucket_size_multiplier=bucket_chunks(config))
     loader.batch_sampler.set_epoch(0)
     return [index for batch in loader.batch_sampler.batches() for index in batch]
 
@@ -299,10 +300,16 @@ def _train_kdistill(job: Job, out: Path, *, capture: bool) -> dict:
     summary = run(config_from_dict(kdistill_raw(job, out / "run", capture=capture), import_from_base=False))
     stage = summary["stages"][0]
     student = out / "run" / "student"
-    settings = (f"kdistill {kdistill.__version__}: run, fp32, {'length-bucketed' if job.bucket else 'random'} batches"
+    settings = (f"kdistill {kdistill.__version__}: run, fp32, {_batching(job)} batches"
                 + (f", top-k capture k {job.k}" if capture else ""))
     return {"seconds": stage["seconds"], "steps": stage["steps"], "student": str(student),
             "kdistill_tokens_per_second": stage.get("tokens_per_second"), "settings": settings}
+
+
+def _batching(job: Job) -> str:
+    if not job.bucket:
+        return "random"
+    return "length-bucketed" + (f" ({job.bucket} batches per sorted chunk)" if type(job.bucket) is int else "")
 
 
 def worker_main(argv: list[str]) -> None:
@@ -522,6 +529,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="capture: teacher tokens kept per position (kdistill's default)")
     parser.add_argument("--no-bucket", dest="bucket", action="store_false",
                         help="kdistill trains on random batches (default: its length-bucketed batches)")
+    parser.add_argument("--bucket-chunk", type=int, default=None,
+                        help="kdistill's batches per length-sorted chunk (data.bucket: N; default 50): smaller is "
+                             "more random, with more padding")
     parser.add_argument("--seed", type=int, default=0, help="draws the training and held-out pairs (and, by default, "
                         "the batch order)")
     parser.add_argument("--data-seed", type=int, default=None,

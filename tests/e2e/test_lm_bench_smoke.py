@@ -97,7 +97,7 @@ def test_kdistill_order_is_the_order_a_kdistill_run_trains_in(lm_bench, tmp_path
     pairs = lm_bench.review_pairs(tiny_review_texts(40), 3)[:24]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    for bucket in (True, False):
+    for bucket in (True, False, 2):
         job = _job(lm_bench, tmp_path, teacher=teacher, train=str(train), heldout=str(train), steps=6, data_seed=5,
                    bucket=bucket)
         parts = build(config_from_dict(lm_bench.kdistill_raw(job, tmp_path / "run"), import_from_base=False))
