@@ -53,6 +53,7 @@ TRAINING_METRICS = {
     "question-answering": ("exact_match", "f1"),
 }
 
+
 class Checker:
     """Meaning checks after the types are right; every problem goes to ``errors``."""
 
@@ -159,12 +160,14 @@ class Checker:
         if task in ("causal-lm", "embedding", "base", "masked-lm"):
             measured = {"causal-lm": "perplexity and agreement on the test split",
                         "embedding": "nearest-neighbour accuracy and agreement on the test split"}.get(task, "nothing")
+            article = "an" if task[0] in "aeiou" else "a"
             # (the default metric, 'accuracy', is written into every config.resolved.yaml: not a choice)
-            for key, value in (("metric", None if metric == "accuracy" else metric), ("early_stop_patience", patience)):
+            chosen = {"metric": None if metric == "accuracy" else metric, "early_stop_patience": patience}
+            for key, value in chosen.items():
                 if value:
-                    self.add(f"training.{key}: {'an' if task[0] in 'aeiou' else 'a'} {task} run is not evaluated during training (it measures "
-                             f"{measured} at the end), so there is no best step to keep or stop at; remove "
-                             f"training.{key}.")
+                    self.add(f"training.{key}: {article} {task} run is not evaluated during training (it "
+                             f"measures {measured} at the end), so there is no best step to keep or stop at; "
+                             f"remove training.{key}.")
             return
         if metric is None:
             return

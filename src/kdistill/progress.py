@@ -110,8 +110,8 @@ class RunProgress:
             self.evaluation_batches = 0
         self.stage, self._total, self._first_step, self._step = name, total, step, step
         self._first_time = self._last_estimate = 0.0
-        counted = f" ({total} {unit}" + (f", from step {step})" if step else ")") if total > 0 or name != EVALUATION else ""
-        self.say(f"{name}: start{counted}")
+        counted = name != EVALUATION or total > 0  # (an evaluation may not be counted ahead)
+        self.say(f"{name}: start" + (f" ({total} {unit}" + (f", from step {step})" if step else ")") if counted else ""))
 
     def step(self, step: int) -> None:
         """The stage reached ``step``; an estimate line at its ``FIRST_ESTIMATE``-th step and every so often."""
