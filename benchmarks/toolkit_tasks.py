@@ -164,7 +164,6 @@ def record_of(cell: Cell, summary: dict) -> dict:
     if cell.row == "multitask":
         record["tasks"] = {name: {"teacher": entry["metrics"]["test"]["teacher"],
                                   "student": entry["metrics"]["test"]["student"],
-                                  "baseline": (entry.get("baseline") or {}).get("metrics", {}).get("test"),
                                   "examples": entry["metrics"]["test"]["examples"]}
                            for name, entry in summary["tasks"].items()}
         return record
@@ -183,8 +182,8 @@ def run_cells(options: Options) -> list[dict]:
     pending = [] if options.table_only else [cell for cell in cells if keys[cell] not in done]
     quality.log(f"toolkit: {len(cells)} cells, {len(cells) - len(pending)} in {options.results}, {len(pending)} to run")
     for cell in tqdm(pending, desc="toolkit cells", disable=not options.progress):
-        summary = quality.run_config(cell.config(options))
-        record = {**record_of(cell, summary), "run": cell.config(options)["output_dir"], "key": keys[cell]}
+        config = cell.config(options)
+        record = {**record_of(cell, quality.run_config(config)), "run": config["output_dir"], "key": keys[cell]}
         quality.append_result(options.results, record)
         done[keys[cell]] = record
     return [done[keys[cell]] for cell in cells if keys[cell] in done]
@@ -194,14 +193,14 @@ def run_cells(options: Options) -> list[dict]:
 # Tables
 
 
-def _stat(values: Sequence[float], percent: bool = True) -> str:
-    scale, unit = (100.0, "%") if percent else (1.0, "")
+def _stat(values: Sequence[float]) -> str:
+    """Shares as a percentage: the mean, and ± the sample standard deviation over several seeds."""
     if not values:
         return "–"
-    mean = statistics.fmean(values) * scale
+    mean = statistics.fmean(values) * 100
     if len(values) == 1:
-        return f"{mean:.2f}{unit}"
-    return f"{mean:.2f}{unit} ± {statistics.stdev(values) * scale:.2f}{unit}"
+        return f"{mean:.2f}%"
+    return f"{mean:.2f}% ± {statistics.stdev(values) * 100:.2f}%"
 
 
 def _minutes(records: Sequence[dict]) -> str:
@@ -273,10 +272,6 @@ def multitask_table(records: Sequence[dict], single: dict[str, dict[str, list[di
             if group:
                 rows.append([task, label, _stat([g["accuracy"] for g in group]),
                              f"{statistics.fmean(g['macro_f1'] for g in group):.3f}", str(len(group))])
-        baselines = [e["baseline"] for e in entries if e.get("baseline")]
-        if baselines:
-            rows.append([task, "multi-task student, labels only", _stat([b["accuracy"] for b in baselines]),
-                         f"{statistics.fmean(b['macro_f1'] for b in baselines):.3f}", str(len(baselines))])
         rows.append([task, "multi-task student, Hinton KD", _stat([e["student"]["accuracy"] for e in entries]),
                      f"{statistics.fmean(e['student']['macro_f1'] for e in entries):.3f}", str(len(entries))])
     lines += [quality.markdown_table(header, rows), "",
